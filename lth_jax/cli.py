@@ -1,0 +1,118 @@
+"""The command line's work: run the configured method, save every ticket, write the reports.
+
+User errors (lth_jax.errors.UserError, bad flags) print one line and exit with status 2.
+"""
+
+import importlib.util
+import os
+import shlex
+import sys
+import time
+
+import jax
+from absl import flags
+from absl import logging
+
+from lth_jax import checkpoint
+from lth_jax import experiment
+from lth_jax import methods
+from lth_jax import report
+from lth_jax.errors import UserError
+
+
+def fail(message: str):
+  print(f"lth_jax: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's parser, but a bad flag or config key ends in one line and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0])
+
+
+def _config_path(argv, default: str) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return default
+
+
+def check_config_argv(argv, default: str) -> None:
+  """Fail in one line on a missing config file or a `--config.a.b` key the config does not have.
+
+  ml_collections reports both with a traceback (the overrides are parsed when the flag is defined),
+  so this runs before `DEFINE_config_file`.
+  """
+  path = _config_path(argv, default).split(":", 1)[0]
+  if not os.path.isfile(path):
+    fail(f"--config={path!r}: no such config file (see configs/ for the experiments)")
+  spec = importlib.util.spec_from_file_location("lth_jax_config_check", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # noqa: BLE001  -- any failure of the user's config file is reported, not traced
+    fail(f"--config={path!r} could not be loaded: {type(e).__name__}: {e}")
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    keys = arg[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(keys):
+      if not hasattr(node, "keys") or key not in node:
+        where = "config." + ".".join(keys[:depth + 1])
+        allowed = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
+        fail(f"{where} is not a config key; keys at this level: {allowed}")
+      node = node[key]
+
+
+def prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(os.path.join(workdir, "tickets"), exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"config.workdir={workdir!r} is not writable: {e.strerror}") from None
+
+
+def run(config, command: str = "") -> list[dict]:
+  """Run config.method; returns the run records also written to config.workdir/results.json."""
+  exp = experiment.build(config)
+  prepare_workdir(config.workdir)
+  logging.info("%s on %s (%d train / %d val / %d test) with %s on %s", config.method, config.data.name,
+               exp.n_train, len(exp.data["val"][1]), len(exp.data["test"][1]), config.model.name,
+               jax.devices()[0].platform)
+  runs = []
+
+  def record(run_record: dict, state, rewind_params) -> None:
+    name = f"{len(runs):02d}_{run_record['method']}_r{run_record['round']}_s{run_record['sparsity']:.3f}"
+    checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params)
+    run_record["ticket"] = os.path.join("tickets", name)
+    runs.append(run_record)
+    logging.info("%-15s round %d  sparsity %.3f  test acc %.4f  (before retrain %s)  best epoch %s  ECE %.4f",
+                 run_record["method"], run_record["round"], run_record["sparsity"],
+                 run_record["test_accuracy"], _fmt(run_record["accuracy_before_retrain"]),
+                 run_record["best_epoch"], run_record["ece"])
+    report.write_json(config.workdir, config, runs, complete=False, command=command)
+
+  started = time.time()
+  methods.run(exp, record)
+  report.write_all(config.workdir, config, runs, command)
+  print(report.markdown_table(runs))
+  print(f"\n{len(runs)} runs in {time.time() - started:.1f}s; results in {config.workdir}/results.md")
+  return runs
+
+
+def _fmt(value) -> str:
+  return "–" if value is None else f"{value:.4f}"
+
+
+def command_line(argv) -> str:
+  return " ".join(shlex.quote(a) for a in ["python", os.path.basename(argv[0]), *argv[1:]])

@@ -1,0 +1,79 @@
+"""Every knob with its default. Experiment files under configs/ start from `base()` and override."""
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
+  c.workdir = "workdir"         # results.json, results.md, plots and tickets go here
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"        # moons | penguins | digits | mnist
+  c.data.dir = ""               # directory of files for sources that read them (mnist)
+  c.data.val_fraction = 0.15
+  c.data.test_fraction = 0.15   # for sources without a test split of their own
+  c.data.n_samples = 1000       # moons
+  c.data.noise = 0.2            # moons
+  c.data.subset = 0             # >0: keep only this many training examples (scaled-down runs)
+  c.data.standardize = True     # per-channel mean/std of the training inputs
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"
+  c.model.widths = (128, 64)
+  c.model.activation = "relu"
+  c.model.output_activation = "identity"
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 30
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 1000
+  c.train.log_every = 10        # epochs between log lines; 0 = quiet
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"      # sgd | adam | adamw
+  c.optimizer.lr = 0.05
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "constant"   # constant | step | cosine
+  c.optimizer.milestones = ()        # epochs at which the step schedule multiplies lr by gamma
+  c.optimizer.gamma = 0.1
+  c.optimizer.warmup_epochs = 0.0
+
+  # Fine-tuning after one-shot pruning and the rounds of iterative pruning with reset="none".
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.epochs = 10
+  c.finetune.lr = 0.0           # 0 = config.optimizer.lr
+  c.finetune.schedule = "constant"   # constant | cosine
+
+  c.prune = ml_collections.ConfigDict()
+  c.prune.sparsity = 0.8        # target fraction of prunable weights removed
+  c.prune.scope = "global"      # global | layerwise
+  c.prune.exclude = ()          # glob patterns of leaves never pruned, e.g. ("output/*",)
+  c.prune.layer_scale = ()      # layerwise only: ("output/*=0.5",) prunes matching leaves at half the rate
+  c.prune.rewind_epoch = 0      # 0: rewind to theta_0; k: to the weights after epoch k
+
+  c.iterative = ml_collections.ConfigDict()
+  c.iterative.rounds = 5
+  c.iterative.rate = 0.0        # fraction of the remaining weights per round; 0 = reach prune.sparsity in `rounds`
+  c.iterative.reset = "init"    # init | rewind | none
+  c.iterative.round_epochs = 0  # epochs of training per round; 0 = train.epochs (reset=none: finetune.epochs)
+  c.iterative.final_epochs = 0  # >0: the last round trains this long instead
+  c.iterative.random_control_every = 0   # k>0: every k-th round also trains its mask from a random init
+
+  c.dynamic = ml_collections.ConfigDict()
+  c.dynamic.at = (1 / 3, 2 / 3)   # fractions of training at which to prune
+  c.dynamic.fraction = 0.0        # per event; 0 = reach the sparsity after all events
+
+  c.compare = ml_collections.ConfigDict()
+  c.compare.methods = ("oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic")
+  c.compare.sparsities = (0.5, 0.8, 0.9)
+
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.num_bins = 15
+  return c

@@ -1,0 +1,10 @@
+"""Errors a user can cause: the command line prints the message on one line and exits with status 2."""
+
+
+class UserError(Exception):
+  """A bad config value, a missing file or an incompatible input. The message names the key and what is allowed."""
+
+
+def check(condition: bool, message: str) -> None:
+  if not condition:
+    raise UserError(message)

@@ -1,0 +1,132 @@
+"""Everything a method needs, built once from the config: data on device, model, initial weights, trainers."""
+
+import dataclasses
+import functools
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+from lth_jax import models
+from lth_jax import train
+from lth_jax.errors import UserError, check
+
+METHODS = ("dense", "oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic", "compare")
+RESETS = ("init", "rewind", "none")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Reject values no method can use, naming the key and what is allowed."""
+  parse_layer_scale(config.prune.layer_scale)
+  check(config.method in METHODS,
+        f"config.method={config.method!r} is not a method; allowed: {', '.join(METHODS)}")
+  check(0.0 <= config.prune.sparsity < 1.0, f"config.prune.sparsity={config.prune.sparsity} must be in [0, 1)")
+  for s in config.compare.sparsities:
+    check(0.0 <= s < 1.0, f"config.compare.sparsities holds {s}; each must be in [0, 1)")
+  for m in config.compare.methods:
+    check(m in METHODS[:-1], f"config.compare.methods holds {m!r}; allowed: {', '.join(METHODS[:-1])}")
+  check(config.iterative.rounds >= 1, f"config.iterative.rounds={config.iterative.rounds} must be >= 1")
+  check(0.0 <= config.iterative.rate < 1.0, f"config.iterative.rate={config.iterative.rate} must be in [0, 1)"
+        " (0 derives it from config.prune.sparsity)")
+  check(config.iterative.reset in RESETS,
+        f"config.iterative.reset={config.iterative.reset!r}; allowed: {', '.join(RESETS)}")
+  it = config.iterative
+  if it.reset == "rewind":
+    for key in ("round_epochs", "final_epochs"):
+      check(not it[key] or it[key] > config.prune.rewind_epoch,
+            f"config.iterative.{key}={it[key]} must exceed config.prune.rewind_epoch="
+            f"{config.prune.rewind_epoch}: a rewound round resumes the schedule there")
+  check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
+  check(0 <= config.prune.rewind_epoch < config.train.epochs,
+        f"config.prune.rewind_epoch={config.prune.rewind_epoch} must be in [0, config.train.epochs)")
+  check(config.finetune.schedule in ("constant", "cosine"),
+        f"config.finetune.schedule={config.finetune.schedule!r}; allowed: constant, cosine")
+  check(all(0.0 < a < 1.0 for a in config.dynamic.at) and list(config.dynamic.at) == sorted(config.dynamic.at),
+        f"config.dynamic.at={tuple(config.dynamic.at)} must be increasing fractions of training in (0, 1)")
+  check(0.0 <= config.dynamic.fraction < 1.0, f"config.dynamic.fraction={config.dynamic.fraction} must be in [0, 1)")
+
+
+def parse_layer_scale(entries) -> dict[str, float]:
+  """("output/*=0.5",) -> {"output/*": 0.5}."""
+  scale = {}
+  for entry in entries:
+    pattern, _, factor = str(entry).rpartition("=")
+    try:
+      scale[pattern] = float(factor)
+    except ValueError:
+      pattern = ""
+    check(bool(pattern) and scale.get(pattern, -1) >= 0,
+          f"config.prune.layer_scale entry {entry!r} must read 'PATTERN=FACTOR', e.g. 'output/*=0.5'")
+  return scale
+
+
+def _standardize(splits: dict) -> dict:
+  """Per-channel (last axis) mean/std of the training inputs, applied to every split."""
+  x_train = splits["train"][0]
+  axes = tuple(range(x_train.ndim - 1))
+  mean, std = x_train.mean(axes), x_train.std(axes)
+  std = np.where(std > 0, std, 1.0)
+  return {k: ((x - mean) / std).astype(np.float32) for k, (x, _) in splits.items()}
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  data: dict                 # split -> (x, y) on the device
+  num_classes: int
+  model: Any
+  init_params: Any           # theta_0: what lottery tickets rewind to
+  init_batch_stats: Any
+  which: Any                 # bool pytree of prunable leaves
+  layer_scale: dict          # leaf-name pattern -> factor on the layer-wise pruning rate
+
+  def key(self, purpose: str) -> jax.Array:
+    """A key per purpose, so a run's randomness does not depend on which runs came before it."""
+    return jax.random.fold_in(jax.random.key(self.config.seed), zlib.crc32(purpose.encode()))
+
+  @property
+  def n_train(self) -> int:
+    return int(self.data["train"][0].shape[0])
+
+  def init_variables(self, key):
+    variables = self.model.init(key, self.data["train"][0][:1], train=False)
+    return variables["params"], variables.get("batch_stats", {})
+
+  @functools.cache
+  def trainer(self, epochs: int, finetune: bool = False) -> train.Trainer:
+    """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule."""
+    opt = ml_collections.ConfigDict(self.config.optimizer.to_dict())
+    if finetune:
+      opt.lr = self.config.finetune.lr or opt.lr
+      opt.schedule, opt.warmup_epochs = self.config.finetune.schedule, 0
+    return train.Trainer(self.model, opt, self.config.train.batch_size,
+                         train.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
+                         self.config.train.eval_batch_size)
+
+  def __hash__(self):  # functools.cache on methods: one Experiment per config
+    return id(self)
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  validate(config)
+  dataset = data_lib.load(config.data, config.seed)
+  splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+  xs = _standardize(splits) if config.data.standardize else {k: v[0] for k, v in splits.items()}
+  for name, (x, _) in splits.items():
+    check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
+  device_data = {k: (jnp.asarray(xs[k]), jnp.asarray(splits[k][1], jnp.int32)) for k in splits}
+  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs)
+  exp = Experiment(config, device_data, dataset.num_classes, model, None, None, None,
+                   parse_layer_scale(config.prune.layer_scale))
+  exp.init_params, exp.init_batch_stats = exp.init_variables(exp.key("init"))
+  exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude))
+  _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)
+  if total == 0:
+    raise UserError(f"config.prune.exclude={tuple(config.prune.exclude)} leaves no prunable weights")
+  return exp

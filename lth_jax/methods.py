@@ -1,0 +1,216 @@
+"""The pruning methods, each a composition of train, prune and reset on an `Experiment`.
+
+Every run hands a record (the fields DESIGN.md lists) and its final train state to `recorder.add`,
+which reports and saves it. `accuracy_before_retrain` is always the test accuracy of the trained
+weights the mask was computed from, with the mask applied, before any reset or retraining.
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from lth_jax import calibration
+from lth_jax import masks as masks_lib
+from lth_jax import pruning
+from lth_jax.experiment import Experiment
+from lth_jax.train import TrainState
+
+Recorder = Callable[[dict, TrainState, Any], None]   # (record, final state, rewind params) -> None
+
+
+@dataclasses.dataclass
+class DenseRun:
+  state: TrainState          # trained dense network
+  rewind_params: Any         # weights at config.prune.rewind_epoch (theta_0 when it is 0)
+  rewind_batch_stats: Any
+  test_accuracy: float
+
+
+def evaluate_record(exp: Experiment, state: TrainState, history: list, method: str, round_: int,
+                    dense_accuracy: float | None, before: float | None, started: float, **extra) -> dict:
+  """One run's figures: accuracy, sparsity, remaining parameters, best epoch, calibration, the curve."""
+  trainer = exp.trainer(exp.config.train.epochs)
+  logits = trainer.logits(state, exp.data["test"][0])
+  probs = np.asarray(jax.nn.softmax(logits.astype(np.float32), -1), np.float64)
+  labels = np.asarray(exp.data["test"][1])
+  remaining_all, total_all = masks_lib.count(state.masks, jax.tree.map(lambda _: True, state.masks))
+  best = max(history, key=lambda row: row["val_accuracy"]) if history else None
+  test_accuracy = float(np.mean(probs.argmax(-1) == labels))
+  return {
+      "method": method, "round": round_,
+      "sparsity": masks_lib.sparsity(state.masks, exp.which),
+      "model_sparsity": masks_lib.model_sparsity(state.masks),
+      "params_remaining": remaining_all, "params_total": total_all,
+      "test_accuracy": test_accuracy,
+      "accuracy_drop": None if dense_accuracy is None else dense_accuracy - test_accuracy,
+      "accuracy_before_retrain": before,
+      "best_epoch": best["epoch"] if best else None,
+      "best_val_accuracy": best["val_accuracy"] if best else None,
+      "test_accuracy_at_best_epoch": best["test_accuracy"] if best else None,
+      "epochs_trained": len(history),
+      **calibration.summary(probs, labels, exp.config.metrics.num_bins),
+      **extra,
+      "wall_time_s": time.time() - started,
+      "curve": history,
+  }
+
+
+def _masked_accuracy(exp: Experiment, params, batch_stats, masks) -> float:
+  trainer = exp.trainer(exp.config.train.epochs)
+  state = trainer.init_state(params, batch_stats, masks, exp.key("eval"))
+  return trainer.evaluate(state, exp.data["test"])["accuracy"]
+
+
+def _prune(exp: Experiment, params, masks, fraction: float):
+  p = exp.config.prune
+  return pruning.magnitude(params, masks, fraction, p.scope, exp.which, exp.layer_scale)
+
+
+def dense(exp: Experiment, recorder: Recorder) -> DenseRun:
+  """Train from theta_0 for config.train.epochs, keeping the weights at the rewind epoch."""
+  started, epochs, rewind_epoch = time.time(), exp.config.train.epochs, exp.config.prune.rewind_epoch
+  trainer = exp.trainer(epochs)
+  state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
+                             exp.key("dense"))
+  state, history = trainer.fit(state, exp.data, rewind_epoch, "dense", exp.config.train.log_every)
+  rewind_params, rewind_stats = state.params, state.batch_stats
+  state, rest = trainer.fit(state, exp.data, epochs, "dense", exp.config.train.log_every)
+  record = evaluate_record(exp, state, history + rest, "dense", 0, None, None, started)
+  record["accuracy_drop"] = 0.0
+  recorder(record, state, rewind_params)
+  return DenseRun(state, rewind_params, rewind_stats, record["test_accuracy"])
+
+
+def _retrain(exp: Experiment, params, batch_stats, masks, start_epoch: int, epochs: int, finetune: bool,
+             name: str):
+  trainer = exp.trainer(epochs, finetune)
+  state = trainer.init_state(params, batch_stats, masks, exp.key(name), start_epoch)
+  return trainer.fit(state, exp.data, epochs, name, exp.config.train.log_every)
+
+
+def oneshot(exp: Experiment, dense_run: DenseRun, sparsity: float, recorder: Recorder,
+            reset: str = "none") -> TrainState:
+  """Prune `sparsity` of the trained dense weights at once, then retrain.
+
+  reset="none": fine-tune from the trained weights (config.finetune); "init"/"rewind": the lottery
+  ticket, surviving weights back to theta_0 or the rewind epoch; "random": a fresh initialisation.
+  """
+  started, cfg = time.time(), exp.config
+  method = {"none": "oneshot", "rewind": "oneshot_reinit", "random": "oneshot_random"}[reset]
+  name = f"{method}@{sparsity:g}"
+  trained = dense_run.state
+  masks = _prune(exp, trained.params, masks_lib.init(trained.params), sparsity)
+  before = _masked_accuracy(exp, trained.params, trained.batch_stats, masks)
+  if reset == "none":
+    state, history = _retrain(exp, trained.params, trained.batch_stats, masks, 0, cfg.finetune.epochs, True, name)
+    rewind_params = trained.params
+  elif reset == "rewind":
+    state, history = _retrain(exp, dense_run.rewind_params, dense_run.rewind_batch_stats, masks,
+                              cfg.prune.rewind_epoch, cfg.train.epochs, False, name)
+    rewind_params = dense_run.rewind_params
+  else:
+    rewind_params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
+    state, history = _retrain(exp, rewind_params, stats, masks, 0, cfg.train.epochs, False, name)
+  recorder(evaluate_record(exp, state, history, method, 1, dense_run.test_accuracy, before, started),
+           state, rewind_params)
+  return state
+
+
+def iterative(exp: Experiment, dense_run: DenseRun, target: float, recorder: Recorder) -> TrainState:
+  """`rounds` rounds of prune + reset + retrain starting from the trained dense network.
+
+  Each round removes `rate` of the remaining weights (config.iterative.rate, or the rate that reaches
+  `target` after `rounds`). reset="init"/"rewind": lottery-ticket rewinding and a full retraining;
+  reset="none": keep training the pruned weights for `round_epochs` with the fine-tuning optimizer.
+  The last round trains `final_epochs` instead when that is set (the CNN-pruning seed's 5 then 100).
+  Every `random_control_every`-th round also trains its mask from a random initialisation.
+  """
+  cfg = exp.config.iterative
+  rate = cfg.rate or pruning.rate_per_round(target, cfg.rounds)
+  state = dense_run.state
+  masks = masks_lib.init(state.params)
+  for round_ in range(1, cfg.rounds + 1):
+    started, name = time.time(), f"iterative round {round_}"
+    masks = _prune(exp, state.params, masks, rate)
+    before = _masked_accuracy(exp, state.params, state.batch_stats, masks)
+    last = round_ == cfg.rounds
+    if cfg.reset == "none":
+      epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.finetune.epochs
+      params, stats, start, finetune = state.params, state.batch_stats, 0, True
+    else:
+      epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.train.epochs
+      if cfg.reset == "rewind":  # theta_0 itself when rewind_epoch is 0
+        params, stats, start = dense_run.rewind_params, dense_run.rewind_batch_stats, exp.config.prune.rewind_epoch
+      else:
+        params, stats, start = exp.init_params, exp.init_batch_stats, 0
+      finetune = False
+    state, history = _retrain(exp, params, stats, masks, start, epochs, finetune, name)
+    recorder(evaluate_record(exp, state, history, "iterative", round_, dense_run.test_accuracy, before,
+                             started, rate_per_round=rate), state, params)
+    if cfg.random_control_every and round_ % cfg.random_control_every == 0:
+      _random_control(exp, masks, epochs, round_, dense_run.test_accuracy, before, recorder)
+  return state
+
+
+def _random_control(exp: Experiment, masks, epochs: int, round_: int, dense_accuracy: float, before: float,
+                    recorder: Recorder) -> None:
+  """The Lottery Ticket paper's control: this round's mask, trained from a fresh random initialisation."""
+  started, name = time.time(), f"iterative_random round {round_}"
+  params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
+  state, history = _retrain(exp, params, stats, masks, 0, epochs, False, name)
+  recorder(evaluate_record(exp, state, history, "iterative_random", round_, dense_accuracy, before, started),
+           state, params)
+
+
+def dynamic(exp: Experiment, sparsity: float, recorder: Recorder, dense_accuracy: float | None = None):
+  """One training run from theta_0 that prunes at fractions `config.dynamic.at` of it, never resetting.
+
+  Each event removes config.dynamic.fraction of the remaining weights (or the fraction that reaches
+  `sparsity` after all events); the optimizer state and schedule carry on across events.
+  """
+  started, cfg, epochs = time.time(), exp.config.dynamic, exp.config.train.epochs
+  fraction = cfg.fraction or pruning.rate_per_round(sparsity, len(cfg.at))
+  prune_epochs = [int(round(a * epochs)) for a in cfg.at]
+  name = f"dynamic@{sparsity:g}"
+  trainer = exp.trainer(epochs)
+  state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
+                             exp.key(name))
+  history, events, before = [], [], None
+  for epoch in prune_epochs:
+    state, rows = trainer.fit(state, exp.data, epoch, name, exp.config.train.log_every)
+    history += rows
+    masks = _prune(exp, state.params, state.masks, fraction)
+    state = state.replace(masks=masks, params=masks_lib.apply(state.params, masks))
+    before = trainer.evaluate(state, exp.data["test"])["accuracy"]
+    events.append({"epoch": epoch, "sparsity": masks_lib.sparsity(masks, exp.which),
+                   "test_accuracy": before})
+  state, rows = trainer.fit(state, exp.data, epochs, name, exp.config.train.log_every)
+  recorder(evaluate_record(exp, state, history + rows, "dynamic", len(events), dense_accuracy, before, started,
+                           prune_events=events, fraction_per_event=fraction), state, exp.init_params)
+  return state
+
+
+ONESHOT_RESETS = {"oneshot": "none", "oneshot_reinit": "rewind", "oneshot_random": "random"}
+
+
+def run(exp: Experiment, recorder: Recorder) -> None:
+  """Run config.method; `compare` shares one dense run among the listed methods and sparsities."""
+  method = exp.config.method
+  if method == "dynamic":
+    dynamic(exp, exp.config.prune.sparsity, recorder)
+    return
+  dense_run = dense(exp, recorder)
+  methods = list(exp.config.compare.methods) if method == "compare" else [method]
+  sparsities = list(exp.config.compare.sparsities) if method == "compare" else [exp.config.prune.sparsity]
+  for name in methods:
+    if name in ONESHOT_RESETS:
+      for s in sparsities:
+        oneshot(exp, dense_run, s, recorder, ONESHOT_RESETS[name])
+    elif name == "iterative":
+      iterative(exp, dense_run, max(sparsities), recorder)
+    elif name == "dynamic":
+      for s in sparsities:
+        dynamic(exp, s, recorder, dense_run.test_accuracy)

@@ -1,0 +1,192 @@
+"""Masked training: the train state, the jit-compiled steps, the epoch loop and the optimizers.
+
+One step: gradients -> optax update -> update * mask -> apply -> params * mask. The learning rate is a
+function of the global step stored in the state, so a run rewound to epoch k resumes the schedule at
+epoch k with a fresh optimizer state, as OpenLTH does. An epoch is one `lax.scan` over batches of
+data that already lives on the device: no host work inside an epoch.
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from lth_jax.errors import UserError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # global step: the learning-rate schedule reads it
+  params: Any
+  batch_stats: Any         # {} for models without BatchNorm
+  masks: Any               # same structure as params
+  opt_state: Any
+  rng: jax.Array
+
+  @property
+  def variables(self):
+    return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
+
+def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The update direction without the learning rate (the train step scales by -lr(step))."""
+  name, wd = config.name, config.weight_decay
+  if name not in OPTIMIZERS:
+    raise UserError(f"config.optimizer.name={name!r} is not an optimizer; allowed: {', '.join(OPTIMIZERS)}")
+  # SGD and Adam take PyTorch's coupled L2 (the seeds' weight_decay); adamw decouples it.
+  coupled = [optax.add_decayed_weights(wd)] if wd and name != "adamw" else []
+  if name == "sgd":
+    core = [optax.trace(decay=config.momentum, nesterov=config.nesterov)] if config.momentum else []
+  elif name == "adam":
+    core = [optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)]
+  else:
+    core = [optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps), optax.add_decayed_weights(wd)]
+  return optax.chain(*coupled, *core) if coupled or core else optax.identity()
+
+
+def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+  """lr(step): optional linear warmup, then constant, step decay at `milestones` (epochs) or cosine."""
+  if config.schedule not in SCHEDULES:
+    raise UserError(f"config.optimizer.schedule={config.schedule!r} is not a schedule; "
+                    f"allowed: {', '.join(SCHEDULES)}")
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  total = epochs * steps_per_epoch
+  if config.schedule == "constant":
+    main = optax.constant_schedule(config.lr)
+  elif config.schedule == "step":
+    main = optax.piecewise_constant_schedule(
+        config.lr, {int(m * steps_per_epoch) - warmup: config.gamma for m in config.milestones})
+  else:
+    main = optax.cosine_decay_schedule(config.lr, max(total - warmup, 1))
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), main], [warmup])
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Compiled train and eval functions for one model, optimizer and batch size."""
+  model: nn.Module
+  opt_config: ml_collections.ConfigDict
+  batch_size: int
+  steps_per_epoch: int
+  epochs: int                       # length of the schedule
+  eval_batch_size: int = 1000
+  augment: Callable | None = None   # (key, x) -> x, runs inside jit
+
+  def __post_init__(self):
+    self.tx = optimizer(self.opt_config)
+    self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs)
+    # No buffer donation: methods keep references to states they rewind to.
+    self._train_epoch = jax.jit(self._train_epoch_impl)
+    self._evaluate = jax.jit(self._evaluate_impl)
+    self._logits = jax.jit(self._logits_impl)
+
+  def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
+    """A fresh optimizer state; params are masked so the state starts consistent."""
+    params = jax.tree.map(lambda p, m: p * m, params, masks)
+    return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
+                      batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
+
+  # -- compiled pieces ----------------------------------------------------------------------------
+
+  def _train_step(self, state: TrainState, batch):
+    x, y = batch
+    rng, step_key = jax.random.split(state.rng)
+    if self.augment is not None:
+      x = self.augment(step_key, x)
+
+    def loss_fn(params):
+      variables = {"params": params}
+      if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+        logits, updates = self.model.apply(variables, x, train=True, mutable=["batch_stats"])
+        new_stats = updates["batch_stats"]
+      else:
+        logits, new_stats = self.model.apply(variables, x, train=True), state.batch_stats
+      return cross_entropy(logits, y).mean(), (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.tree.map(jnp.multiply, grads, state.masks)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    lr = self.lr(state.step)
+    params = jax.tree.map(lambda p, u, m: (p - lr * u * m) * m, state.params, updates, state.masks)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                              opt_state=opt_state, rng=rng)
+    return new_state, {"loss": loss, "accuracy": accuracy, "lr": lr}
+
+  def _train_epoch_impl(self, state: TrainState, x, y):
+    rng, perm_key = jax.random.split(state.rng)
+    steps = self.steps_per_epoch
+    order = jax.random.permutation(perm_key, x.shape[0])[: steps * self.batch_size]
+    order = order.reshape(steps, self.batch_size)
+    state, metrics = jax.lax.scan(lambda s, idx: self._train_step(s, (x[idx], y[idx])),
+                                  state.replace(rng=rng), order)
+    return state, jax.tree.map(jnp.mean, metrics)
+
+  def _logits_impl(self, variables, x):
+    """Logits of `x` in eval mode, computed in fixed-size batches (the last one padded)."""
+    n, size = x.shape[0], min(self.eval_batch_size, x.shape[0])
+    batches = -(-n // size)
+    padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])
+    logits = jax.lax.map(lambda b: self.model.apply(variables, b, train=False),
+                         padded.reshape(batches, size, *x.shape[1:]))
+    return logits.reshape(batches * size, -1)[:n]
+
+  def _evaluate_impl(self, variables, x, y):
+    logits = self._logits_impl(variables, x)
+    return {"loss": cross_entropy(logits, y).mean(), "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+  # -- host-side API ------------------------------------------------------------------------------
+
+  def logits(self, state: TrainState, x) -> jax.Array:
+    return self._logits(state.variables, x)
+
+  def evaluate(self, state: TrainState, split) -> dict:
+    return {k: float(v) for k, v in self._evaluate(state.variables, *split).items()}
+
+  def fit(self, state: TrainState, data, end_epoch: int, name: str = "", log_every: int = 0):
+    """Train until the global epoch `end_epoch`; returns the state and one history row per epoch.
+
+    Each row: epoch (1-based, global), train loss/accuracy (means over the epoch), validation and
+    test loss/accuracy after the epoch, learning rate of its last step.
+    """
+    start_epoch = int(state.step) // self.steps_per_epoch
+    history, start = [], time.time()
+    for epoch in range(start_epoch + 1, end_epoch + 1):
+      state, train_metrics = self._train_epoch(state, *data["train"])
+      val, test = self.evaluate(state, data["val"]), self.evaluate(state, data["test"])
+      history.append({"epoch": epoch, "train_loss": float(train_metrics["loss"]),
+                      "train_accuracy": float(train_metrics["accuracy"]), "val_loss": val["loss"],
+                      "val_accuracy": val["accuracy"], "test_loss": test["loss"],
+                      "test_accuracy": test["accuracy"], "lr": float(train_metrics["lr"])})
+      if log_every and (epoch % log_every == 0 or epoch == end_epoch):
+        logging.info("%s epoch %d/%d  train loss %.4f  val acc %.4f  test acc %.4f  (%.1fs)", name, epoch,
+                     end_epoch, history[-1]["train_loss"], val["accuracy"], test["accuracy"],
+                     time.time() - start)
+      if not np.isfinite(history[-1]["train_loss"]):
+        raise UserError(f"{name}: training loss is not finite at epoch {epoch}; "
+                        "lower config.optimizer.lr or check the data")
+    return state, history
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+  if batch_size < 1 or batch_size > n_train:
+    raise UserError(f"config.train.batch_size={batch_size} must be in [1, {n_train}] (the training set size)")
+  return n_train // batch_size  # the last partial batch is dropped; the next epoch reshuffles

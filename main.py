@@ -1,0 +1,24 @@
+"""lth_jax: train, prune and compare.  python main.py --config=configs/default.py --config.method=iterative"""
+
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from lth_jax import cli
+from lth_jax.errors import UserError
+
+_DEFAULT_CONFIG = "configs/default.py"
+cli.check_config_argv(sys.argv, _DEFAULT_CONFIG)
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
+
+
+def main(argv):
+  try:
+    cli.run(_CONFIG.value, cli.command_line(argv))
+  except UserError as e:
+    cli.fail(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
