@@ -18,6 +18,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.noise = 0.2            # moons
   c.data.subset = 0             # >0: keep only this many training examples (scaled-down runs)
   c.data.standardize = True     # per-channel mean/std of the training inputs
+  c.data.augment = "none"       # none | crop_flip (random crop with 4 pixels of padding, horizontal flip)
+  c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
+  c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
@@ -75,5 +78,11 @@ def base() -> ml_collections.ConfigDict:
   c.compare.sparsities = (0.5, 0.8, 0.9)
 
   c.metrics = ml_collections.ConfigDict()
-  c.metrics.num_bins = 15
+  c.metrics.num_bins = 15              # equal-width confidence bins for ECE / MCE / UCE
+  c.metrics.ood = ("uniform_noise", "gaussian_noise")   # + "far_points" (tabular), "NAME" / "NAME:DIR" data sets
+  c.metrics.corruptions = ()           # CIFAR-10-C style, e.g. ("gaussian_noise", "contrast"); images only
+  c.metrics.severities = (1, 2, 3, 4, 5)
+  c.metrics.max_examples = 2000        # test examples for OOD, corruption and similarity figures; 0 = all
+  c.metrics.similarity_eps = (0.0, 0.1, 0.5)   # uniform noise radii, in units of the inputs' std
+  c.metrics.potential_delta = 0.005    # prune potential: largest sparsity with error within this of dense
   return c

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from lth_jax import data as data_lib
+from lth_jax import evaluation
 from lth_jax import masks as masks_lib
 from lth_jax import models
 from lth_jax import train
@@ -65,13 +66,13 @@ def parse_layer_scale(entries) -> dict[str, float]:
   return scale
 
 
-def _standardize(splits: dict) -> dict:
-  """Per-channel (last axis) mean/std of the training inputs, applied to every split."""
-  x_train = splits["train"][0]
+def input_statistics(x_train: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (last axis) mean and std of the training inputs; (0, 1) when not standardising."""
+  if not standardize:
+    return np.zeros(x_train.shape[-1], np.float32), np.ones(x_train.shape[-1], np.float32)
   axes = tuple(range(x_train.ndim - 1))
-  mean, std = x_train.mean(axes), x_train.std(axes)
-  std = np.where(std > 0, std, 1.0)
-  return {k: ((x - mean) / std).astype(np.float32) for k, (x, _) in splits.items()}
+  std = x_train.std(axes)
+  return x_train.mean(axes).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -84,6 +85,13 @@ class Experiment:
   init_batch_stats: Any
   which: Any                 # bool pytree of prunable leaves
   layer_scale: dict          # leaf-name pattern -> factor on the layer-wise pruning rate
+  raw_test: tuple            # (x, y) test split as loaded, before normalisation (numpy)
+  input_mean: np.ndarray
+  input_std: np.ndarray
+
+  def normalize(self, x) -> np.ndarray:
+    """Inputs as the model sees them: what OOD and corrupted sets go through too."""
+    return ((np.asarray(x, np.float32) - self.input_mean) / self.input_std).astype(np.float32)
 
   def key(self, purpose: str) -> jax.Array:
     """A key per purpose, so a run's randomness does not depend on which runs came before it."""
@@ -96,6 +104,10 @@ class Experiment:
   def init_variables(self, key):
     variables = self.model.init(key, self.data["train"][0][:1], train=False)
     return variables["params"], variables.get("batch_stats", {})
+
+  @functools.cached_property
+  def evaluator(self):
+    return evaluation.Evaluator(self)
 
   @functools.cache
   def trainer(self, epochs: int, finetune: bool = False) -> train.Trainer:
@@ -116,14 +128,14 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   validate(config)
   dataset = data_lib.load(config.data, config.seed)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
-  xs = _standardize(splits) if config.data.standardize else {k: v[0] for k, v in splits.items()}
   for name, (x, _) in splits.items():
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
-  device_data = {k: (jnp.asarray(xs[k]), jnp.asarray(splits[k][1], jnp.int32)) for k in splits}
+  mean, std = input_statistics(dataset.train[0], config.data.standardize)
   model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
   model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs)
-  exp = Experiment(config, device_data, dataset.num_classes, model, None, None, None,
-                   parse_layer_scale(config.prune.layer_scale))
+  exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
+                   parse_layer_scale(config.prune.layer_scale), dataset.test, mean, std)
+  exp.data = {k: (jnp.asarray(exp.normalize(x)), jnp.asarray(y, jnp.int32)) for k, (x, y) in splits.items()}
   exp.init_params, exp.init_batch_stats = exp.init_variables(exp.key("init"))
   exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude))
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)

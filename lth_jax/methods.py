@@ -9,10 +9,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-import jax
-import numpy as np
-
-from lth_jax import calibration
+from lth_jax import evaluation
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax.experiment import Experiment
@@ -27,35 +24,6 @@ class DenseRun:
   rewind_params: Any         # weights at config.prune.rewind_epoch (theta_0 when it is 0)
   rewind_batch_stats: Any
   test_accuracy: float
-
-
-def evaluate_record(exp: Experiment, state: TrainState, history: list, method: str, round_: int,
-                    dense_accuracy: float | None, before: float | None, started: float, **extra) -> dict:
-  """One run's figures: accuracy, sparsity, remaining parameters, best epoch, calibration, the curve."""
-  trainer = exp.trainer(exp.config.train.epochs)
-  logits = trainer.logits(state, exp.data["test"][0])
-  probs = np.asarray(jax.nn.softmax(logits.astype(np.float32), -1), np.float64)
-  labels = np.asarray(exp.data["test"][1])
-  remaining_all, total_all = masks_lib.count(state.masks, jax.tree.map(lambda _: True, state.masks))
-  best = max(history, key=lambda row: row["val_accuracy"]) if history else None
-  test_accuracy = float(np.mean(probs.argmax(-1) == labels))
-  return {
-      "method": method, "round": round_,
-      "sparsity": masks_lib.sparsity(state.masks, exp.which),
-      "model_sparsity": masks_lib.model_sparsity(state.masks),
-      "params_remaining": remaining_all, "params_total": total_all,
-      "test_accuracy": test_accuracy,
-      "accuracy_drop": None if dense_accuracy is None else dense_accuracy - test_accuracy,
-      "accuracy_before_retrain": before,
-      "best_epoch": best["epoch"] if best else None,
-      "best_val_accuracy": best["val_accuracy"] if best else None,
-      "test_accuracy_at_best_epoch": best["test_accuracy"] if best else None,
-      "epochs_trained": len(history),
-      **calibration.summary(probs, labels, exp.config.metrics.num_bins),
-      **extra,
-      "wall_time_s": time.time() - started,
-      "curve": history,
-  }
 
 
 def _masked_accuracy(exp: Experiment, params, batch_stats, masks) -> float:
@@ -78,7 +46,8 @@ def dense(exp: Experiment, recorder: Recorder) -> DenseRun:
   state, history = trainer.fit(state, exp.data, rewind_epoch, "dense", exp.config.train.log_every)
   rewind_params, rewind_stats = state.params, state.batch_stats
   state, rest = trainer.fit(state, exp.data, epochs, "dense", exp.config.train.log_every)
-  record = evaluate_record(exp, state, history + rest, "dense", 0, None, None, started)
+  exp.evaluator.set_reference(trainer, state)
+  record = evaluation.record(exp, state, history + rest, "dense", 0, None, None, started)
   record["accuracy_drop"] = 0.0
   recorder(record, state, rewind_params)
   return DenseRun(state, rewind_params, rewind_stats, record["test_accuracy"])
@@ -114,7 +83,7 @@ def oneshot(exp: Experiment, dense_run: DenseRun, sparsity: float, recorder: Rec
   else:
     rewind_params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
     state, history = _retrain(exp, rewind_params, stats, masks, 0, cfg.train.epochs, False, name)
-  recorder(evaluate_record(exp, state, history, method, 1, dense_run.test_accuracy, before, started),
+  recorder(evaluation.record(exp, state, history, method, 1, dense_run.test_accuracy, before, started),
            state, rewind_params)
   return state
 
@@ -148,7 +117,7 @@ def iterative(exp: Experiment, dense_run: DenseRun, target: float, recorder: Rec
         params, stats, start = exp.init_params, exp.init_batch_stats, 0
       finetune = False
     state, history = _retrain(exp, params, stats, masks, start, epochs, finetune, name)
-    recorder(evaluate_record(exp, state, history, "iterative", round_, dense_run.test_accuracy, before,
+    recorder(evaluation.record(exp, state, history, "iterative", round_, dense_run.test_accuracy, before,
                              started, rate_per_round=rate), state, params)
     if cfg.random_control_every and round_ % cfg.random_control_every == 0:
       _random_control(exp, masks, epochs, round_, dense_run.test_accuracy, before, recorder)
@@ -161,7 +130,7 @@ def _random_control(exp: Experiment, masks, epochs: int, round_: int, dense_accu
   started, name = time.time(), f"iterative_random round {round_}"
   params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
   state, history = _retrain(exp, params, stats, masks, 0, epochs, False, name)
-  recorder(evaluate_record(exp, state, history, "iterative_random", round_, dense_accuracy, before, started),
+  recorder(evaluation.record(exp, state, history, "iterative_random", round_, dense_accuracy, before, started),
            state, params)
 
 
@@ -188,7 +157,7 @@ def dynamic(exp: Experiment, sparsity: float, recorder: Recorder, dense_accuracy
     events.append({"epoch": epoch, "sparsity": masks_lib.sparsity(masks, exp.which),
                    "test_accuracy": before})
   state, rows = trainer.fit(state, exp.data, epochs, name, exp.config.train.log_every)
-  recorder(evaluate_record(exp, state, history + rows, "dynamic", len(events), dense_accuracy, before, started,
+  recorder(evaluation.record(exp, state, history + rows, "dynamic", len(events), dense_accuracy, before, started,
                            prune_events=events, fraction_per_event=fraction), state, exp.init_params)
   return state
 

@@ -6,9 +6,12 @@ import subprocess
 
 import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from lth_jax import potential  # noqa: E402
 
 COLUMNS = [  # (header, field, format)
     ("method", "method", "{}"), ("round", "round", "{}"), ("sparsity", "sparsity", "{:.3f}"),
@@ -38,9 +41,9 @@ def write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def write_json(workdir: str, config, runs: list, complete: bool, command: str = "") -> None:
+def write_json(workdir: str, config, runs: list, complete: bool, command: str = "", summary=None) -> None:
   doc = {"config": config.to_dict(), "environment": environment(), "command": command,
-         "complete": complete, "runs": runs}
+         "complete": complete, "runs": runs, "summary": summary or {}}
   write_atomic(os.path.join(workdir, "results.json"), json.dumps(doc, indent=1, default=_plain))
 
 
@@ -61,7 +64,7 @@ def markdown_table(runs: list) -> str:
   return "\n".join(lines)
 
 
-def write_markdown(workdir: str, config, runs: list, command: str) -> None:
+def write_markdown(workdir: str, config, runs: list, command: str, summary: dict) -> None:
   env = environment()
   text = (f"# {config.method} on {config.data.name} with {config.model.name}\n\n"
           f"Command: `{command}`\n\nMachine: {env['devices']}, jax {env['jax']}, git {env['git']}\n\n"
@@ -69,26 +72,74 @@ def write_markdown(workdir: str, config, runs: list, command: str) -> None:
           "sparsity: fraction of prunable weights removed; drop: dense test accuracy minus this run's; "
           "acc before retrain: the trained weights with the new mask, before any reset or retraining; "
           "best epoch: epoch of best validation accuracy (the Lottery Ticket early-stopping criterion).\n\n"
-          "![accuracy against sparsity](accuracy_vs_sparsity.png)\n\n![training curves](curves.png)\n")
+          "## Beyond accuracy\n\n"
+          f"{beyond_table(runs)}\n\n"
+          "ECE (T-scaled): after temperature scaling fitted on the validation split. AUROC: in-distribution "
+          "test inputs are the positive class, max softmax probability the score. agreement / L2: top-1 "
+          "agreement with and mean L2 distance to the dense network's softmax under uniform input noise.\n\n"
+          f"## Prune potential (delta = {config.metrics.potential_delta})\n\n{potential_table(summary)}\n\n"
+          "![accuracy against sparsity](accuracy_vs_sparsity.png) ![ECE against sparsity](ece_vs_sparsity.png)\n\n"
+          "![reliability](reliability.png) ![training curves](curves.png)\n")
   write_atomic(os.path.join(workdir, "results.md"), text)
 
 
-def plot_accuracy_vs_sparsity(runs: list, path: str) -> None:
-  """Test accuracy against the percentage of prunable weights remaining (log axis, as in the LTH paper)."""
+def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
+  """`value(run)` against the percentage of prunable weights remaining (log axis, as in the LTH paper)."""
   fig, ax = plt.subplots(figsize=(6, 4))
-  dense = [r for r in runs if r["method"] == "dense"]
+  dense = [r for r in runs if r["method"] == "dense" and value(r) is not None]
   for method in dict.fromkeys(r["method"] for r in runs if r["method"] != "dense"):
-    points = sorted(((1 - r["sparsity"]) * 100, r["test_accuracy"]) for r in runs + dense
-                    if r["method"] in (method, "dense"))
-    ax.plot(*zip(*points), marker="o", label=method)
+    points = sorted(((1 - r["sparsity"]) * 100, value(r)) for r in runs + dense
+                    if r["method"] in (method, "dense") and value(r) is not None)
+    if points:
+      ax.plot(*zip(*points), marker="o", label=method)
   for r in dense:
-    ax.axhline(r["test_accuracy"], color="gray", linestyle=":", label="dense")
+    ax.axhline(value(r), color="gray", linestyle=":", label="dense")
   ax.set_xscale("log")
   ax.invert_xaxis()
   ax.set_xlabel("prunable weights remaining (%)")
-  ax.set_ylabel("test accuracy")
+  ax.set_ylabel(ylabel)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_reliability(runs: list, path: str) -> None:
+  """Reliability diagrams: the dense network and each method's sparsest run, overlaid."""
+  chosen = [r for r in runs if r["method"] == "dense"][:1]
+  for method in dict.fromkeys(r["method"] for r in runs if r["method"] != "dense"):
+    chosen.append(max((r for r in runs if r["method"] == method), key=lambda r: r["sparsity"]))
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
+  for r in chosen:
+    points = [(c, a) for c, a in zip(r["reliability"]["confidence"], r["reliability"]["accuracy"]) if c is not None]
+    ax.plot(*zip(*points), marker="o", markersize=3,
+            label=f"{r['method']} s={r['sparsity']:.2f} ECE={r['ece']:.3f}")
+  ax.set_xlabel("confidence")
+  ax.set_ylabel("accuracy")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_potential(summary: dict, path: str) -> None:
+  """Prune potential per method and test distribution."""
+  potential = summary["prune_potential"]
+  if not potential:
+    return
+  methods = list(potential)
+  distributions = list(next(iter(potential.values())))
+  fig, ax = plt.subplots(figsize=(max(6, len(distributions) * 0.9), 4))
+  width = 0.8 / len(methods)
+  for i, method in enumerate(methods):
+    ax.bar(np.arange(len(distributions)) + i * width, [potential[method][d] for d in distributions], width,
+           label=method)
+  ax.set_xticks(np.arange(len(distributions)) + 0.4 - width / 2, distributions, rotation=45, ha="right", fontsize=7)
+  ax.set_ylabel(f"prune potential (delta={summary['potential_delta']})")
+  ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -111,8 +162,56 @@ def plot_curves(runs: list, path: str) -> None:
   plt.close(fig)
 
 
+def _ood_names(runs):
+  return list(dict.fromkeys(name for r in runs for name in (r.get("ood") or {})))
+
+
+def beyond_table(runs: list) -> str:
+  """Calibration, OOD, corruption and similarity figures, one row per run."""
+  oods = _ood_names(runs)
+  eps = max((float(e) for r in runs for e in (r.get("similarity") or {})), default=None)
+  header = ["method", "round", "sparsity", "ECE", "ECE (T-scaled)", "T", "UCE", "Brier"]
+  header += [f"AUROC {name} (MSP)" for name in oods]
+  header += ["corruption acc", "corruption ECE"] if any("corruption_accuracy" in r for r in runs) else []
+  header += [f"agreement eps={eps:g}", f"L2 eps={eps:g}"] if eps is not None else []
+  fmt = lambda v: "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in runs:
+    row = [r["method"], r["round"], f"{r['sparsity']:.3f}", r["ece"], r["ece_ts"], r["temperature"], r["uce"],
+           r["brier"]]
+    row += [(r.get("ood") or {}).get(name, {}).get("msp_auroc") for name in oods]
+    if "corruption acc" in header:
+      row += [r.get("corruption_accuracy"), r.get("corruption_ece")]
+    if eps is not None:
+      sim = (r.get("similarity") or {}).get(f"{eps:g}", {})
+      row += [sim.get("agreement"), sim.get("l2")]
+    lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+  return "\n".join(lines)
+
+
+def potential_table(summary: dict) -> str:
+  potential = summary.get("prune_potential") or {}
+  if not potential:
+    return ""
+  distributions = list(next(iter(potential.values())))
+  lines = ["| method | " + " | ".join(distributions) + " |", "|" + "---|" * (len(distributions) + 1)]
+  lines += [f"| {m} | " + " | ".join(f"{v[d]:.3f}" for d in distributions) + " |" for m, v in potential.items()]
+  return "\n".join(lines)
+
+
 def write_all(workdir: str, config, runs: list, command: str) -> None:
-  plot_accuracy_vs_sparsity(runs, os.path.join(workdir, "accuracy_vs_sparsity.png"))
-  plot_curves(runs, os.path.join(workdir, "curves.png"))
-  write_markdown(workdir, config, runs, command)
-  write_json(workdir, config, runs, complete=True, command=command)
+  summary = potential.summarize(runs, config.metrics.potential_delta)
+  path = lambda name: os.path.join(workdir, name)
+  plot_vs_sparsity(runs, lambda r: r["test_accuracy"], "test accuracy", path("accuracy_vs_sparsity.png"))
+  plot_vs_sparsity(runs, lambda r: r["ece"], "ECE (test)", path("ece_vs_sparsity.png"))
+  for name in _ood_names(runs):
+    plot_vs_sparsity(runs, lambda r: (r.get("ood") or {}).get(name, {}).get("msp_auroc"),
+                     f"OOD AUROC vs {name} (MSP)", path(f"auroc_{name.replace(':', '_').replace('/', '_')}.png"))
+  if any("corruption_accuracy" in r for r in runs):
+    plot_vs_sparsity(runs, lambda r: r.get("corruption_accuracy"), "mean corruption accuracy",
+                     path("corruption_accuracy_vs_sparsity.png"))
+  plot_reliability(runs, path("reliability.png"))
+  plot_potential(summary, path("prune_potential.png"))
+  plot_curves(runs, path("curves.png"))
+  write_markdown(workdir, config, runs, command, summary)
+  write_json(workdir, config, runs, complete=True, command=command, summary=summary)

@@ -74,3 +74,5 @@ def split(x: np.ndarray, y: np.ndarray, seed: int, **fractions: float) -> list[S
 
 
 from lth_jax.data import builtin  # noqa: E402,F401  (registers its sources)
+from lth_jax.data import files  # noqa: E402,F401  (fashion_mnist, cifar10, cifar100, image_folder, npz)
+from lth_jax.data import tfds_source  # noqa: E402,F401  (tfds; imports tensorflow_datasets only when used)

@@ -61,18 +61,23 @@ MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 @register("mnist")
 def mnist(config: Config, seed: int) -> Dataset:
   """Test: the t10k files. Val: a seeded `val_fraction` of train (the Lottery Ticket paper: 5000 of 60000)."""
+  return idx_images("mnist", config, seed)
+
+
+def idx_images(name: str, config: Config, seed: int) -> Dataset:
+  """MNIST's four IDX files in `config.dir`; Fashion-MNIST ships the same file names, so it loads here too."""
   directory = Path(config.dir)
   check(config.dir and directory.is_dir(),
-        f"config.data.dir={config.dir!r} is not a directory; mnist expects {', '.join(MNIST_FILES)} "
+        f"config.data.dir={config.dir!r} is not a directory; {name} expects {', '.join(MNIST_FILES)} "
         "(raw or .gz) there; set it with --config.data.dir")
-  x, y = _mnist_part(directory, "train")
+  x, y = _mnist_part(name, directory, "train")
   train, val = split(x, y, seed, val_fraction=config.val_fraction)
-  return Dataset("mnist", train, val, _mnist_part(directory, "t10k"), num_classes=10)
+  return Dataset(name, train, val, _mnist_part(name, directory, "t10k"), num_classes=10)
 
 
-def _mnist_part(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-  images_path = _find(directory, f"{prefix}-images-idx3-ubyte")
-  labels_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
+def _mnist_part(name: str, directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+  images_path = _find(name, directory, f"{prefix}-images-idx3-ubyte")
+  labels_path = _find(name, directory, f"{prefix}-labels-idx1-ubyte")
   images, labels = read_idx(images_path), read_idx(labels_path)
   # The magic number fixes type and rank: 2051 is uint8 with 3 dims, 2049 uint8 with 1 dim.
   check(images.dtype == np.uint8 and images.ndim == 3,
@@ -84,9 +89,9 @@ def _mnist_part(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
   return (images[..., None] / np.float32(255)), labels.astype(np.int32)
 
 
-def _find(directory: Path, name: str) -> Path:
+def _find(dataset: str, directory: Path, name: str) -> Path:
   for path in (directory / name, directory / f"{name}.gz"):
     if path.is_file():
       return path
-  raise UserError(f"{directory / name} (or .gz) not found; mnist expects {', '.join(MNIST_FILES)} "
+  raise UserError(f"{directory / name} (or .gz) not found; {dataset} expects {', '.join(MNIST_FILES)} "
                   "(raw or .gz) in config.data.dir; set it with --config.data.dir")

@@ -34,3 +34,4 @@ def get(name: str, **kwargs) -> nn.Module:
 
 
 from lth_jax.models import mlp  # noqa: E402,F401  (registers its models)
+from lth_jax.models import conv, resnet, vgg  # noqa: E402,F401  (register their models)

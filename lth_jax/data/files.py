@@ -1,0 +1,371 @@
+"""Image data sets read from local files: Fashion-MNIST, CIFAR-10/100, a folder of images, an .npz file.
+
+Every source here reads the path in `config.dir`. The training split is shuffled and `config.val_fraction` of
+it held out as val; test is the files' own test split. Pixels stay uint8 until after the split and are then
+scaled into [0, 1] in place, so only one float copy of a large data set is ever made.
+
+Archives (.tar.gz, .tgz, .tar) are streamed member by member in a single pass and never extracted to disk.
+
+`image_folder` decodes every image with PIL, which takes seconds for tens of thousands of files, so it caches
+the decoded arrays as `$XDG_CACHE_HOME/lth_jax/<sha256>.npz` (default `~/.cache/lth_jax/`). The sha256 covers
+the resolved path and the size and modification time of every file under it, so editing the data makes a new
+entry; delete the folder to reclaim the space. Nothing is ever written next to the user's data.
+"""
+
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from absl import logging
+import ml_collections
+import numpy as np
+import PIL.Image
+
+from lth_jax.data import Dataset, builtin, register, split
+from lth_jax.errors import UserError, check
+
+Config = ml_collections.ConfigDict
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+@register("fashion_mnist")
+def fashion_mnist(config: Config, seed: int) -> Dataset:
+  """Fashion-MNIST ships the same four IDX file names as MNIST, so the MNIST reader loads it unchanged."""
+  return builtin.idx_images("fashion_mnist", config, seed)
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+
+@dataclasses.dataclass(frozen=True)
+class CifarLayout:
+  """Where torchvision leaves the python version of a CIFAR data set."""
+  folder: str                 # the directory the archive unpacks to
+  archive: str                # the file torchvision downloads
+  train: tuple[str, ...]      # pickles in `folder`, in order
+  test: tuple[str, ...]
+  label_key: bytes
+  num_classes: int
+
+
+CIFAR = {
+    "cifar10": CifarLayout("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                           tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), b"labels", 10),
+    "cifar100": CifarLayout("cifar-100-python", "cifar-100-python.tar.gz",
+                            ("train",), ("test",), b"fine_labels", 100),
+}
+
+
+def _cifar_source(name: str) -> Callable[[Config, int], Dataset]:
+  layout = CIFAR[name]
+
+  def source(config: Config, seed: int) -> Dataset:
+    pickles = _read_cifar_pickles(_cifar_location(config.dir, name, layout), layout)
+    x, y = _cifar_arrays([pickles[member] for member in layout.train], layout)
+    x_test, y_test = _cifar_arrays([pickles[member] for member in layout.test], layout)
+    train, val, test = _pixel_splits(x, y, x_test, y_test, seed, config.val_fraction)
+    return Dataset(name, train, val, test, num_classes=layout.num_classes)
+
+  source.__doc__ = f"{name} from `{layout.folder}/`, a directory holding it, or `{layout.archive}`."
+  return source
+
+
+for _name in CIFAR:
+  register(_name)(_cifar_source(_name))
+
+
+def _cifar_location(value: str, name: str, layout: CifarLayout) -> Path:
+  """The pickles' directory or the archive, from any of the three places `config.data.dir` may point to."""
+  expected = f"{name} expects config.data.dir to be the directory {layout.folder}/, a directory holding it, " \
+             f"or the archive {layout.archive}"
+  path = _existing_path(value, expected)
+  if path.is_file():
+    return path
+  for candidate in (path, path / layout.folder):
+    if (candidate / layout.train[0]).is_file():
+      return candidate
+  if (path / layout.archive).is_file():
+    return path / layout.archive
+  raise UserError(f"{path} holds neither {layout.train[0]} nor {layout.folder}/ nor {layout.archive}; {expected}")
+
+
+def _read_cifar_pickles(path: Path, layout: CifarLayout) -> dict[str, dict]:
+  """Unpickles exactly the train and test members, from a directory or straight out of the archive."""
+  wanted = {*layout.train, *layout.test}
+  if path.is_dir():
+    pickles = {member: _unpickle((path / member).read_bytes(), path / member)
+               for member in wanted if (path / member).is_file()}
+  else:
+    pickles = {}
+    for name, data in _archive_files(path, lambda name: _cifar_member(name, layout) in wanted):
+      pickles[_cifar_member(name, layout)] = _unpickle(data, f"{path}:{name}")
+  missing = sorted(wanted - set(pickles))
+  check(not missing, f"{path} lacks {', '.join(f'{layout.folder}/{m}' for m in missing)}: is it a complete "
+        f"{layout.archive} or {layout.folder}/ as torchvision downloads it? (config.data.dir)")
+  return pickles
+
+
+def _cifar_member(name: str, layout: CifarLayout) -> str | None:
+  parts = _parts(name)
+  return parts[-1] if len(parts) >= 2 and parts[-2] == layout.folder else None
+
+
+def _cifar_arrays(pickles: list[dict], layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+  """The batches joined, as uint8 (N, 32, 32, 3) images: each row of b'data' holds the R, then G, then B plane."""
+  x = np.concatenate([np.asarray(batch[b"data"], np.uint8) for batch in pickles])
+  y = np.concatenate([np.asarray(batch[layout.label_key], np.int64) for batch in pickles])
+  return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Unpickling runs whatever functions a file names; a CIFAR batch needs only numpy's array rebuilders."""
+
+  ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+             ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+             ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+             ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+  def find_class(self, module: str, name: str):
+    if (module, name) not in self.ALLOWED:
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+    return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, where) -> dict:
+  try:
+    # The batches were pickled by Python 2: encoding="bytes" keeps its str keys as bytes (b"data").
+    batch = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+  except Exception as e:  # a broken pickle can fail in many ways; all mean the same to the user
+    raise UserError(f"{where}: not a CIFAR python batch ({e}); check config.data.dir") from e
+  check(isinstance(batch, dict) and b"data" in batch, f"{where}: not a CIFAR python batch (no b'data' key)")
+  return batch
+
+
+# ---------------------------------------------------------------------------------------- image folder
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "test")
+
+
+@register("image_folder")
+def image_folder(config: Config, seed: int) -> Dataset:
+  """`<root>/{train,test}/<class>/*.png|jpg|jpeg` in a directory or an archive; classes are train's sorted names."""
+  path = _existing_path(config.dir, "image_folder expects config.data.dir to be a directory or a .tar.gz "
+                        "holding <root>/train/<class>/*.png|jpg|jpeg and <root>/test/<class>/...")
+  arrays = _cached(path, _decode_image_tree)
+  train, val, test = _pixel_splits(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                                   seed, config.val_fraction)
+  return Dataset("image_folder", train, val, test, num_classes=len(arrays["classes"]))
+
+
+def _decode_image_tree(path: Path) -> dict[str, np.ndarray]:
+  """Decodes every image in one pass, then orders each split by (class, file name) whatever the archive's order."""
+  found = {split_name: [] for split_name in SPLITS}  # (class, file name, pixels)
+  roots, first = set(), None
+  where = f"{path}/" if path.is_dir() else f"{path}:"  # how messages name a file: on disk or in the archive
+  for name, data in _files(path, _is_image):
+    parts = _parts(name)
+    if len(parts) < 3 or parts[-3] not in SPLITS:
+      continue  # e.g. a preview image at the top level
+    roots.add(parts[:-3])
+    check(len(roots) == 1, f"{path} holds more than one train/test tree ({', '.join(map(_root, roots))}); "
+          "point config.data.dir at one")
+    pixels = _decode(data, where + name)
+    first = first or (name, pixels.shape)
+    check(pixels.shape == first[1], f"{path}: {name} is {_size(pixels.shape)} but {first[0]} is "
+          f"{_size(first[1])}; image_folder needs all images the same size (resize them first)")
+    found[parts[-3]].append((parts[-2], parts[-1], pixels))
+  root = f"{path}/{_root(next(iter(roots)))}" if roots else str(path)
+  for split_name in SPLITS:
+    check(found[split_name], f"no images in {root}/{split_name}/<class>/ (*.png, *.jpg, *.jpeg); image_folder "
+          f"needs a train and a test folder (config.data.dir={str(path)!r})")
+  classes = sorted({entry[0] for entry in found["train"]})
+  test_classes = sorted({entry[0] for entry in found["test"]})
+  check(classes == test_classes, f"{root}: the test classes differ from the train classes "
+        f"(only in train: {sorted(set(classes) - set(test_classes))}, "
+        f"only in test: {sorted(set(test_classes) - set(classes))}); image_folder needs the same class folders")
+  arrays = {"classes": np.array(classes)}
+  for split_name in SPLITS:
+    entries = sorted(found[split_name], key=lambda entry: entry[:2])
+    arrays[f"x_{split_name}"] = np.stack([entry[2] for entry in entries])
+    arrays[f"y_{split_name}"] = np.array([classes.index(entry[0]) for entry in entries], np.int32)
+  return arrays
+
+
+def _parts(name: str) -> tuple[str, ...]:
+  """"./a/b.png" -> ("a", "b.png"); plain string work, as pathlib is slow for 60,000 names."""
+  return tuple(part for part in name.split("/") if part not in ("", "."))
+
+
+def _is_image(name: str) -> bool:
+  # Dot names are hidden files and folders, and the "._x.jpg" resource forks that macOS tar adds: not images.
+  return name.lower().endswith(IMAGE_SUFFIXES) and not any(part.startswith(".") for part in _parts(name))
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+  try:
+    with PIL.Image.open(io.BytesIO(data)) as image:
+      # Grey and RGB images keep their channels; palette, alpha and other modes become RGB.
+      pixels = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
+  except (OSError, ValueError) as e:
+    raise UserError(f"{where}: cannot decode the image ({e}); remove or fix it (config.data.dir)") from e
+  return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _root(parts: tuple[str, ...]) -> str:
+  return "/".join(parts) or "."
+
+
+def _size(shape: tuple[int, ...]) -> str:
+  return "x".join(map(str, shape))
+
+
+# ------------------------------------------------------------------------------------------------- npz
+
+
+@register("npz")
+def npz(config: Config, seed: int) -> Dataset:
+  """x_train, y_train, x_test, y_test (and optionally x_val, y_val) from one .npz file.
+
+  uint8 inputs are pixels and get scaled by 1/255; float inputs are taken as they are. Inputs may be
+  images (N, H, W, C), grey images (N, H, W), or tabular (N, F). Without x_val, val is split off train.
+  """
+  path = _existing_path(config.dir, "npz expects config.data.dir to be an .npz file with x_train, y_train, "
+                        "x_test, y_test (and optionally x_val, y_val)")
+  arrays = _read_npz(path)
+  x, y = arrays["x_train"], arrays["y_train"]
+  if "x_val" in arrays:
+    parts = [split(x, y, seed)[0], (arrays["x_val"], arrays["y_val"])]  # no fractions: split only shuffles
+  else:
+    parts = split(x, y, seed, val_fraction=config.val_fraction)
+  parts = to_unit_range([*parts, (arrays["x_test"], arrays["y_test"])], pixels=x.dtype == np.uint8)
+  num_classes = 1 + max(int(labels.max(initial=0)) for _, labels in parts)
+  return Dataset("npz", *parts, num_classes=num_classes)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as file:  # no pickles: loading must not run code
+      arrays = {key: file[key] for key in file.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise UserError(f"{path}: not a readable .npz of plain arrays ({e}); check config.data.dir") from e
+  keys = ["x_train", "y_train", "x_test", "y_test"] + (["x_val", "y_val"] if {"x_val", "y_val"} & set(arrays) else [])
+  missing = [key for key in keys if key not in arrays]
+  check(not missing, f"{path} lacks {', '.join(missing)}; npz needs {', '.join(keys)} (config.data.dir)")
+  for part in ("train", "val", "test"):
+    if f"x_{part}" not in arrays:
+      continue
+    x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+    check(x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating),
+          f"{path}: x_{part} is {x.dtype}; save uint8 pixels (scaled by 1/255) or floats (taken as they are)")
+    check((x.dtype == np.uint8) == (arrays["x_train"].dtype == np.uint8),
+          f"{path}: x_{part} is {x.dtype} but x_train {arrays['x_train'].dtype}; save both as uint8 or as floats")
+    check(np.issubdtype(y.dtype, np.integer) and y.ndim == 1 and y.min(initial=0) >= 0,
+          f"{path}: y_{part} must be non-negative integer class labels of shape (N,), got {y.dtype} {y.shape}")
+    check(2 <= x.ndim <= 4 and len(x) == len(y),
+          f"{path}: x_{part} {x.shape} must be (N, F), (N, H, W) or (N, H, W, C) with N={len(y)} as in y_{part}")
+    check(x.shape[1:] == arrays["x_train"].shape[1:],
+          f"{path}: x_{part} has examples of shape {x.shape[1:]}, x_train {arrays['x_train'].shape[1:]}")
+  # Grey images (N, H, W) get their channel axis; only tabular inputs stay 2-d.
+  return {key: x[..., None] if key.startswith("x_") and x.ndim == 3 else x for key, x in arrays.items()}
+
+
+# ---------------------------------------------------------------------------------------- shared parts
+
+
+def _pixel_splits(x, y, x_test, y_test, seed: int, val_fraction: float):
+  """Train and val as `split` makes them from uint8 pixels, and test, all in [0, 1]."""
+  return to_unit_range([*split(x, y, seed, val_fraction=val_fraction), (x_test, y_test)], pixels=True)
+
+
+def to_unit_range(parts, pixels: bool):
+  """float32 / int32 parts, `pixels` (uint8 inputs) scaled by 1/255.
+
+  Scaling happens after `split` and in place, so a large data set has only one float copy. That is safe
+  because every uint8 input here is a fresh float32 array after `split` or `astype`.
+  """
+  parts = [(x.astype(np.float32, copy=False), y.astype(np.int32, copy=False)) for x, y in parts]
+  if pixels:
+    for x, _ in parts:
+      x /= np.float32(255)
+  return parts
+
+
+def _existing_path(value: str, expected: str) -> Path:
+  check(bool(value), f"config.data.dir is empty; {expected}; set it with --config.data.dir")
+  path = Path(value).expanduser()
+  check(path.exists(), f"config.data.dir={value!r}: {path} does not exist; {expected}")
+  return path
+
+
+def _files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+  """(name relative to `path`, contents) of the wanted files in a directory tree or an archive."""
+  if path.is_file():
+    yield from _archive_files(path, wanted)
+    return
+  for directory, subdirectories, names in os.walk(path):
+    subdirectories.sort()  # walk in a fixed order
+    for name in sorted(names):
+      relative = (Path(directory) / name).relative_to(path).as_posix()
+      if wanted(relative):
+        yield relative, (Path(directory) / name).read_bytes()
+
+
+def _archive_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+  """Streams a tar archive once, front to back ("r|*"): a compressed archive never seeks backwards."""
+  check(path.name.endswith(ARCHIVE_SUFFIXES),
+        f"config.data.dir={str(path)!r} is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+  try:
+    with tarfile.open(path, "r|*") as archive:
+      for member in archive:
+        if member.isfile() and wanted(member.name):
+          yield member.name, archive.extractfile(member).read()
+  except (tarfile.TarError, OSError, EOFError) as e:
+    raise UserError(f"{path}: cannot read the archive ({e}); check config.data.dir") from e
+
+
+def _cached(path: Path, build: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """`build(path)`, kept as an .npz in the cache directory under a digest of the files' names, sizes and times."""
+  cache = _cache_dir() / f"{_fingerprint(path)}.npz"
+  if cache.is_file():
+    try:
+      with np.load(cache, allow_pickle=False) as file:
+        return {key: file[key] for key in file.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+      logging.warning("Ignoring the unreadable cache file %s", cache)
+  start = time.perf_counter()
+  arrays = build(path)
+  logging.info("Decoded %d images from %s in %.1f s", len(arrays["x_train"]) + len(arrays["x_test"]), path,
+               time.perf_counter() - start)
+  try:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.partial")
+    with open(partial, "wb") as file:
+      np.savez(file, **arrays)
+    os.replace(partial, cache)  # atomic: a concurrent run sees either no file or a whole one
+    logging.info("Cached the decoded images at %s", cache)
+  except OSError as e:  # a read-only home only costs the next run the decoding time
+    logging.warning("Could not cache the decoded images at %s: %s", cache, e)
+  return arrays
+
+
+def _cache_dir() -> Path:
+  return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lth_jax"
+
+
+def _fingerprint(path: Path) -> str:
+  path = path.resolve()
+  files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+  digest = hashlib.sha256(b"image_folder v1\n")  # bump the version when the cached layout changes
+  for file in files:
+    stat = file.stat()
+    digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+  return digest.hexdigest()

@@ -1,0 +1,78 @@
+"""Any prepared TensorFlow Datasets (TFDS) data set, read without TensorFlow.
+
+`tfds.data_source` reads the array_record files of a prepared data set with random access and decodes images
+with PIL, so TensorFlow stays optional: it is needed only to *prepare* (download and convert) a data set:
+
+    pip install tensorflow
+    tfds build cifar10 --data_dir=DIR --file_format=array_record
+
+after which `--config.data.name=tfds --config.data.tfds_name=cifar10 --config.data.tfds_dir=DIR` works
+without it. Data sets prepared in TFDS's default TFRecord format cannot be read this way.
+
+Train is TFDS's 'train' split (val is a seeded `val_fraction` of it), test is its 'test' split. Inputs and
+labels are the data set's supervised keys, e.g. ('image', 'label').
+"""
+
+import ml_collections
+import numpy as np
+
+from lth_jax.data import Dataset, register, split
+from lth_jax.data.files import to_unit_range
+from lth_jax.errors import UserError, check
+
+
+@register("tfds")
+def tfds_source(config: ml_collections.ConfigDict, seed: int) -> Dataset:
+  name = config.tfds_name
+  check(bool(name), "config.data.tfds_name is empty; data.name=tfds reads a prepared TFDS data set, "
+        "e.g. --config.data.tfds_name=cifar10")
+  builder = _prepared_builder(name, config.tfds_dir)
+  splits = set(builder.info.splits)
+  check("train" in splits and "test" in splits,
+        f"config.data.tfds_name={name!r} has the splits {sorted(splits)}, but training needs 'train' and 'test'; "
+        "a test-only set (e.g. cifar10_corrupted) can only serve as an evaluation (OOD / shift) set")
+  check(builder.info.supervised_keys is not None and len(builder.info.supervised_keys) == 2,
+        f"config.data.tfds_name={name!r} has no (input, label) supervised keys to train a classifier on")
+  input_key, label_key = builder.info.supervised_keys
+  sources = builder.as_data_source()
+  x, y = _read(sources["train"], input_key, label_key)
+  x_test, y_test = _read(sources["test"], input_key, label_key)
+  check(x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating),
+        f"config.data.tfds_name={name!r}: the {input_key!r} feature is {x.dtype}; only uint8 images "
+        "(scaled by 1/255) and float inputs are supported")
+  parts = to_unit_range([*split(x, y, seed, val_fraction=config.val_fraction), (x_test, y_test)],
+                        pixels=x.dtype == np.uint8)
+  label = builder.info.features[label_key]
+  num_classes = getattr(label, "num_classes", None) or 1 + max(int(labels.max(initial=0)) for _, labels in parts)
+  return Dataset(name, *parts, num_classes=num_classes)
+
+
+def _prepared_builder(name: str, data_dir: str):
+  """The TFDS builder of `name`, checked to be prepared in a format that reads without TensorFlow."""
+  try:
+    import tensorflow_datasets as tfds  # slow to import: only when a run asks for it
+  except ImportError as e:
+    raise UserError(f"data.name=tfds needs tensorflow-datasets ({e}); pip install tensorflow-datasets") from e
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise UserError(f"config.data.tfds_name={name!r} is neither a TFDS data set nor prepared in "
+                    f"config.data.tfds_dir={data_dir!r}; see https://www.tensorflow.org/datasets/catalog") from e
+  except (ValueError, AssertionError) as e:  # an unknown config or version of a known data set
+    raise UserError(f"config.data.tfds_name={name!r}: {' '.join(str(e).split())[:400]}") from e
+  rebuild = (f"prepare it with TensorFlow installed (pip install tensorflow): tfds build {name} "
+             f"--data_dir={data_dir or '<config.data.tfds_dir>'} --file_format=array_record")
+  check(builder.is_prepared(), f"config.data.tfds_name={name!r} is not prepared in {builder.data_dir} "
+        f"(config.data.tfds_dir={data_dir!r}); {rebuild}")
+  readable = builder.info.available_file_formats() & tfds.core.FileFormat.with_random_access()
+  check(bool(readable), f"config.data.tfds_name={name!r} is prepared in {builder.data_dir} as "
+        f"{builder.info.file_format.value}, which needs TensorFlow to read; {rebuild} into another directory")
+  return builder
+
+
+def _read(source, input_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """Every example of one split, decoded (images by PIL) into one input and one label array."""
+  examples = source.__getitems__(range(len(source)))  # one batched read of the array_record files
+  x = np.stack([example[input_key] for example in examples])
+  y = np.array([example[label_key] for example in examples], np.int64)
+  return x, y

@@ -1,0 +1,171 @@
+"""One run's figures: accuracy, sparsity and what pruning did beyond accuracy.
+
+Beyond accuracy, on the test split: calibration (ECE/MCE/UCE/NLL/Brier, reliability-diagram data, and
+the same after temperature scaling fitted on the validation split); OOD detection against each set in
+`config.metrics.ood`; accuracy and ECE under each corruption and severity in
+`config.metrics.corruptions`; and functional similarity to the dense network under uniform input noise
+of each radius in `config.metrics.similarity_eps` (Lost in Pruning's eps-ball). The held-out sets are
+built once per experiment; OOD, corruption and similarity figures use the first
+`config.metrics.max_examples` test examples.
+"""
+
+import math
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from lth_jax import calibration
+from lth_jax import corruptions
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+from lth_jax import ood
+from lth_jax.errors import UserError
+
+SYNTHETIC_OOD = ("uniform_noise", "gaussian_noise", "far_points")
+
+
+def match_shape(x: np.ndarray, shape: tuple) -> np.ndarray:
+  """Images `x` (N,H,W,C) resampled (nearest neighbour) and channel-converted to `shape` (H',W',C').
+
+  Grey to colour repeats the channel, colour to grey averages: how MNIST serves as OOD for CIFAR-10
+  and the reverse.
+  """
+  if x.shape[1:] == tuple(shape):
+    return x
+  if x.ndim != 4 or len(shape) != 3:
+    raise UserError(f"an OOD set of shape {x.shape[1:]} cannot stand in for inputs of shape {tuple(shape)}")
+  h, w, c = shape
+  rows = (np.arange(h) * x.shape[1] // h)
+  cols = (np.arange(w) * x.shape[2] // w)
+  x = x[:, rows][:, :, cols]
+  if x.shape[-1] != c:
+    x = x.mean(-1, keepdims=True) if c == 1 else np.repeat(x.mean(-1, keepdims=True), c, axis=-1)
+  return x.astype(np.float32)
+
+
+def _finite(values) -> list:
+  """JSON has no NaN: empty reliability bins become null."""
+  return [None if not math.isfinite(float(v)) else float(v) for v in values]
+
+
+def _probs(logits) -> np.ndarray:
+  return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), -1), np.float64)
+
+
+class Evaluator:
+  """Builds the OOD, corrupted and perturbed sets once; `figures` evaluates one trained state."""
+
+  def __init__(self, exp):
+    self.exp = exp
+    cfg = exp.config.metrics
+    n = cfg.max_examples or len(exp.raw_test[1])
+    x_raw, self.labels = exp.raw_test[0][:n], np.asarray(exp.raw_test[1][:n])
+    seed = exp.config.seed
+    self.ood_sets = {entry: self._ood_inputs(entry, x_raw, seed) for entry in cfg.ood}
+    for name in cfg.corruptions:
+      if name not in corruptions.NAMES:
+        raise UserError(f"config.metrics.corruptions holds {name!r}; allowed: {', '.join(corruptions.NAMES)}")
+    if cfg.corruptions and x_raw.ndim != 4:
+      raise UserError("config.metrics.corruptions needs image data (N, H, W, C); set it to () for "
+                      f"{exp.config.data.name!r}")
+    self.corrupted = {(name, s): exp.normalize(corruptions.corrupt(name, x_raw, s, seed))
+                      for name in cfg.corruptions for s in cfg.severities}
+    x_model = exp.normalize(x_raw)
+    rng = np.random.default_rng(seed)
+    self.perturbed = {float(eps): (x_model + rng.uniform(-eps, eps, x_model.shape)).astype(np.float32)
+                      for eps in cfg.similarity_eps}
+    self.reference = None   # dense network's probabilities on the perturbed inputs
+
+  def _ood_inputs(self, entry: str, x_raw: np.ndarray, seed: int) -> np.ndarray:
+    exp = self.exp
+    if entry == "uniform_noise":
+      return exp.normalize(ood.uniform_noise_like(seed, x_raw))
+    if entry == "gaussian_noise":
+      return exp.normalize(ood.gaussian_noise_like(seed, x_raw))
+    if entry == "far_points":
+      x_train = np.asarray(exp.data["train"][0])
+      if x_train.ndim != 2:
+        raise UserError("config.metrics.ood 'far_points' is for tabular inputs (N, F), e.g. moons")
+      return ood.far_points(seed, x_train, len(x_raw)).astype(np.float32)   # already model inputs
+    name, _, directory = entry.partition(":")
+    if name not in data_lib.names():
+      raise UserError(f"config.metrics.ood holds {entry!r}; allowed: {', '.join(SYNTHETIC_OOD)} or a data set "
+                      f"'NAME' / 'NAME:DIR' with NAME in {', '.join(data_lib.names())}")
+    other = ml_collections.ConfigDict(exp.config.data.to_dict())
+    other.name, other.subset = name, 0
+    other.dir = directory or other.dir
+    x = data_lib.load(other, seed).test[0][:len(x_raw)]
+    return exp.normalize(match_shape(x, x_raw.shape[1:]))
+
+  def set_reference(self, trainer, state) -> None:
+    """The dense network: similarity figures of later runs compare against it."""
+    self.reference = {eps: _probs(trainer.logits(state, x)) for eps, x in self.perturbed.items()}
+
+  def figures(self, trainer, state) -> dict:
+    exp, cfg = self.exp, self.exp.config.metrics
+    test_logits = np.asarray(trainer.logits(state, exp.data["test"][0]), np.float64)
+    labels = np.asarray(exp.data["test"][1])
+    probs = calibration.softmax(test_logits)
+    temperature = calibration.fit_temperature(np.asarray(trainer.logits(state, exp.data["val"][0])),
+                                              np.asarray(exp.data["val"][1]))
+    scaled = calibration.softmax(test_logits, temperature)
+    rel = calibration.reliability(probs, labels, cfg.num_bins)
+    out = {
+        **calibration.summary(probs, labels, cfg.num_bins),
+        "temperature": temperature,
+        "ece_ts": calibration.ece(scaled, labels, cfg.num_bins),
+        "nll_ts": calibration.nll(scaled, labels),
+        "reliability": {"confidence": _finite(rel["confidence"]), "accuracy": _finite(rel["accuracy"]),
+                        "count": [int(c) for c in rel["count"]]},
+    }
+    n = len(self.labels)
+    if self.ood_sets:
+      out["ood"] = {name: ood.summary(probs[:n], _probs(trainer.logits(state, x)))
+                    for name, x in self.ood_sets.items()}
+    if self.corrupted:
+      table = {}
+      for (name, severity), x in self.corrupted.items():
+        p = _probs(trainer.logits(state, x))
+        table.setdefault(name, {})[str(severity)] = {
+            "accuracy": calibration.accuracy(p, self.labels), "ece": calibration.ece(p, self.labels, cfg.num_bins)}
+      out["corruptions"] = table
+      cells = [cell for by_severity in table.values() for cell in by_severity.values()]
+      out["corruption_accuracy"] = float(np.mean([c["accuracy"] for c in cells]))
+      out["corruption_ece"] = float(np.mean([c["ece"] for c in cells]))
+    if self.reference is not None:
+      out["similarity"] = {}
+      for eps, x in self.perturbed.items():
+        p, q = _probs(trainer.logits(state, x)), self.reference[eps]
+        out["similarity"][f"{eps:g}"] = {
+            "l2": float(np.mean(np.linalg.norm(p - q, axis=-1))),
+            "linf": float(np.mean(np.max(np.abs(p - q), axis=-1))),
+            "agreement": float(np.mean(p.argmax(-1) == q.argmax(-1)))}
+    return out
+
+
+def record(exp, state, history: list, method: str, round_: int, dense_accuracy: float | None,
+           before: float | None, started: float, **extra) -> dict:
+  """One run's entry of results.json (DESIGN.md's fields; names are stable once written)."""
+  trainer = exp.trainer(exp.config.train.epochs)
+  figures = exp.evaluator.figures(trainer, state)
+  remaining_all, total_all = masks_lib.count(state.masks, jax.tree.map(lambda _: True, state.masks))
+  best = max(history, key=lambda row: row["val_accuracy"]) if history else None
+  return {
+      "method": method, "round": round_,
+      "sparsity": masks_lib.sparsity(state.masks, exp.which),
+      "model_sparsity": masks_lib.model_sparsity(state.masks),
+      "params_remaining": remaining_all, "params_total": total_all,
+      "test_accuracy": figures["accuracy"],
+      "accuracy_drop": None if dense_accuracy is None else dense_accuracy - figures["accuracy"],
+      "accuracy_before_retrain": before,
+      "best_epoch": best["epoch"] if best else None,
+      "best_val_accuracy": best["val_accuracy"] if best else None,
+      "test_accuracy_at_best_epoch": best["test_accuracy"] if best else None,
+      "epochs_trained": len(history),
+      **{k: v for k, v in figures.items() if k != "accuracy"},
+      **extra,
+      "wall_time_s": time.time() - started,
+      "curve": history,
+  }

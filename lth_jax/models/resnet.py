@@ -1,0 +1,124 @@
+"""ResNets for 32x32 inputs: the CIFAR ResNets of He et al. 2016 and the CIFAR ResNet-18.
+
+Both start with a 3x3 stride-1 conv (no max-pool), halve the resolution at the first block of every stage
+after the first, and end with global average pooling and the `output` Dense layer.
+
+- `resnet20/32/56`: 3 stages of n basic blocks at width, 2*width, 4*width (width 16), n = (depth-2)/6;
+  ResNet-20 has 272,474 parameters. With `bottleneck=True` the blocks are bottlenecks (1x1 reduce, 3x3,
+  1x1 expand by 4, so stage outputs are 4x wider) and n = (depth-2)/9, as in He et al.'s CIFAR bottleneck
+  ResNets (ResNet-164 is n=18); depth 20 gives 2 blocks per stage, depth 32 is not allowed.
+- `resnet18`: kuangliu/pytorch-cifar's ResNet-18, 4 stages of 2 basic blocks at 64/128/256/512,
+  11,173,962 parameters.
+
+Where a block changes shape the shortcut is a 1x1 conv + BatchNorm (He et al.'s option B), as in OpenLTH,
+kuangliu/pytorch-cifar and the Flax ImageNet example, rather than the paper's zero-padding option A for
+CIFAR (which would make ResNet-20 269,722 parameters). Pruning masks cover the shortcut kernels too.
+
+Names: blocks are `stage{s}_block{b}` (s from 1, b from 0), holding `conv1`, `bn1`, `conv2`, `bn2`
+(`conv3`, `bn3`) and `shortcut_conv`, `shortcut_bn`; the stem is `stem_conv`, `stem_bn`. Every BatchNorm
+is named after the conv it follows with 'conv' replaced by 'bn', so channel pruning can pair them.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lth_jax.errors import UserError
+from lth_jax.models import register
+
+ModuleDef = Any
+
+# He et al. 2016 initialize as He et al. 2015; torchvision's ResNet takes the normal, fan_out form.
+# Dense and BatchNorm keep Flax's defaults (BN scale 1, not the zero-init of the Flax ImageNet example,
+# which none of the CIFAR references use and which would start channel-pruning scores at zero).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs; the first carries the stride."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm(name="bn1")(self.conv(self.filters, (3, 3), self.strides, name="conv1")(x)))
+    y = self.norm(name="bn2")(self.conv(self.filters, (3, 3), name="conv2")(y))
+    return nn.relu(y + shortcut(x, y, self.conv, self.norm, self.strides))
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce to `filters`, 3x3 (carries the stride, as torchvision and Flax do), 1x1 expand by 4."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm(name="bn1")(self.conv(self.filters, (1, 1), name="conv1")(x)))
+    y = nn.relu(self.norm(name="bn2")(self.conv(self.filters, (3, 3), self.strides, name="conv2")(y)))
+    y = self.norm(name="bn3")(self.conv(4 * self.filters, (1, 1), name="conv3")(y))
+    return nn.relu(y + shortcut(x, y, self.conv, self.norm, self.strides))
+
+
+def shortcut(x, y, conv, norm, strides):
+  """Identity, or a 1x1 conv + BN projection when the block changes resolution or width."""
+  if x.shape == y.shape:
+    return x
+  return norm(name="shortcut_bn")(conv(y.shape[-1], (1, 1), strides, name="shortcut_conv")(x))
+
+
+class ResNet(nn.Module):
+  """Stem, then stage s (from 0) of `stage_sizes[s]` blocks at `width * 2**s` filters."""
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int
+  width: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", kernel_init=conv_init)
+    # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (the weight on the old running average).
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    x = nn.relu(norm(name="stem_bn")(conv(self.width, (3, 3), name="stem_conv")(x)))
+    for s, size in enumerate(self.stage_sizes):
+      for b in range(size):
+        strides = 2 if s > 0 and b == 0 else 1
+        x = self.block_cls(self.width * 2**s, conv, norm, strides, name=f"stage{s + 1}_block{b}")(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="output")(x)
+
+
+def cifar_resnet(depth: int, num_classes: int, width: int, bottleneck: bool) -> ResNet:
+  """He et al.'s CIFAR ResNet: 3 stages of (depth-2)/6 basic or (depth-2)/9 bottleneck blocks."""
+  layers_per_block = 3 if bottleneck else 2
+  n, rest = divmod(depth - 2, 3 * layers_per_block)
+  if rest or n < 1:
+    raise UserError(f"config.model.bottleneck={bottleneck} needs a depth of the form "
+                    f"{3 * layers_per_block}n+2, and ResNet-{depth} is not; resnet20 and resnet56 are")
+  return ResNet((n,) * 3, BottleneckBlock if bottleneck else BasicBlock, num_classes, width)
+
+
+@register("resnet20")
+def resnet20(num_classes: int, width: int = 16, bottleneck: bool = False):
+  return cifar_resnet(20, num_classes, width, bottleneck)
+
+
+@register("resnet32")
+def resnet32(num_classes: int, width: int = 16, bottleneck: bool = False):
+  return cifar_resnet(32, num_classes, width, bottleneck)
+
+
+@register("resnet56")
+def resnet56(num_classes: int, width: int = 16, bottleneck: bool = False):
+  return cifar_resnet(56, num_classes, width, bottleneck)
+
+
+@register("resnet18")
+def resnet18(num_classes: int, width: int = 64):
+  """kuangliu/pytorch-cifar's ResNet-18 (width 64: 11,173,962 parameters for 10 classes)."""
+  return ResNet((2, 2, 2, 2), BasicBlock, num_classes, width)
