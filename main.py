@@ -14,8 +14,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment
 
 
 def main(argv):
+  del argv  # absl strips the flags from it; the report records the full command line
   try:
-    cli.run(_CONFIG.value, cli.command_line(argv))
+    cli.run(_CONFIG.value, cli.command_line(sys.argv))
   except UserError as e:
     cli.fail(str(e))
 
