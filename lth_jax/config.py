@@ -33,6 +33,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.batch_size = 64
   c.train.eval_batch_size = 1000
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
+  c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"      # sgd | adam | adamw

@@ -15,6 +15,7 @@ from lth_jax import evaluation
 from lth_jax import masks as masks_lib
 from lth_jax import models
 from lth_jax import train
+from lth_jax.data import augment
 from lth_jax.errors import UserError, check
 
 METHODS = ("dense", "oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic", "compare")
@@ -88,6 +89,7 @@ class Experiment:
   raw_test: tuple            # (x, y) test split as loaded, before normalisation (numpy)
   input_mean: np.ndarray
   input_std: np.ndarray
+  mesh: Any = None           # jax.sharding.Mesh over the devices in use; None for one device
 
   def normalize(self, x) -> np.ndarray:
     """Inputs as the model sees them: what OOD and corrupted sets go through too."""
@@ -118,10 +120,22 @@ class Experiment:
       opt.schedule, opt.warmup_epochs = self.config.finetune.schedule, 0
     return train.Trainer(self.model, opt, self.config.train.batch_size,
                          train.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
-                         self.config.train.eval_batch_size)
+                         self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh)
 
   def __hash__(self):  # functools.cache on methods: one Experiment per config
     return id(self)
+
+
+def device_mesh(train_config) -> jax.sharding.Mesh | None:
+  """A one-axis mesh over `train.num_devices` local devices (0 = all); None when that is one device."""
+  available = jax.local_devices()
+  n = train_config.num_devices or len(available)
+  check(1 <= n <= len(available),
+        f"config.train.num_devices={train_config.num_devices}: {len(available)} local devices are available")
+  check(train_config.batch_size % n == 0 and train_config.eval_batch_size % n == 0,
+        f"config.train.batch_size={train_config.batch_size} and eval_batch_size={train_config.eval_batch_size} "
+        f"must be multiples of the {n} devices used (config.train.num_devices)")
+  return jax.sharding.Mesh(np.array(available[:n]), ("data",)) if n > 1 else None
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -135,7 +149,14 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs)
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), dataset.test, mean, std)
-  exp.data = {k: (jnp.asarray(exp.normalize(x)), jnp.asarray(y, jnp.int32)) for k, (x, y) in splits.items()}
+  exp.mesh = device_mesh(config.train)
+  # The whole data set goes to the device(s) once; batches are gathered from it inside jit.
+  placement = jax.sharding.NamedSharding(exp.mesh, jax.sharding.PartitionSpec()) if exp.mesh else None
+  exp.data = {k: (jax.device_put(exp.normalize(x), placement), jax.device_put(np.asarray(y, np.int32), placement))
+              for k, (x, y) in splits.items()}
+  if config.data.augment != "none":
+    check(exp.data["train"][0].ndim == 4,
+          f"config.data.augment={config.data.augment!r} needs images (N, H, W, C); {config.data.name!r} is not")
   exp.init_params, exp.init_batch_stats = exp.init_variables(exp.key("init"))
   exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude))
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)

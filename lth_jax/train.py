@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lth_jax.errors import UserError
 
@@ -88,6 +89,7 @@ class Trainer:
   epochs: int                       # length of the schedule
   eval_batch_size: int = 1000
   augment: Callable | None = None   # (key, x) -> x, runs inside jit
+  mesh: jax.sharding.Mesh | None = None   # data parallelism: batches split over its "data" axis
 
   def __post_init__(self):
     self.tx = optimizer(self.opt_config)
@@ -104,6 +106,12 @@ class Trainer:
                       batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
 
   # -- compiled pieces ----------------------------------------------------------------------------
+
+  def _split_batch(self, a):
+    """Shard a batch over the mesh; XLA then runs the step data-parallel (params stay replicated)."""
+    if self.mesh is None:
+      return a
+    return jax.lax.with_sharding_constraint(a, NamedSharding(self.mesh, PartitionSpec("data")))
 
   def _train_step(self, state: TrainState, batch):
     x, y = batch
@@ -136,16 +144,18 @@ class Trainer:
     steps = self.steps_per_epoch
     order = jax.random.permutation(perm_key, x.shape[0])[: steps * self.batch_size]
     order = order.reshape(steps, self.batch_size)
-    state, metrics = jax.lax.scan(lambda s, idx: self._train_step(s, (x[idx], y[idx])),
+    state, metrics = jax.lax.scan(
+        lambda s, idx: self._train_step(s, (self._split_batch(x[idx]), self._split_batch(y[idx]))),
                                   state.replace(rng=rng), order)
     return state, jax.tree.map(jnp.mean, metrics)
 
   def _logits_impl(self, variables, x):
     """Logits of `x` in eval mode, computed in fixed-size batches (the last one padded)."""
-    n, size = x.shape[0], min(self.eval_batch_size, x.shape[0])
+    shards = self.mesh.size if self.mesh is not None else 1
+    n, size = x.shape[0], min(self.eval_batch_size, -(-x.shape[0] // shards) * shards)
     batches = -(-n // size)
     padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])
-    logits = jax.lax.map(lambda b: self.model.apply(variables, b, train=False),
+    logits = jax.lax.map(lambda b: self.model.apply(variables, self._split_batch(b), train=False),
                          padded.reshape(batches, size, *x.shape[1:]))
     return logits.reshape(batches * size, -1)[:n]
 

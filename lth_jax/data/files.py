@@ -128,6 +128,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
   """Unpickling runs whatever functions a file names; a CIFAR batch needs only numpy's array rebuilders."""
 
   ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+             ("_codecs", "encode"),  # how Python 3 writes bytes at pickle protocol 2
              ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
              ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
@@ -215,7 +216,7 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     with PIL.Image.open(io.BytesIO(data)) as image:
       # Grey and RGB images keep their channels; palette, alpha and other modes become RGB.
       pixels = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
     raise UserError(f"{where}: cannot decode the image ({e}); remove or fix it (config.data.dir)") from e
   return pixels[..., None] if pixels.ndim == 2 else pixels
 

@@ -17,10 +17,17 @@ CIFAR (which would make ResNet-20 269,722 parameters). Pruning masks cover the s
 Names: blocks are `stage{s}_block{b}` (s from 1, b from 0), holding `conv1`, `bn1`, `conv2`, `bn2`
 (`conv3`, `bn3`) and `shortcut_conv`, `shortcut_bn`; the stem is `stem_conv`, `stem_bn`. Every BatchNorm
 is named after the conv it follows with 'conv' replaced by 'bn', so channel pruning can pair them.
+
+`block_widths` (config.model.block_widths) sets the widths inside each block: one entry per block in
+network order (stage by stage), each the widths of the convs whose outputs stay inside the block --
+(conv1,) for a basic block, (conv1, conv2) for a bottleneck; a basic block's entry may be a bare int.
+Block outputs, shortcuts and the stem keep the stage widths, since residual additions tie their
+channels together. This is the narrower network `lth_jax.structured.rebuild` builds after channel
+pruning; absent, every block is at its stage width.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -37,30 +44,37 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 convs; the first carries the stride."""
+  """Two 3x3 convs; the first carries the stride. `inner`: (conv1 width,), default (filters,)."""
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   strides: int = 1
+  inner: Optional[Sequence[int]] = None
 
   @nn.compact
   def __call__(self, x):
-    y = nn.relu(self.norm(name="bn1")(self.conv(self.filters, (3, 3), self.strides, name="conv1")(x)))
+    (w1,) = self.inner or (self.filters,)
+    y = nn.relu(self.norm(name="bn1")(self.conv(w1, (3, 3), self.strides, name="conv1")(x)))
     y = self.norm(name="bn2")(self.conv(self.filters, (3, 3), name="conv2")(y))
     return nn.relu(y + shortcut(x, y, self.conv, self.norm, self.strides))
 
 
 class BottleneckBlock(nn.Module):
-  """1x1 reduce to `filters`, 3x3 (carries the stride, as torchvision and Flax do), 1x1 expand by 4."""
+  """1x1 reduce to `filters`, 3x3 (carries the stride, as torchvision and Flax do), 1x1 expand by 4.
+
+  `inner`: (conv1 width, conv2 width), default (filters, filters); the expansion stays 4 * filters.
+  """
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   strides: int = 1
+  inner: Optional[Sequence[int]] = None
 
   @nn.compact
   def __call__(self, x):
-    y = nn.relu(self.norm(name="bn1")(self.conv(self.filters, (1, 1), name="conv1")(x)))
-    y = nn.relu(self.norm(name="bn2")(self.conv(self.filters, (3, 3), self.strides, name="conv2")(y)))
+    w1, w2 = self.inner or (self.filters, self.filters)
+    y = nn.relu(self.norm(name="bn1")(self.conv(w1, (1, 1), name="conv1")(x)))
+    y = nn.relu(self.norm(name="bn2")(self.conv(w2, (3, 3), self.strides, name="conv2")(y)))
     y = self.norm(name="bn3")(self.conv(4 * self.filters, (1, 1), name="conv3")(y))
     return nn.relu(y + shortcut(x, y, self.conv, self.norm, self.strides))
 
@@ -78,6 +92,7 @@ class ResNet(nn.Module):
   block_cls: ModuleDef
   num_classes: int
   width: int
+  block_widths: Optional[Sequence[Sequence[int]]] = None  # per block, see the module docstring
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -85,40 +100,57 @@ class ResNet(nn.Module):
     # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (the weight on the old running average).
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
     x = nn.relu(norm(name="stem_bn")(conv(self.width, (3, 3), name="stem_conv")(x)))
+    k = 0  # block index over all stages, into block_widths
     for s, size in enumerate(self.stage_sizes):
       for b in range(size):
         strides = 2 if s > 0 and b == 0 else 1
-        x = self.block_cls(self.width * 2**s, conv, norm, strides, name=f"stage{s + 1}_block{b}")(x)
+        inner = self.block_widths[k] if self.block_widths is not None else None
+        x = self.block_cls(self.width * 2**s, conv, norm, strides, inner, name=f"stage{s + 1}_block{b}")(x)
+        k += 1
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="output")(x)
 
 
-def cifar_resnet(depth: int, num_classes: int, width: int, bottleneck: bool) -> ResNet:
+def check_block_widths(block_widths, n_blocks: int, bottleneck: bool):
+  """block_widths as a tuple of tuples (hashable, as module fields must be), or a UserError."""
+  if block_widths is None:
+    return None
+  per_block = 2 if bottleneck else 1
+  entries = tuple((w,) if isinstance(w, int) else tuple(w) for w in block_widths)
+  if len(entries) != n_blocks or not all(
+      len(e) == per_block and all(isinstance(w, int) and w > 0 for w in e) for e in entries):
+    raise UserError(f"config.model.block_widths needs {n_blocks} entries (one per block) of {per_block} "
+                    f"positive width{'s' if per_block > 1 else ''} each, got {block_widths!r}")
+  return entries
+
+
+def cifar_resnet(depth: int, num_classes: int, width: int, bottleneck: bool, block_widths=None) -> ResNet:
   """He et al.'s CIFAR ResNet: 3 stages of (depth-2)/6 basic or (depth-2)/9 bottleneck blocks."""
   layers_per_block = 3 if bottleneck else 2
   n, rest = divmod(depth - 2, 3 * layers_per_block)
   if rest or n < 1:
     raise UserError(f"config.model.bottleneck={bottleneck} needs a depth of the form "
                     f"{3 * layers_per_block}n+2, and ResNet-{depth} is not; resnet20 and resnet56 are")
-  return ResNet((n,) * 3, BottleneckBlock if bottleneck else BasicBlock, num_classes, width)
+  return ResNet((n,) * 3, BottleneckBlock if bottleneck else BasicBlock, num_classes, width,
+                check_block_widths(block_widths, 3 * n, bottleneck))
 
 
 @register("resnet20")
-def resnet20(num_classes: int, width: int = 16, bottleneck: bool = False):
-  return cifar_resnet(20, num_classes, width, bottleneck)
+def resnet20(num_classes: int, width: int = 16, bottleneck: bool = False, block_widths=None):
+  return cifar_resnet(20, num_classes, width, bottleneck, block_widths)
 
 
 @register("resnet32")
-def resnet32(num_classes: int, width: int = 16, bottleneck: bool = False):
-  return cifar_resnet(32, num_classes, width, bottleneck)
+def resnet32(num_classes: int, width: int = 16, bottleneck: bool = False, block_widths=None):
+  return cifar_resnet(32, num_classes, width, bottleneck, block_widths)
 
 
 @register("resnet56")
-def resnet56(num_classes: int, width: int = 16, bottleneck: bool = False):
-  return cifar_resnet(56, num_classes, width, bottleneck)
+def resnet56(num_classes: int, width: int = 16, bottleneck: bool = False, block_widths=None):
+  return cifar_resnet(56, num_classes, width, bottleneck, block_widths)
 
 
 @register("resnet18")
-def resnet18(num_classes: int, width: int = 64):
+def resnet18(num_classes: int, width: int = 64, block_widths=None):
   """kuangliu/pytorch-cifar's ResNet-18 (width 64: 11,173,962 parameters for 10 classes)."""
-  return ResNet((2, 2, 2, 2), BasicBlock, num_classes, width)
+  return ResNet((2, 2, 2, 2), BasicBlock, num_classes, width, check_block_widths(block_widths, 8, False))

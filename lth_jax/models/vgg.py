@@ -8,12 +8,17 @@ for 10 classes (convs, BatchNorm scale and bias, output kernel and bias).
 
 Names: `conv_{i}` and the BatchNorm after it `bn_{i}`, i counting convs from 0, so channel pruning by
 BatchNorm scale (network slimming) pairs each BN with its conv by index.
+
+`widths` (config.model.widths) overrides the conv widths one per conv, pools staying where they are: the
+narrower network that `lth_jax.structured.rebuild` builds after channel pruning. Absent, the widths are
+the configuration's own.
 """
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import flax.linen as nn
 
+from lth_jax.errors import UserError
 from lth_jax.models import register
 
 # Conv widths; "M" is a 2x2 max-pool. The final pool of the ImageNet configurations is dropped.
@@ -49,11 +54,25 @@ class VGG(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), name="output")(x)
 
 
+def with_widths(depth: int, widths: Optional[Sequence[int]]):
+  """CONFIGS[depth] with its conv widths replaced, in order, by `widths` (None: unchanged)."""
+  layers = CONFIGS[depth]
+  if widths is None:
+    return layers
+  n_convs = sum(layer != "M" for layer in layers)
+  widths = tuple(widths)
+  if len(widths) != n_convs or not all(isinstance(w, int) and w > 0 for w in widths):
+    raise UserError(f"config.model.widths needs {n_convs} positive conv widths for vgg{depth}, "
+                    f"got {widths!r}")
+  it = iter(widths)
+  return tuple(layer if layer == "M" else next(it) for layer in layers)
+
+
 @register("vgg11")
-def vgg11(num_classes: int):
-  return VGG(CONFIGS[11], num_classes)
+def vgg11(num_classes: int, widths: Optional[Sequence[int]] = None):
+  return VGG(with_widths(11, widths), num_classes)
 
 
 @register("vgg16")
-def vgg16(num_classes: int):
-  return VGG(CONFIGS[16], num_classes)
+def vgg16(num_classes: int, widths: Optional[Sequence[int]] = None):
+  return VGG(with_widths(16, widths), num_classes)

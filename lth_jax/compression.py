@@ -1,0 +1,108 @@
+"""What pruning buys: parameter counts, multiply-adds and wall-clock inference time.
+
+Definitions follow ShrinkBench (Blalock et al. 2020, `shrinkbench/metrics`):
+- compression ratio = all parameters / non-zero parameters (biases and norms included);
+- FLOPs = multiply-adds of the conv and dense layers for ONE input example: a conv costs
+  H_out * W_out * k_h * k_w * C_in * C_out (its kernel's size at every output position), a dense layer
+  in * out; BatchNorm, activations, pooling and biases are not counted. With masks, only non-zero weights
+  count: H_out * W_out * nnz(kernel) for a conv, nnz(kernel) for a dense layer;
+- theoretical speedup = dense FLOPs / non-zero FLOPs.
+
+FLOPs come from tracing the model (`nn.intercept_methods` under `jax.eval_shape`: shapes only, nothing
+is computed), so every Conv and Dense a model calls is counted with its real output size, without
+per-architecture formulas.
+"""
+
+import math
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _params(variables):
+  """Accept a variables dict ({'params': ..., 'batch_stats': ...}) or the params alone."""
+  return variables["params"] if "params" in variables else variables
+
+
+def count_params(params) -> int:
+  return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(_params(params)))
+
+
+def count_nonzero(params, masks=None) -> int:
+  """Non-zero entries of params (times masks, when given): what a sparse format would store."""
+  params = _params(params)
+  if masks is not None:
+    params = jax.tree.map(lambda p, m: np.asarray(p) * np.asarray(m), params, masks)
+  return sum(int(np.count_nonzero(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def compression_ratio(params, masks) -> float:
+  return count_params(params) / count_nonzero(params, masks)
+
+
+def _trace(model, input_shape) -> list[tuple[str, int]]:
+  """(layer path, output positions) for every Conv / Dense call on one example of `input_shape`.
+
+  Positions are the output's size without batch and feature axes: H_out * W_out for a 2-D conv, 1 for a
+  dense layer on a flat input.
+  """
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, nn.Dense)):
+      calls.append(("/".join(context.module.path), math.prod(out.shape[1:-1])))
+    return out
+
+  x = jnp.zeros((1, *input_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), x))  # batch statistics are not needed
+  return calls
+
+
+def layer_flops(model, params, input_shape, masks=None) -> list[dict]:
+  """Per Conv/Dense call: layer, positions, dense multiply-adds and non-zero ones (= dense without masks).
+
+  `input_shape` is one example's shape without the batch axis, e.g. (32, 32, 3) (Dataset.input_shape).
+  """
+  kernels = flax.traverse_util.flatten_dict(_params(params), sep="/")
+  mask_leaves = flax.traverse_util.flatten_dict(masks, sep="/") if masks is not None else {}
+  rows = []
+  for layer, positions in _trace(model, input_shape):
+    kernel = kernels[f"{layer}/kernel"]
+    size = math.prod(kernel.shape)  # works for shapes alone (jax.eval_shape) when there are no masks
+    nonzero = size
+    if masks is not None:
+      nonzero = int(np.count_nonzero(np.asarray(kernel) * np.asarray(mask_leaves[f"{layer}/kernel"])))
+    rows.append({"layer": layer, "positions": positions, "dense": positions * size,
+                 "nonzero": positions * nonzero})
+  return rows
+
+
+def flops(model, params, input_shape, masks=None) -> int:
+  """Multiply-adds for one example; with masks, only those of non-zero weights (ShrinkBench)."""
+  return sum(row["nonzero"] for row in layer_flops(model, params, input_shape, masks))
+
+
+def theoretical_speedup(model, params, input_shape, masks) -> float:
+  rows = layer_flops(model, params, input_shape, masks)
+  return sum(r["dense"] for r in rows) / sum(r["nonzero"] for r in rows)
+
+
+def time_inference(apply_fn, variables, x, repeats: int = 20, warmup: int = 2) -> float:
+  """Median seconds per call of apply_fn(variables, x), waiting for the result (block_until_ready).
+
+  Pass a jitted apply_fn; the `warmup` calls before timing absorb compilation and are not counted.
+  """
+  for _ in range(warmup):
+    jax.block_until_ready(apply_fn(variables, x))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(apply_fn(variables, x))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
