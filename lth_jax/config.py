@@ -53,7 +53,7 @@ def base() -> ml_collections.ConfigDict:
   c.finetune = ml_collections.ConfigDict()
   c.finetune.epochs = 10
   c.finetune.lr = 0.0           # 0 = config.optimizer.lr
-  c.finetune.schedule = "constant"   # constant | cosine
+  c.finetune.schedule = "constant"   # constant | cosine | step (at config.optimizer.milestones)
 
   c.prune = ml_collections.ConfigDict()
   c.prune.sparsity = 0.8        # target fraction of prunable weights removed

@@ -46,8 +46,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
   check(0 <= config.prune.rewind_epoch < config.train.epochs,
         f"config.prune.rewind_epoch={config.prune.rewind_epoch} must be in [0, config.train.epochs)")
-  check(config.finetune.schedule in ("constant", "cosine"),
-        f"config.finetune.schedule={config.finetune.schedule!r}; allowed: constant, cosine")
+  check(config.finetune.schedule in train.SCHEDULES,
+        f"config.finetune.schedule={config.finetune.schedule!r}; allowed: {', '.join(train.SCHEDULES)}"
+        " (step uses config.optimizer.milestones)")
   check(all(0.0 < a < 1.0 for a in config.dynamic.at) and list(config.dynamic.at) == sorted(config.dynamic.at),
         f"config.dynamic.at={tuple(config.dynamic.at)} must be increasing fractions of training in (0, 1)")
   check(0.0 <= config.dynamic.fraction < 1.0, f"config.dynamic.fraction={config.dynamic.fraction} must be in [0, 1)")

@@ -94,6 +94,8 @@ def iterative(exp: Experiment, dense_run: DenseRun, target: float, recorder: Rec
   Each round removes `rate` of the remaining weights (config.iterative.rate, or the rate that reaches
   `target` after `rounds`). reset="init"/"rewind": lottery-ticket rewinding and a full retraining;
   reset="none": keep training the pruned weights for `round_epochs` with the fine-tuning optimizer.
+  Each round records the accuracy of its mask at the previous round's weights (accuracy_before_retrain)
+  and at the trained dense weights (accuracy_at_dense_weights), the ResNet-20 seed's @w(t-1) and @w0.
   The last round trains `final_epochs` instead when that is set (the CNN-pruning seed's 5 then 100).
   Every `random_control_every`-th round also trains its mask from a random initialisation.
   """
@@ -105,6 +107,7 @@ def iterative(exp: Experiment, dense_run: DenseRun, target: float, recorder: Rec
     started, name = time.time(), f"iterative round {round_}"
     masks = _prune(exp, state.params, masks, rate)
     before = _masked_accuracy(exp, state.params, state.batch_stats, masks)
+    at_dense = _masked_accuracy(exp, dense_run.state.params, dense_run.state.batch_stats, masks)
     last = round_ == cfg.rounds
     if cfg.reset == "none":
       epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.finetune.epochs
@@ -118,7 +121,7 @@ def iterative(exp: Experiment, dense_run: DenseRun, target: float, recorder: Rec
       finetune = False
     state, history = _retrain(exp, params, stats, masks, start, epochs, finetune, name)
     recorder(evaluation.record(exp, state, history, "iterative", round_, dense_run.test_accuracy, before,
-                             started, rate_per_round=rate), state, params)
+                             started, rate_per_round=rate, accuracy_at_dense_weights=at_dense), state, params)
     if cfg.random_control_every and round_ % cfg.random_control_every == 0:
       _random_control(exp, masks, epochs, round_, dense_run.test_accuracy, before, recorder)
   return state
