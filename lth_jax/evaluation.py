@@ -146,9 +146,13 @@ class Evaluator:
 
 
 def record(exp, state, history: list, method: str, round_: int, dense_accuracy: float | None,
-           before: float | None, started: float, **extra) -> dict:
-  """One run's entry of results.json (DESIGN.md's fields; names are stable once written)."""
-  trainer = exp.trainer(exp.config.train.epochs)
+           before: float | None, started: float, trainer=None, **extra) -> dict:
+  """One run's entry of results.json (DESIGN.md's fields; names are stable once written).
+
+  `trainer` evaluates the state; pass the one that trained it when its model differs from exp.model
+  (a network rebuilt narrower).
+  """
+  trainer = trainer or exp.trainer(exp.config.train.epochs)
   figures = exp.evaluator.figures(trainer, state)
   remaining_all, total_all = masks_lib.count(state.masks, jax.tree.map(lambda _: True, state.masks))
   best = max(history, key=lambda row: row["val_accuracy"]) if history else None

@@ -90,6 +90,7 @@ class Trainer:
   eval_batch_size: int = 1000
   augment: Callable | None = None   # (key, x) -> x, runs inside jit
   mesh: jax.sharding.Mesh | None = None   # data parallelism: batches split over its "data" axis
+  regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
 
   def __post_init__(self):
     self.tx = optimizer(self.opt_config)
@@ -127,9 +128,11 @@ class Trainer:
         new_stats = updates["batch_stats"]
       else:
         logits, new_stats = self.model.apply(variables, x, train=True), state.batch_stats
-      return cross_entropy(logits, y).mean(), (logits, new_stats)
+      loss = cross_entropy(logits, y).mean()
+      penalty = self.regularizer(params) if self.regularizer is not None else 0.0
+      return loss + penalty, (loss, logits, new_stats)
 
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.tree.map(jnp.multiply, grads, state.masks)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     lr = self.lr(state.step)
