@@ -24,4 +24,7 @@ def get_config():
   c.compare.sparsities = (0.5, 0.8, 0.9, 0.95)
   c.iterative.rounds = 5
   c.iterative.reset = "init"
+  # OOD: points far from the training data (the seed's FCC study) and uniform noise over the data's box.
+  c.metrics.ood = ("far_points", "uniform_noise")
+  c.metrics.similarity_eps = (0.0, 0.1, 0.3)
   return c
