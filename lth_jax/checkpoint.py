@@ -1,6 +1,7 @@
 """Saving and reloading tickets with Orbax: params, BatchNorm statistics, masks and the rewind weights."""
 
 import contextlib
+import json
 import os
 
 import jax
@@ -23,12 +24,31 @@ def _quiet():
     logging.set_verbosity(level)
 
 
-def save_ticket(path: str, state, rewind_params) -> None:
-  """Writes {params, batch_stats, masks, rewind_params} of a trained ticket to `path` (a new directory)."""
+METADATA = "model.json"
+
+
+def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -> None:
+  """Writes {params, batch_stats, masks, rewind_params} of a trained ticket to `path` (a new directory).
+
+  `metadata` (e.g. a rebuilt network's models.get arguments, its channel widths) goes to path/model.json,
+  so the ticket reloads without the config that made it (`load_metadata`).
+  """
   tree = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks,
           "rewind_params": rewind_params}
   with _quiet(), ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.abspath(path), tree, force=True)
+  if metadata is not None:  # after the checkpointer has closed: the directory is complete
+    with open(os.path.join(path, METADATA), "w") as f:
+      json.dump(metadata, f, indent=1)
+
+
+def load_metadata(path: str) -> dict | None:
+  """What `save_ticket` wrote as metadata beside the ticket at `path`; None when it wrote none."""
+  try:
+    with open(os.path.join(path, METADATA)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
 
 
 def load_ticket(path: str) -> dict:
@@ -44,3 +64,76 @@ def export_npz(path: str, params, masks) -> None:
   from lth_jax.masks import named_leaves  # local: keep this module importable on its own
   masked = jax.tree.map(lambda p, m: np.asarray(p * m), params, masks)
   np.savez(path, **dict(named_leaves(masked)))
+
+
+class SegmentStore:
+  """Orbax checkpoints of every training segment of an experiment, so a killed run resumes exactly.
+
+  A segment is one `Trainer.fit` call, named uniquely within the experiment ("dense/0-40",
+  "iterative round 3/0-40"). Each is saved every `every` epochs and at its end through its own
+  `CheckpointManager` (atomic writes, keep the last `keep`). Everything between segments — pruning,
+  resets, keys — is a deterministic function of the config and of finished segments, so re-running
+  the same command replays finished segments from their last checkpoint, continues the interrupted
+  one from its newest checkpoint, and gives the numbers of an uninterrupted run bit for bit.
+  """
+
+  def __init__(self, directory: str, every: int, keep: int):
+    self.directory, self.every, self.keep = os.path.abspath(directory), every, keep
+    self._managers = {}
+
+  def _manager(self, name: str) -> ocp.CheckpointManager:
+    if name not in self._managers:
+      safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+      options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
+      with _quiet():
+        self._managers[name] = ocp.CheckpointManager(os.path.join(self.directory, safe), options=options)
+    return self._managers[name]
+
+  def save(self, name: str, epoch: int, state, history: list, final: bool) -> None:
+    if not (final or epoch % self.every == 0):
+      return
+    manager = self._manager(name)
+    tree = state.replace(rng=jax.random.key_data(state.rng))
+    try:
+      with _quiet():
+        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                    history=ocp.args.JsonSave(history)), force=True)
+        manager.wait_until_finished()
+    except OSError as e:
+      raise UserError(f"cannot write a checkpoint under {self.directory!r}: {e.strerror or e}") from None
+
+  def restore(self, name: str, template, end_epoch: int):
+    """(state, history) from the newest readable checkpoint at or before `end_epoch`, or None.
+
+    A checkpoint that fails to read (corrupted, truncated) is skipped with a warning and the one
+    before it is used; half-written ones are never listed by Orbax.
+    """
+    manager = self._manager(name)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.replace(rng=jax.random.key_data(template.rng)))
+    for step in sorted((s for s in manager.all_steps() if s <= end_epoch), reverse=True):
+      try:
+        with _quiet():
+          restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                   history=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001  -- any unreadable checkpoint: fall back to the previous one
+        logging.warning("checkpoint %s of %s is unreadable (%s: %s); using the one before it", step, name,
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        continue
+      state = restored["state"]
+      return state.replace(rng=jax.random.wrap_key_data(state.rng)), list(restored["history"])
+    return None
+
+  def close(self) -> None:
+    for manager in self._managers.values():
+      manager.close()
+
+
+def check_compatible(saved_params, model_params, path: str) -> None:
+  """Refuse a checkpoint whose parameter tree differs from the model's, naming the first mismatch."""
+  from lth_jax.masks import named_leaves  # local: keep this module importable on its own
+  saved = {name: tuple(np.shape(x)) for name, x in named_leaves(saved_params)}
+  model = {name: tuple(np.shape(x)) for name, x in named_leaves(model_params)}
+  for name in sorted(set(saved) | set(model)):
+    if saved.get(name) != model.get(name):
+      raise UserError(f"the checkpoint at {path!r} does not fit config.model: {name} is "
+                      f"{saved.get(name, 'absent')} there and {model.get(name, 'absent')} in the model")

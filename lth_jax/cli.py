@@ -14,9 +14,11 @@ from absl import flags
 from absl import logging
 
 from lth_jax import checkpoint
+from lth_jax import evaluation
 from lth_jax import experiment
 from lth_jax import methods
 from lth_jax import report
+from lth_jax import resume
 from lth_jax.errors import UserError
 
 
@@ -83,9 +85,20 @@ def prepare_workdir(workdir: str) -> None:
 
 
 def run(config, command: str = "") -> list[dict]:
-  """Run config.method; returns the run records also written to config.workdir/results.json."""
+  """Run config.method; returns the run records also written to config.workdir/results.json.
+
+  Re-running the same command with the same workdir resumes where the last run stopped.
+  """
+  if config.mode == "eval":
+    return evaluate_ticket(config, command)
+  if config.mode != "train":
+    raise UserError(f"config.mode={config.mode!r}; allowed: train, eval")
+  if config.restore:
+    raise UserError("config.restore is read by --config.mode=eval; in train mode a rerun resumes from "
+                    "config.workdir's checkpoints")
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
+  exp.store = resume.prepare(config)
   logging.info("%s on %s (%d train / %d val / %d test) with %s on %s", config.method, config.data.name,
                exp.n_train, len(exp.data["val"][1]), len(exp.data["test"][1]), config.model.name,
                jax.devices()[0].platform)
@@ -93,7 +106,8 @@ def run(config, command: str = "") -> list[dict]:
 
   def record(run_record: dict, state, rewind_params) -> None:
     name = f"{len(runs):02d}_{run_record['method']}_r{run_record['round']}_s{run_record['sparsity']:.3f}"
-    checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params)
+    checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
+                           run_record.get("model_kwargs"))  # a rebuilt network's widths: it reloads alone
     run_record["ticket"] = os.path.join("tickets", name)
     runs.append(run_record)
     logging.info("%-15s round %d  sparsity %.3f  test acc %.4f  (before retrain %s)  best epoch %s  ECE %.4f",
@@ -107,6 +121,29 @@ def run(config, command: str = "") -> list[dict]:
   report.write_all(config.workdir, config, runs, command)
   print(report.markdown_table(runs))
   print(f"\n{len(runs)} runs in {time.time() - started:.1f}s; results in {config.workdir}/results.md")
+  return runs
+
+
+def evaluate_ticket(config, command: str) -> list[dict]:
+  """Evaluate a saved ticket (config.restore) without training: sparsity, accuracy and every metric.
+
+  Writes results.json / results.md with one run (method "eval") and the masked weights as ticket.npz.
+  """
+  if not config.restore:
+    raise UserError("config.mode=eval needs --config.restore=PATH, a ticket directory (workdir/tickets/...)")
+  exp = experiment.build(config)
+  prepare_workdir(config.workdir)
+  ticket = checkpoint.load_ticket(config.restore)
+  checkpoint.check_compatible(ticket["params"], exp.init_params, config.restore)
+  trainer = exp.trainer(config.train.epochs)
+  state = trainer.init_state(ticket["params"], ticket["batch_stats"] or exp.init_batch_stats, ticket["masks"],
+                             exp.key("eval"))
+  runs = [evaluation.record(exp, state, [], "eval", 0, None, None, time.time(), ticket=config.restore)]
+  checkpoint.export_npz(os.path.join(config.workdir, "ticket.npz"), state.params, state.masks)
+  report.write_all(config.workdir, config, runs, command)
+  print(report.markdown_table(runs))
+  print(f"\nticket {config.restore}: sparsity {runs[0]['sparsity']:.4f}, test accuracy {runs[0]['test_accuracy']:.4f}; "
+        f"masked weights in {config.workdir}/ticket.npz")
   return runs
 
 

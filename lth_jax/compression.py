@@ -106,3 +106,22 @@ def time_inference(apply_fn, variables, x, repeats: int = 20, warmup: int = 2) -
     jax.block_until_ready(apply_fn(variables, x))
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def figures(model, params, input_shape, masks=None, dense_model=None, dense_params=None) -> dict:
+  """One network's ShrinkBench figures: parameters and multiply-adds, all and non-zero, and the compression
+  ratio and theoretical speedup against the dense network it was pruned from.
+
+  That network is the same one by default (a masked network); a network rebuilt narrower passes the
+  full-width `dense_model` and `dense_params`, so its ratio and speedup count the removed channels too.
+  """
+  rows = layer_flops(model, params, input_shape, masks)
+  all_flops, nonzero_flops = sum(r["dense"] for r in rows), sum(r["nonzero"] for r in rows)
+  nonzero_params = count_nonzero(params, masks)
+  if dense_model is None:
+    dense_flops, dense_count = all_flops, count_params(params)
+  else:
+    dense_flops, dense_count = flops(dense_model, dense_params, input_shape), count_params(dense_params)
+  return {"params": count_params(params), "nonzero_params": nonzero_params, "flops": all_flops,
+          "nonzero_flops": nonzero_flops, "compression_ratio": dense_count / nonzero_params,
+          "theoretical_speedup": dense_flops / nonzero_flops}

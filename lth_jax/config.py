@@ -7,7 +7,16 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
-  c.workdir = "workdir"         # results.json, results.md, plots and tickets go here
+  #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
+  c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
+  c.mode = "train"              # train | eval (evaluate the ticket at `restore` without training)
+  c.restore = ""                # mode=eval: a ticket directory, e.g. workdir/tickets/05_iterative_r3_s0.488
+
+  # Every training segment is checkpointed; rerunning the same command resumes where it stopped.
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 5        # epochs between checkpoints (and always at the end of a segment)
+  c.checkpoint.keep = 2         # checkpoints kept per segment
+  c.checkpoint.restart = False  # True: delete the workdir's checkpoints and results and start over
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"        # moons | penguins | digits | mnist
@@ -73,6 +82,25 @@ def base() -> ml_collections.ConfigDict:
   c.dynamic = ml_collections.ConfigDict()
   c.dynamic.at = (1 / 3, 2 / 3)   # fractions of training at which to prune
   c.dynamic.fraction = 0.0        # per event; 0 = reach the sparsity after all events
+
+  # Network slimming (Liu et al. 2017): train with lambda * sum|gamma| over the prunable BatchNorm scales,
+  # remove channels at each of `epochs` (one branch each), rebuild the narrower network and retrain it.
+  c.slimming = ml_collections.ConfigDict()
+  c.slimming.penalty = 1e-4         # lambda of the L1 on BN scales (Liu et al.: 1e-4 VGG, 1e-5 ResNets); 0 = none
+  c.slimming.ratio = 0.5            # fraction of the prunable channels removed
+  c.slimming.epochs = ()            # epochs whose weights are pruned, one branch each; () = the last (train.epochs)
+  c.slimming.criterion = "bn_scale"   # bn_scale (one global |gamma| threshold) | l1_filter (Li et al.: per layer)
+  c.slimming.retrain_from = "pruned"  # pruned (the kept weights of the pruning epoch) | init (a fresh random init)
+  c.slimming.retrain_epochs = 0     # epochs of retraining the rebuilt network; 0 = train.epochs
+
+  # Early-Bird tickets (You et al. 2020): train with slimming.penalty; after each epoch the bn_scale channel
+  # mask for `ratio`; draw the ticket when it is within `epsilon` (normalised Hamming) of each of the last
+  # `window` masks; prune and rebuild there, retrain as slimming.retrain_from / slimming.retrain_epochs say.
+  c.early_bird = ml_collections.ConfigDict()
+  c.early_bird.ratio = 0.5          # fraction of the prunable channels removed
+  c.early_bird.window = 5           # earlier masks each new one is compared with
+  c.early_bird.epsilon = 0.1        # the ticket is drawn when every distance is below this
+  c.early_bird.max_epochs = 0       # no ticket by this epoch: prune there (recorded detected=false); 0 = train.epochs
 
   c.compare = ml_collections.ConfigDict()
   c.compare.methods = ("oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic")

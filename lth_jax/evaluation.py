@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from lth_jax import calibration
+from lth_jax import compression
 from lth_jax import corruptions
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
@@ -150,7 +151,8 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
   """One run's entry of results.json (DESIGN.md's fields; names are stable once written).
 
   `trainer` evaluates the state; pass the one that trained it when its model differs from exp.model
-  (a network rebuilt narrower).
+  (a network rebuilt narrower). Compression figures (params, nonzero_params, flops, nonzero_flops,
+  compression_ratio, theoretical_speedup) compare with exp.model at full width.
   """
   trainer = trainer or exp.trainer(exp.config.train.epochs)
   figures = exp.evaluator.figures(trainer, state)
@@ -161,6 +163,8 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
       "sparsity": masks_lib.sparsity(state.masks, exp.which),
       "model_sparsity": masks_lib.model_sparsity(state.masks),
       "params_remaining": remaining_all, "params_total": total_all,
+      **compression.figures(trainer.model, state.params, exp.data["train"][0].shape[1:], state.masks,
+                            exp.model, exp.init_params),
       "test_accuracy": figures["accuracy"],
       "accuracy_drop": None if dense_accuracy is None else dense_accuracy - figures["accuracy"],
       "accuracy_before_retrain": before,

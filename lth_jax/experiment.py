@@ -14,12 +14,17 @@ from lth_jax import data as data_lib
 from lth_jax import evaluation
 from lth_jax import masks as masks_lib
 from lth_jax import models
+from lth_jax import structured
 from lth_jax import train
 from lth_jax.data import augment
 from lth_jax.errors import UserError, check
 
-METHODS = ("dense", "oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic", "compare")
+METHODS = ("dense", "oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic", "slimming", "early_bird",
+           "compare")
+STRUCTURED = ("slimming", "early_bird")   # channel pruning with a rebuilt narrower model; not part of `compare`
 RESETS = ("init", "rewind", "none")
+CRITERIA = ("bn_scale", "l1_filter")
+RETRAIN_FROM = ("pruned", "init")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -30,8 +35,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(0.0 <= config.prune.sparsity < 1.0, f"config.prune.sparsity={config.prune.sparsity} must be in [0, 1)")
   for s in config.compare.sparsities:
     check(0.0 <= s < 1.0, f"config.compare.sparsities holds {s}; each must be in [0, 1)")
+  comparable = [m for m in METHODS[:-1] if m not in STRUCTURED]
   for m in config.compare.methods:
-    check(m in METHODS[:-1], f"config.compare.methods holds {m!r}; allowed: {', '.join(METHODS[:-1])}")
+    check(m in comparable, f"config.compare.methods holds {m!r}; allowed: {', '.join(comparable)}")
   check(config.iterative.rounds >= 1, f"config.iterative.rounds={config.iterative.rounds} must be >= 1")
   check(0.0 <= config.iterative.rate < 1.0, f"config.iterative.rate={config.iterative.rate} must be in [0, 1)"
         " (0 derives it from config.prune.sparsity)")
@@ -43,6 +49,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       check(not it[key] or it[key] > config.prune.rewind_epoch,
             f"config.iterative.{key}={it[key]} must exceed config.prune.rewind_epoch="
             f"{config.prune.rewind_epoch}: a rewound round resumes the schedule there")
+  check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
+        "config.checkpoint.every and config.checkpoint.keep must be >= 1")
   check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
   check(0 <= config.prune.rewind_epoch < config.train.epochs,
         f"config.prune.rewind_epoch={config.prune.rewind_epoch} must be in [0, config.train.epochs)")
@@ -52,6 +60,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(all(0.0 < a < 1.0 for a in config.dynamic.at) and list(config.dynamic.at) == sorted(config.dynamic.at),
         f"config.dynamic.at={tuple(config.dynamic.at)} must be increasing fractions of training in (0, 1)")
   check(0.0 <= config.dynamic.fraction < 1.0, f"config.dynamic.fraction={config.dynamic.fraction} must be in [0, 1)")
+  validate_structured(config)
+
+
+def validate_structured(config: ml_collections.ConfigDict) -> None:
+  s, eb, epochs = config.slimming, config.early_bird, config.train.epochs
+  if config.method in STRUCTURED:
+    check(config.model.name in structured.REBUILDABLE, f"config.method={config.method!r} rebuilds the model "
+          f"narrower; config.model.name={config.model.name!r} cannot be; allowed: {', '.join(structured.REBUILDABLE)}")
+  check(s.penalty >= 0, f"config.slimming.penalty={s.penalty} must be >= 0")
+  check(0.0 < s.ratio < 1.0, f"config.slimming.ratio={s.ratio} must be in (0, 1)")
+  check(all(isinstance(e, int) and 1 <= e <= epochs for e in s.epochs) and list(s.epochs) == sorted(set(s.epochs)),
+        f"config.slimming.epochs={tuple(s.epochs)} must be increasing epochs in [1, config.train.epochs={epochs}]")
+  check(s.criterion in CRITERIA, f"config.slimming.criterion={s.criterion!r}; allowed: {', '.join(CRITERIA)}")
+  check(s.retrain_from in RETRAIN_FROM,
+        f"config.slimming.retrain_from={s.retrain_from!r}; allowed: {', '.join(RETRAIN_FROM)}")
+  check(s.retrain_epochs >= 0, f"config.slimming.retrain_epochs={s.retrain_epochs} must be >= 0 (0 = train.epochs)")
+  check(0.0 < eb.ratio < 1.0, f"config.early_bird.ratio={eb.ratio} must be in (0, 1)")
+  check(eb.window >= 1, f"config.early_bird.window={eb.window} must be >= 1")
+  check(0.0 < eb.epsilon <= 1.0, f"config.early_bird.epsilon={eb.epsilon} must be in (0, 1]")
+  check(0 <= eb.max_epochs <= epochs,
+        f"config.early_bird.max_epochs={eb.max_epochs} must be in [0, config.train.epochs={epochs}] (0 = all)")
 
 
 def parse_layer_scale(entries) -> dict[str, float]:
@@ -91,6 +120,7 @@ class Experiment:
   input_mean: np.ndarray
   input_std: np.ndarray
   mesh: Any = None           # jax.sharding.Mesh over the devices in use; None for one device
+  store: Any = None          # checkpoint.SegmentStore; None: no checkpoints (library use, tests)
 
   def normalize(self, x) -> np.ndarray:
     """Inputs as the model sees them: what OOD and corrupted sets go through too."""
@@ -113,18 +143,27 @@ class Experiment:
     return evaluation.Evaluator(self)
 
   @functools.cache
-  def trainer(self, epochs: int, finetune: bool = False) -> train.Trainer:
-    """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule."""
+  def trainer(self, epochs: int, finetune: bool = False, model=None) -> train.Trainer:
+    """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule.
+
+    `model` (default: exp.model) trains another network on the same data, e.g. one rebuilt narrower.
+    """
     opt = ml_collections.ConfigDict(self.config.optimizer.to_dict())
     if finetune:
       opt.lr = self.config.finetune.lr or opt.lr
       opt.schedule, opt.warmup_epochs = self.config.finetune.schedule, 0
-    return train.Trainer(self.model, opt, self.config.train.batch_size,
+    return train.Trainer(self.model if model is None else model, opt, self.config.train.batch_size,
                          train.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
-                         self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh)
+                         self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
+                         store=self.store)
 
   def __hash__(self):  # functools.cache on methods: one Experiment per config
     return id(self)
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """config.model's options for models.get, without the name."""
+  return {k: v for k, v in config.model.to_dict().items() if k != "name"}
 
 
 def device_mesh(train_config) -> jax.sharding.Mesh | None:
@@ -146,8 +185,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   for name, (x, _) in splits.items():
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
   mean, std = input_statistics(dataset.train[0], config.data.standardize)
-  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-  model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs)
+  model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config))
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), dataset.test, mean, std)
   exp.mesh = device_mesh(config.train)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from lth_jax import evaluation
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
-from lth_jax.experiment import Experiment
+from lth_jax.experiment import STRUCTURED, Experiment
 from lth_jax.train import TrainState
 
 Recorder = Callable[[dict, TrainState, Any], None]   # (record, final state, rewind params) -> None
@@ -171,6 +171,10 @@ ONESHOT_RESETS = {"oneshot": "none", "oneshot_reinit": "rewind", "oneshot_random
 def run(exp: Experiment, recorder: Recorder) -> None:
   """Run config.method; `compare` shares one dense run among the listed methods and sparsities."""
   method = exp.config.method
+  if method in STRUCTURED:
+    from lth_jax import methods_structured  # here, not at the top: it imports this module
+    getattr(methods_structured, method)(exp, recorder)
+    return
   if method == "dynamic":
     dynamic(exp, exp.config.prune.sparsity, recorder)
     return

@@ -213,5 +213,28 @@ def write_all(workdir: str, config, runs: list, command: str) -> None:
   plot_reliability(runs, path("reliability.png"))
   plot_potential(summary, path("prune_potential.png"))
   plot_curves(runs, path("curves.png"))
+  if any(r.get("distance_curve") for r in runs):
+    plot_distance_curve(runs, path("distance_curve.png"))
   write_markdown(workdir, config, runs, command, summary)
   write_json(workdir, config, runs, complete=True, command=command, summary=summary)
+
+
+def plot_distance_curve(runs: list, path: str) -> None:
+  """Early-Bird: per epoch, the largest mask distance to the previous `window` masks, against epsilon."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in (r for r in runs if r.get("distance_curve")):
+    points = [(epoch, d) for epoch, d in enumerate(r["distance_curve"], 1) if d is not None]
+    if not points:  # the search ended before `window` earlier masks existed
+      continue
+    line, = ax.plot(*zip(*points), marker="o", markersize=3, label=f"{r['method']} ratio={r['ratio']:g}")
+    ax.axhline(r["epsilon"], color=line.get_color(), linestyle=":", linewidth=1)
+    if r["detected"]:
+      ax.axvline(r["detection_epoch"], color=line.get_color(), linestyle="--", linewidth=1,
+                 label=f"ticket drawn at epoch {r['detection_epoch']}")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("max Hamming distance to the last masks")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

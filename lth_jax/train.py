@@ -91,6 +91,7 @@ class Trainer:
   augment: Callable | None = None   # (key, x) -> x, runs inside jit
   mesh: jax.sharding.Mesh | None = None   # data parallelism: batches split over its "data" axis
   regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
+  store: Any = None                       # checkpoint.SegmentStore: resume each fit where it stopped
 
   def __post_init__(self):
     self.tx = optimizer(self.opt_config)
@@ -181,8 +182,15 @@ class Trainer:
     test loss/accuracy after the epoch, learning rate of its last step.
     """
     start_epoch = int(state.step) // self.steps_per_epoch
+    segment = f"{name}/{start_epoch}-{end_epoch}"
     history, start = [], time.time()
-    for epoch in range(start_epoch + 1, end_epoch + 1):
+    if self.store is not None and end_epoch > start_epoch:
+      restored = self.store.restore(segment, state, end_epoch)
+      if restored is not None:
+        state, history = restored
+        if log_every:
+          logging.info("%s: resumed at epoch %d from its checkpoint", name, start_epoch + len(history))
+    for epoch in range(start_epoch + len(history) + 1, end_epoch + 1):
       state, train_metrics = self._train_epoch(state, *data["train"])
       val, test = self.evaluate(state, data["val"]), self.evaluate(state, data["test"])
       history.append({"epoch": epoch, "train_loss": float(train_metrics["loss"]),
@@ -194,8 +202,10 @@ class Trainer:
                      end_epoch, history[-1]["train_loss"], val["accuracy"], test["accuracy"],
                      time.time() - start)
       if not np.isfinite(history[-1]["train_loss"]):
-        raise UserError(f"{name}: training loss is not finite at epoch {epoch}; "
-                        "lower config.optimizer.lr or check the data")
+        raise UserError(f"{name}: training loss is not finite at epoch {epoch}; lower config.optimizer.lr or "
+                        "check the data (the last good checkpoint is kept)")
+      if self.store is not None:
+        self.store.save(segment, epoch, state, history, final=epoch == end_epoch)
     return state, history
 
 
