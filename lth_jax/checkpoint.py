@@ -96,6 +96,8 @@ class SegmentStore:
     tree = state.replace(rng=jax.random.key_data(state.rng))
     try:
       with _quiet():
+        if epoch in manager.all_steps():   # an unreadable checkpoint we fell back from: replace it
+          manager.delete(epoch)
         manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                     history=ocp.args.JsonSave(history)), force=True)
         manager.wait_until_finished()

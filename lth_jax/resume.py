@@ -1,0 +1,60 @@
+"""A workdir remembers the config that made it: the same command resumes, a different one is refused.
+
+The first run writes `config.json` into the workdir and keeps segment checkpoints under
+`checkpoints/`. A later run with the same workdir compares configs: equal in everything that changes
+results → resume; different → a one-line error naming the first differing key, unless
+`config.checkpoint.restart=True`, which deletes the old checkpoints, tickets and results first.
+"""
+
+import json
+import os
+import shutil
+
+from lth_jax import checkpoint
+from lth_jax import report
+from lth_jax.errors import UserError
+
+# Keys that do not change any number a run produces.
+IGNORED = ("workdir", "mode", "restore", "train.log_every", "checkpoint.every", "checkpoint.keep",
+           "checkpoint.restart")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, path + "."))
+    else:
+      flat[path] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+  keys = sorted((set(a) | set(b)) - set(IGNORED))
+  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def prepare(config) -> checkpoint.SegmentStore:
+  """Check the workdir against `config` (restarting it if asked) and return its checkpoint store."""
+  workdir = config.workdir
+  saved_path = os.path.join(workdir, "config.json")
+  if config.checkpoint.restart:
+    for name in ("checkpoints", "tickets"):
+      shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+    for name in ("config.json", "results.json", "results.md"):
+      if os.path.exists(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))
+  elif os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = json.load(f)
+    diff = differences(saved, config.to_dict())
+    if diff:
+      raise UserError(f"config.workdir={workdir!r} holds a run of a different config ({diff[0]}"
+                      f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); use another workdir or "
+                      "--config.checkpoint.restart=True to start over")
+  os.makedirs(os.path.join(workdir, "tickets"), exist_ok=True)
+  report.write_atomic(saved_path, json.dumps(config.to_dict(), indent=1, default=str))
+  return checkpoint.SegmentStore(os.path.join(workdir, "checkpoints"), config.checkpoint.every,
+                                 config.checkpoint.keep)
