@@ -1,5 +1,6 @@
 """lth_jax: train, prune and compare.  python main.py --config=configs/default.py --config.method=iterative"""
 
+import errno
 import sys
 
 from absl import app
@@ -19,6 +20,10 @@ def main(argv):
     cli.run(_CONFIG.value, cli.command_line(sys.argv))
   except UserError as e:
     cli.fail(str(e))
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+      raise
+    cli.fail(f"cannot write under config.workdir={_CONFIG.value.workdir!r}: {e.strerror} ({e.filename or ''})")
 
 
 if __name__ == "__main__":
