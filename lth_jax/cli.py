@@ -96,6 +96,8 @@ def run(config, command: str = "") -> list[dict]:
   if config.restore:
     raise UserError("config.restore is read by --config.mode=eval; in train mode a rerun resumes from "
                     "config.workdir's checkpoints")
+  if config.train.distributed:
+    jax.distributed.initialize()   # coordinator, process count and id from the environment (or Slurm/TPU)
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
   exp.store = resume.prepare(config)

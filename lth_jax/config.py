@@ -26,6 +26,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.n_samples = 1000       # moons
   c.data.noise = 0.2            # moons
   c.data.subset = 0             # >0: keep only this many training examples (scaled-down runs)
+  c.data.test_subset = 0        # >0: evaluate on a seeded random subset of this many test examples
   c.data.standardize = True     # per-channel mean/std of the training inputs
   c.data.augment = "none"       # none | crop_flip (random crop with 4 pixels of padding, horizontal flip)
   c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
@@ -43,6 +44,8 @@ def base() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1000
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
   c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
+  c.train.distributed = False   # multi-host: jax.distributed.initialize() and a mesh over all processes' devices
+  c.train.eval_every = 1        # epochs between validation/test evaluations (best_epoch is among these)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"      # sgd | adam | adamw

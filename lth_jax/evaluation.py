@@ -157,7 +157,8 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
   trainer = trainer or exp.trainer(exp.config.train.epochs)
   figures = exp.evaluator.figures(trainer, state)
   remaining_all, total_all = masks_lib.count(state.masks, jax.tree.map(lambda _: True, state.masks))
-  best = max(history, key=lambda row: row["val_accuracy"]) if history else None
+  evaluated = [row for row in history if row["val_accuracy"] is not None]
+  best = max(evaluated, key=lambda row: row["val_accuracy"]) if evaluated else None
   return {
       "method": method, "round": round_,
       "sparsity": masks_lib.sparsity(state.masks, exp.which),

@@ -49,6 +49,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       check(not it[key] or it[key] > config.prune.rewind_epoch,
             f"config.iterative.{key}={it[key]} must exceed config.prune.rewind_epoch="
             f"{config.prune.rewind_epoch}: a rewound round resumes the schedule there")
+  check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
   check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
@@ -155,7 +156,7 @@ class Experiment:
     return train.Trainer(self.model if model is None else model, opt, self.config.train.batch_size,
                          train.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
                          self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
-                         store=self.store)
+                         store=self.store, eval_every=self.config.train.eval_every)
 
   def __hash__(self):  # functools.cache on methods: one Experiment per config
     return id(self)
@@ -167,15 +168,29 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
 
 
 def device_mesh(train_config) -> jax.sharding.Mesh | None:
-  """A one-axis mesh over `train.num_devices` local devices (0 = all); None when that is one device."""
-  available = jax.local_devices()
+  """A one-axis mesh over `train.num_devices` devices (0 = all); None when that is one device.
+
+  With `train.distributed` the mesh spans every process's devices (after jax.distributed.initialize).
+  """
+  available = jax.devices() if train_config.distributed else jax.local_devices()
   n = train_config.num_devices or len(available)
   check(1 <= n <= len(available),
-        f"config.train.num_devices={train_config.num_devices}: {len(available)} local devices are available")
+        f"config.train.num_devices={train_config.num_devices}: {len(available)} devices are available")
   check(train_config.batch_size % n == 0 and train_config.eval_batch_size % n == 0,
         f"config.train.batch_size={train_config.batch_size} and eval_batch_size={train_config.eval_batch_size} "
         f"must be multiples of the {n} devices used (config.train.num_devices)")
   return jax.sharding.Mesh(np.array(available[:n]), ("data",)) if n > 1 else None
+
+
+def _on_devices(x: np.ndarray, mesh) -> jax.Array:
+  """A copy of `x` on every device of `mesh` (one device without a mesh).
+
+  make_array_from_callback also works across processes, where each host holds the same data.
+  """
+  if mesh is None:
+    return jnp.asarray(x)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -190,8 +205,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                    parse_layer_scale(config.prune.layer_scale), dataset.test, mean, std)
   exp.mesh = device_mesh(config.train)
   # The whole data set goes to the device(s) once; batches are gathered from it inside jit.
-  placement = jax.sharding.NamedSharding(exp.mesh, jax.sharding.PartitionSpec()) if exp.mesh else None
-  exp.data = {k: (jax.device_put(exp.normalize(x), placement), jax.device_put(np.asarray(y, np.int32), placement))
+  exp.data = {k: (_on_devices(exp.normalize(x), exp.mesh), _on_devices(np.asarray(y, np.int32), exp.mesh))
               for k, (x, y) in splits.items()}
   if config.data.augment != "none":
     check(exp.data["train"][0].ndim == 4,

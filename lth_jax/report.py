@@ -150,8 +150,8 @@ def plot_curves(runs: list, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   for r in runs:
     if r["curve"]:
-      epochs = [row["epoch"] for row in r["curve"]]
-      ax.plot(epochs, [row["val_accuracy"] for row in r["curve"]], linewidth=1,
+      rows = [row for row in r["curve"] if row["val_accuracy"] is not None]
+      ax.plot([row["epoch"] for row in rows], [row["val_accuracy"] for row in rows], linewidth=1,
               label=f"{r['method']} s={r['sparsity']:.2f}")
   ax.set_xlabel("epoch")
   ax.set_ylabel("validation accuracy")

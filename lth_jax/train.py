@@ -92,12 +92,14 @@ class Trainer:
   mesh: jax.sharding.Mesh | None = None   # data parallelism: batches split over its "data" axis
   regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
   store: Any = None                       # checkpoint.SegmentStore: resume each fit where it stopped
+  eval_every: int = 1                     # epochs between validation/test evaluations (always at the end)
 
   def __post_init__(self):
     self.tx = optimizer(self.opt_config)
     self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs)
     # No buffer donation: methods keep references to states they rewind to.
     self._train_epoch = jax.jit(self._train_epoch_impl)
+    self._train_epoch_many = jax.jit(jax.vmap(self._train_epoch_impl, in_axes=(0, None, None)))
     self._evaluate = jax.jit(self._evaluate_impl)
     self._logits = jax.jit(self._logits_impl)
 
@@ -179,37 +181,81 @@ class Trainer:
     """Train until the global epoch `end_epoch`; returns the state and one history row per epoch.
 
     Each row: epoch (1-based, global), train loss/accuracy (means over the epoch), validation and
-    test loss/accuracy after the epoch, learning rate of its last step.
+    test loss/accuracy after the epoch (every `self.eval_every` epochs and at the end; None between),
+    learning rate of its last step.
     """
-    start_epoch = int(state.step) // self.steps_per_epoch
-    segment = f"{name}/{start_epoch}-{end_epoch}"
-    history, start = [], time.time()
+    states, histories = self._fit([state], data, end_epoch, [name], log_every, batched=False)
+    return states[0], histories[0]
+
+  def fit_many(self, states: list, data, end_epoch: int, names: list, log_every: int = 0):
+    """`fit` for several tickets at once: one compiled step vmapped over a leading axis.
+
+    The states (different masks, weights, keys) must start at the same epoch. Each member's
+    numbers equal those of `fit` to float tolerance; its checkpoints are its own segment's.
+    """
+    return self._fit(states, data, end_epoch, names, log_every, batched=len(states) > 1)
+
+  def _fit(self, states: list, data, end_epoch: int, names: list, log_every: int, batched: bool):
+    start_epoch = int(states[0].step) // self.steps_per_epoch
+    if any(int(s.step) // self.steps_per_epoch != start_epoch for s in states):
+      raise ValueError("fit_many needs states that start at the same epoch")
+    segments = [f"{name}/{start_epoch}-{end_epoch}" for name in names]
+    histories, start = [[] for _ in states], time.time()
     if self.store is not None and end_epoch > start_epoch:
-      restored = self.store.restore(segment, state, end_epoch)
-      if restored is not None:
-        state, history = restored
-        if log_every:
-          logging.info("%s: resumed at epoch %d from its checkpoint", name, start_epoch + len(history))
-    for epoch in range(start_epoch + len(history) + 1, end_epoch + 1):
-      state, train_metrics = self._train_epoch(state, *data["train"])
-      val, test = self.evaluate(state, data["val"]), self.evaluate(state, data["test"])
-      history.append({"epoch": epoch, "train_loss": float(train_metrics["loss"]),
-                      "train_accuracy": float(train_metrics["accuracy"]), "val_loss": val["loss"],
-                      "val_accuracy": val["accuracy"], "test_loss": test["loss"],
-                      "test_accuracy": test["accuracy"], "lr": float(train_metrics["lr"])})
-      if log_every and (epoch % log_every == 0 or epoch == end_epoch):
-        logging.info("%s epoch %d/%d  train loss %.4f  val acc %.4f  test acc %.4f  (%.1fs)", name, epoch,
-                     end_epoch, history[-1]["train_loss"], val["accuracy"], test["accuracy"],
-                     time.time() - start)
-      if not np.isfinite(history[-1]["train_loss"]):
-        raise UserError(f"{name}: training loss is not finite at epoch {epoch}; lower config.optimizer.lr or "
-                        "check the data (the last good checkpoint is kept)")
-      if self.store is not None:
-        self.store.save(segment, epoch, state, history, final=epoch == end_epoch)
-    return state, history
+      states, histories = self._restore_together(segments, states, histories, end_epoch)
+      if histories[0] and log_every:
+        logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
+    current = _stack(states) if batched else states[0]
+    for epoch in range(start_epoch + len(histories[0]) + 1, end_epoch + 1):
+      current, metrics = (self._train_epoch_many if batched else self._train_epoch)(current, *data["train"])
+      members = _unstack(current, len(states)) if batched else [current]
+      for i, (member, name, history) in enumerate(zip(members, names, histories)):
+        train_metrics = jax.tree.map(lambda m: m[i], metrics) if batched else metrics
+        if epoch % self.eval_every == 0 or epoch == end_epoch:
+          val, test = self.evaluate(member, data["val"]), self.evaluate(member, data["test"])
+        else:
+          val = test = {"loss": None, "accuracy": None}
+        history.append({"epoch": epoch, "train_loss": float(train_metrics["loss"]),
+                        "train_accuracy": float(train_metrics["accuracy"]), "val_loss": val["loss"],
+                        "val_accuracy": val["accuracy"], "test_loss": test["loss"],
+                        "test_accuracy": test["accuracy"], "lr": float(train_metrics["lr"])})
+        if log_every and (epoch % log_every == 0 or epoch == end_epoch):
+          logging.info("%s epoch %d/%d  train loss %.4f  val acc %s  test acc %s  (%.1fs)", name, epoch,
+                       end_epoch, history[-1]["train_loss"], _fmt(val["accuracy"]), _fmt(test["accuracy"]),
+                       time.time() - start)
+        if not np.isfinite(history[-1]["train_loss"]):
+          raise UserError(f"{name}: training loss is not finite at epoch {epoch}; lower config.optimizer.lr or "
+                          "check the data (the last good checkpoint is kept)")
+        if self.store is not None:
+          self.store.save(segments[i], epoch, member, history, final=epoch == end_epoch)
+    return (_unstack(current, len(states)) if batched else [current]), histories
+
+  def _restore_together(self, segments, states, histories, end_epoch):
+    """Every member from its newest checkpoint at one common epoch, or all from the start."""
+    target = end_epoch
+    while True:
+      restored = [self.store.restore(seg, s, target) for seg, s in zip(segments, states)]
+      if any(r is None for r in restored):
+        return states, histories
+      done = [len(history) for _, history in restored]
+      if min(done) == max(done):
+        return [state for state, _ in restored], [history for _, history in restored]
+      target = int(states[0].step) // self.steps_per_epoch + min(done)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
   if batch_size < 1 or batch_size > n_train:
     raise UserError(f"config.train.batch_size={batch_size} must be in [1, {n_train}] (the training set size)")
   return n_train // batch_size  # the last partial batch is dropped; the next epoch reshuffles
+
+
+def _fmt(value) -> str:
+  return "–" if value is None else f"{value:.4f}"
+
+
+def _stack(states: list):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def _unstack(stacked, n: int) -> list:
+  return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]

@@ -55,6 +55,13 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
           f"config.data.subset={config.subset} must be 0 (all) or in [1, {len(y)}] for {config.name}")
     # The training split is already shuffled, so its head is a random subset.
     dataset = dataclasses.replace(dataset, train=(x[:config.subset], y[:config.subset]))
+  if config.test_subset:
+    x, y = dataset.test
+    check(0 < config.test_subset <= len(y),
+          f"config.data.test_subset={config.test_subset} must be 0 (all) or in [1, {len(y)}] for {config.name}")
+    # Test splits are often sorted by class: take a seeded random subset, not the head.
+    keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:config.test_subset])
+    dataset = dataclasses.replace(dataset, test=(x[keep], y[keep]))
   return dataset
 
 
