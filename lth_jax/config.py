@@ -45,6 +45,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
   c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
   c.train.distributed = False   # multi-host: jax.distributed.initialize() and a mesh over all processes' devices
+  c.train.vmap = False          # train the tickets of a one-shot sweep together, vmapped in one program
   c.train.eval_every = 1        # epochs between validation/test evaluations (best_epoch is among these)
 
   c.optimizer = ml_collections.ConfigDict()

@@ -60,32 +60,65 @@ def _retrain(exp: Experiment, params, batch_stats, masks, start_epoch: int, epoc
   return trainer.fit(state, exp.data, epochs, name, exp.config.train.log_every)
 
 
-def oneshot(exp: Experiment, dense_run: DenseRun, sparsity: float, recorder: Recorder,
-            reset: str = "none") -> TrainState:
-  """Prune `sparsity` of the trained dense weights at once, then retrain.
+ONESHOT_METHODS = {"none": "oneshot", "rewind": "oneshot_reinit", "random": "oneshot_random"}
 
-  reset="none": fine-tune from the trained weights (config.finetune); "init"/"rewind": the lottery
-  ticket, surviving weights back to theta_0 or the rewind epoch; "random": a fresh initialisation.
-  """
+
+@dataclasses.dataclass
+class _Ticket:
+  """A pruned network ready to retrain."""
+  name: str
+  trainer: Any
+  state: TrainState
+  epochs: int
+  rewind_params: Any
+  before: float
+  started: float
+
+
+def _oneshot_ticket(exp: Experiment, dense_run: DenseRun, sparsity: float, reset: str) -> _Ticket:
   started, cfg = time.time(), exp.config
-  method = {"none": "oneshot", "rewind": "oneshot_reinit", "random": "oneshot_random"}[reset]
-  name = f"{method}@{sparsity:g}"
+  name = f"{ONESHOT_METHODS[reset]}@{sparsity:g}"
   trained = dense_run.state
   masks = _prune(exp, trained.params, masks_lib.init(trained.params), sparsity)
   before = _masked_accuracy(exp, trained.params, trained.batch_stats, masks)
   if reset == "none":
-    state, history = _retrain(exp, trained.params, trained.batch_stats, masks, 0, cfg.finetune.epochs, True, name)
-    rewind_params = trained.params
+    params, stats, start, epochs, finetune = trained.params, trained.batch_stats, 0, cfg.finetune.epochs, True
   elif reset == "rewind":
-    state, history = _retrain(exp, dense_run.rewind_params, dense_run.rewind_batch_stats, masks,
-                              cfg.prune.rewind_epoch, cfg.train.epochs, False, name)
-    rewind_params = dense_run.rewind_params
+    params, stats = dense_run.rewind_params, dense_run.rewind_batch_stats
+    start, epochs, finetune = cfg.prune.rewind_epoch, cfg.train.epochs, False
   else:
-    rewind_params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
-    state, history = _retrain(exp, rewind_params, stats, masks, 0, cfg.train.epochs, False, name)
-  recorder(evaluation.record(exp, state, history, method, 1, dense_run.test_accuracy, before, started),
-           state, rewind_params)
-  return state
+    params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
+    start, epochs, finetune = 0, cfg.train.epochs, False
+  trainer = exp.trainer(epochs, finetune)
+  state = trainer.init_state(params, stats, masks, exp.key(name), start)
+  return _Ticket(name, trainer, state, epochs, params, before, started)
+
+
+def oneshot_sweep(exp: Experiment, dense_run: DenseRun, sparsities, recorder: Recorder,
+                  reset: str = "none") -> list[TrainState]:
+  """Prune each sparsity of the trained dense weights at once, then retrain.
+
+  reset="none": fine-tune from the trained weights (config.finetune); "rewind": the lottery ticket,
+  surviving weights back to theta_0 or the rewind epoch; "random": a fresh initialisation.
+  With config.train.vmap the tickets of the sweep train together in one vmapped program.
+  """
+  tickets = [_oneshot_ticket(exp, dense_run, s, reset) for s in sparsities]
+  log_every = exp.config.train.log_every
+  if exp.config.train.vmap:
+    states, histories = tickets[0].trainer.fit_many([t.state for t in tickets], exp.data, tickets[0].epochs,
+                                                     [t.name for t in tickets], log_every)
+  else:
+    states, histories = zip(*(t.trainer.fit(t.state, exp.data, t.epochs, t.name, log_every) for t in tickets))
+  for ticket, state, history in zip(tickets, states, histories):
+    recorder(evaluation.record(exp, state, history, ONESHOT_METHODS[reset], 1, dense_run.test_accuracy,
+                               ticket.before, ticket.started), state, ticket.rewind_params)
+  return list(states)
+
+
+def oneshot(exp: Experiment, dense_run: DenseRun, sparsity: float, recorder: Recorder,
+            reset: str = "none") -> TrainState:
+  """One ticket of `oneshot_sweep`."""
+  return oneshot_sweep(exp, dense_run, [sparsity], recorder, reset)[0]
 
 
 def iterative(exp: Experiment, dense_run: DenseRun, target: float, recorder: Recorder) -> TrainState:
@@ -165,7 +198,7 @@ def dynamic(exp: Experiment, sparsity: float, recorder: Recorder, dense_accuracy
   return state
 
 
-ONESHOT_RESETS = {"oneshot": "none", "oneshot_reinit": "rewind", "oneshot_random": "random"}
+ONESHOT_RESETS = {method: reset for reset, method in ONESHOT_METHODS.items()}
 
 
 def run(exp: Experiment, recorder: Recorder) -> None:
@@ -183,8 +216,7 @@ def run(exp: Experiment, recorder: Recorder) -> None:
   sparsities = list(exp.config.compare.sparsities) if method == "compare" else [exp.config.prune.sparsity]
   for name in methods:
     if name in ONESHOT_RESETS:
-      for s in sparsities:
-        oneshot(exp, dense_run, s, recorder, ONESHOT_RESETS[name])
+      oneshot_sweep(exp, dense_run, sparsities, recorder, ONESHOT_RESETS[name])
     elif name == "iterative":
       iterative(exp, dense_run, max(sparsities), recorder)
     elif name == "dynamic":

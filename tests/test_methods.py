@@ -172,3 +172,22 @@ def test_same_config_same_numbers():
   methods.run(experiment.build(small_config(method="oneshot_reinit")), b)
   strip = lambda r: {k: v for k, v in r.items() if k != "wall_time_s"}
   assert [strip(r) for r in a.records] == [strip(r) for r in b.records]
+
+
+def test_vmapped_sweep_matches_training_one_after_another():
+  """config.train.vmap trains a one-shot sweep's tickets in one program: same numbers, float tolerance."""
+  results = {}
+  for vmap in (False, True):
+    exp = experiment.build(small_config(**{"train.vmap": vmap, "method": "oneshot_reinit",
+                                           "compare.sparsities": (0.5, 0.8, 0.9)}))
+    out = Collect()
+    dense = methods.dense(exp, out)
+    methods.oneshot_sweep(exp, dense, (0.5, 0.8, 0.9), out, reset="rewind")
+    results[vmap] = out
+  for a, b, sa, sb in zip(results[False].records, results[True].records, results[False].states,
+                          results[True].states):
+    assert a["sparsity"] == b["sparsity"] and a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.01)
+    assert [r["train_loss"] for r in a["curve"]] == pytest.approx([r["train_loss"] for r in b["curve"]], abs=1e-4)
+    assert leaves_equal(sa.masks, sb.masks)
+    for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)):
+      np.testing.assert_allclose(x, y, atol=1e-4)
