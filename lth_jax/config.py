@@ -115,6 +115,7 @@ def base() -> ml_collections.ConfigDict:
   c.metrics.ood = ("uniform_noise", "gaussian_noise")   # + "far_points" (tabular), "NAME" / "NAME:DIR" data sets
   c.metrics.corruptions = ()           # CIFAR-10-C style, e.g. ("gaussian_noise", "contrast"); images only
   c.metrics.severities = (1, 2, 3, 4, 5)
+  c.metrics.shifted = ()               # labelled shifted test sets: "tfds:cifar10_corrupted/contrast_5", "NAME[:DIR]"
   c.metrics.max_examples = 2000        # test examples for OOD, corruption and similarity figures; 0 = all
   c.metrics.similarity_eps = (0.0, 0.1, 0.5)   # uniform noise radii, in units of the inputs' std
   c.metrics.potential_delta = 0.005    # prune potential: largest sparsity with error within this of dense

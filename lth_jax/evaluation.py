@@ -3,7 +3,8 @@
 Beyond accuracy, on the test split: calibration (ECE/MCE/UCE/NLL/Brier, reliability-diagram data, and
 the same after temperature scaling fitted on the validation split); OOD detection against each set in
 `config.metrics.ood`; accuracy and ECE under each corruption and severity in
-`config.metrics.corruptions`; and functional similarity to the dense network under uniform input noise
+`config.metrics.corruptions` and on each labelled shifted set in `config.metrics.shifted` (e.g. the
+released CIFAR-10-C through TFDS); and functional similarity to the dense network under uniform input noise
 of each radius in `config.metrics.similarity_eps` (Lost in Pruning's eps-ball). The held-out sets are
 built once per experiment; OOD, corruption and similarity figures use the first
 `config.metrics.max_examples` test examples.
@@ -73,6 +74,7 @@ class Evaluator:
                       f"{exp.config.data.name!r}")
     self.corrupted = {(name, s): exp.normalize(corruptions.corrupt(name, x_raw, s, seed))
                       for name in cfg.corruptions for s in cfg.severities}
+    self.shifted = {entry: self._shifted_set(entry, x_raw.shape[1:], n) for entry in cfg.shifted}
     x_model = exp.normalize(x_raw)
     rng = np.random.default_rng(seed)
     self.perturbed = {float(eps): (x_model + rng.uniform(-eps, eps, x_model.shape)).astype(np.float32)
@@ -99,6 +101,25 @@ class Evaluator:
     other.dir = directory or other.dir
     x = data_lib.load(other, seed).test[0][:len(x_raw)]
     return exp.normalize(match_shape(x, x_raw.shape[1:]))
+
+  def _shifted_set(self, entry: str, shape: tuple, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled shifted test set: 'tfds:NAME' (e.g. the released CIFAR-10-C) or a data set 'NAME[:DIR]'."""
+    exp = self.exp
+    if entry.startswith("tfds:"):
+      from lth_jax.data import tfds_source  # imports TFDS only when such a set is asked for
+      x, y = tfds_source.test_split(entry[len("tfds:"):], exp.config.data.tfds_dir)
+    else:
+      name, _, directory = entry.partition(":")
+      if name not in data_lib.names():
+        raise UserError(f"config.metrics.shifted holds {entry!r}; allowed: 'tfds:NAME' or a data set 'NAME' / "
+                        f"'NAME:DIR' with NAME in {', '.join(data_lib.names())}")
+      other = ml_collections.ConfigDict(exp.config.data.to_dict())
+      other.name, other.subset, other.dir = name, 0, directory or other.dir
+      x, y = data_lib.load(other, exp.config.seed).test
+    if np.max(y) >= exp.num_classes:
+      raise UserError(f"config.metrics.shifted {entry!r} has labels up to {int(np.max(y))}; the model has "
+                      f"{exp.num_classes} classes")
+    return exp.normalize(match_shape(x[:n], shape)), np.asarray(y[:n])
 
   def set_reference(self, trainer, state) -> None:
     """The dense network: similarity figures of later runs compare against it."""
@@ -135,6 +156,11 @@ class Evaluator:
       cells = [cell for by_severity in table.values() for cell in by_severity.values()]
       out["corruption_accuracy"] = float(np.mean([c["accuracy"] for c in cells]))
       out["corruption_ece"] = float(np.mean([c["ece"] for c in cells]))
+    if self.shifted:
+      out["shifted"] = {}
+      for name, (x, y) in self.shifted.items():
+        p = _probs(trainer.logits(state, x))
+        out["shifted"][name] = {"accuracy": calibration.accuracy(p, y), "ece": calibration.ece(p, y, cfg.num_bins)}
     if self.reference is not None:
       out["similarity"] = {}
       for eps, x in self.perturbed.items():

@@ -1,7 +1,8 @@
 """Prune potential and excess error from a sparsity sweep (Liebenwein et al., "Lost in Pruning", 2021).
 
 Distributions: "nominal" (the test split, `test_accuracy`), every corruption averaged over its
-severities, and "corruptions" (the mean over all corruptions and severities).
+severities, "corruptions" (the mean over all corruptions and severities), and every labelled shifted
+set of `config.metrics.shifted`.
 
 * prune potential of a method on a distribution: the largest sparsity among that method's runs whose
   error is at most the dense network's error on the same distribution plus `delta` (0 when none is).
@@ -20,6 +21,8 @@ def accuracies(run: dict) -> dict[str, float]:
     acc[name] = float(np.mean([cell["accuracy"] for cell in by_severity.values()]))
   if "corruption_accuracy" in run:
     acc["corruptions"] = run["corruption_accuracy"]
+  for name, figures in (run.get("shifted") or {}).items():
+    acc[name] = figures["accuracy"]
   return acc
 
 

@@ -10,6 +10,7 @@ import pytest
 import sklearn.datasets
 
 from lth_jax import data
+from lth_jax.config import base
 from lth_jax.data.idx import read_idx
 from lth_jax.errors import UserError
 
@@ -17,9 +18,10 @@ MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-  config = dict(name="moons", dir="", val_fraction=0.1, test_fraction=0.2, n_samples=500, noise=0.1, subset=0)
+  config = base().data   # every data key, so a new one cannot be missed here
+  config.update(dict(name="moons", dir="", val_fraction=0.1, test_fraction=0.2, n_samples=500, noise=0.1, subset=0))
   config.update(overrides)
-  return ml_collections.ConfigDict(config)
+  return config
 
 
 def splits(dataset):

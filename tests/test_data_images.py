@@ -16,6 +16,7 @@ import PIL.Image
 import pytest
 
 from lth_jax import data
+from lth_jax.config import base
 from lth_jax.data import augment, files
 from lth_jax.errors import UserError
 
@@ -30,9 +31,10 @@ def cache_home(tmp_path, monkeypatch):
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-  config = dict(name="npz", dir="", val_fraction=0.25, test_fraction=0.0, subset=0, tfds_name="", tfds_dir="")
+  config = base().data   # every data key, so a new one cannot be missed here
+  config.update(dict(name="npz", dir="", val_fraction=0.25, test_fraction=0.0, subset=0, tfds_name="", tfds_dir=""))
   config.update(overrides)
-  return ml_collections.ConfigDict(config)
+  return config
 
 
 def sizes(dataset):
@@ -405,3 +407,10 @@ def test_augmentation_names():
   assert augment.get("none") is None and augment.get("crop_flip") is augment.crop_flip
   with pytest.raises(UserError, match=r"config.data.augment='mixup' .*allowed: none, crop_flip"):
     augment.get("mixup")
+
+
+def test_tfds_test_split_serves_a_test_only_set_as_a_shifted_set(tfds_dir):
+  from lth_jax.data import tfds_source
+  x, y = tfds_source.test_split("tiny_test_only", str(tfds_dir))
+  assert x.shape == (4, 4, 6, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+  assert sorted(y.tolist()) == sorted((np.arange(4) % 3).tolist())

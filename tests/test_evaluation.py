@@ -84,3 +84,21 @@ def test_corruptions_are_evaluated_per_severity(tmp_path):
   assert r["corruption_accuracy"] == pytest.approx(np.mean(cells))
   assert r["corruptions"]["contrast"]["5"]["accuracy"] <= r["corruptions"]["contrast"]["1"]["accuracy"] + 0.05
   assert r["ood"]["digits"]["msp_auroc"] == pytest.approx(0.5, abs=0.1)   # the same distribution: no signal
+
+
+def test_shifted_sets_report_accuracy_ece_and_enter_prune_potential():
+  cfg = small_config(**{"metrics.shifted": ("digits",), "metrics.ood": (), "metrics.max_examples": 150})
+  cfg.data.name = "digits"
+  exp = experiment.build(cfg)
+  out = Collect()
+  dense = methods.dense(exp, out)
+  methods.oneshot(exp, dense, 0.5, out)
+  for r in out.records:
+    # the "shifted" set is the same test split here, so its figures equal the nominal ones on those rows
+    x, y = exp.evaluator.shifted["digits"]
+    assert len(y) == 150 and np.array_equal(y, np.asarray(exp.data["test"][1][:150]))
+    assert 0 <= r["shifted"]["digits"]["accuracy"] <= 1 and r["shifted"]["digits"]["ece"] >= 0
+  summary = potential.summarize(out.records, 1.0)
+  assert summary["prune_potential"]["oneshot"]["digits"] == pytest.approx(out.records[1]["sparsity"])
+  with pytest.raises(UserError, match="config.metrics.shifted holds 'nope'"):
+    experiment.build(small_config(**{"metrics.shifted": ("nope",)})).evaluator

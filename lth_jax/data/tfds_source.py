@@ -76,3 +76,13 @@ def _read(source, input_key: str, label_key: str) -> tuple[np.ndarray, np.ndarra
   x = np.stack([example[input_key] for example in examples])
   y = np.array([example[label_key] for example in examples], np.int64)
   return x, y
+
+
+def test_split(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """The 'test' split of a prepared TFDS set, e.g. the released CIFAR-10-C (`cifar10_corrupted/contrast_5`)
+  as a shifted evaluation set; images scaled into [0, 1]."""
+  builder = _prepared_builder(name, data_dir)
+  check("test" in builder.info.splits, f"config.metrics.shifted holds tfds:{name}, which has no 'test' split")
+  input_key, label_key = builder.info.supervised_keys
+  x, y = _read(builder.as_data_source()["test"], input_key, label_key)
+  return to_unit_range([(x, y)], pixels=x.dtype == np.uint8)[0]
