@@ -15,32 +15,22 @@ Data: CIFAR-10 through TFDS by default; for files on disk use e.g.
   --config.data.name=image_folder --config.data.dir=/path/to/cifar10-images.tar.gz
 """
 
-import ml_collections
+import importlib.util
+import pathlib
 
-from lth_jax.config import base
+
+def _experiments_1_2():
+  """configs/cifar_resnet.py's config: data, model, optimizer and metrics are shared with it."""
+  path = pathlib.Path(__file__).with_name("cifar_resnet.py")
+  spec = importlib.util.spec_from_file_location("cifar_resnet", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def get_config():
-  c = base()
+  c = _experiments_1_2()
   c.method = "slimming"
-  # Data, model, optimizer and metrics as configs/cifar_resnet.py (Experiments 1 and 2).
-  c.data.name = "tfds"
-  c.data.tfds_name = "cifar10"
-  c.data.val_fraction = 0.1
-  c.data.augment = "crop_flip"
-  c.model = ml_collections.ConfigDict({"name": "resnet20", "width": 16, "bottleneck": True})
-  c.train.epochs = 160
-  c.train.batch_size = 64
-  c.train.eval_batch_size = 1000
-  c.optimizer.name = "sgd"
-  c.optimizer.lr = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = True
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "step"
-  c.optimizer.milestones = (80, 120)
-  c.optimizer.gamma = 0.1
-  c.prune.exclude = ("output/*",)  # conv weights only: `sparsity` counts the prunable conv weights removed
   c.slimming.penalty = 1e-5
   c.slimming.ratio = 0.3
   c.slimming.epochs = (10, 30, 50, 100, 160)
@@ -50,6 +40,4 @@ def get_config():
   c.early_bird.ratio = 0.3
   c.early_bird.window = 5
   c.early_bird.epsilon = 0.1
-  c.metrics.ood = ("uniform_noise", "gaussian_noise")
-  c.metrics.corruptions = ("gaussian_noise", "contrast", "gaussian_blur", "jpeg_compression")
   return c

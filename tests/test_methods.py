@@ -17,6 +17,11 @@ def small_config(**overrides):
   c.train.log_every = 0
   c.finetune.epochs = 2
   c.optimizer.weight_decay = 1e-3
+  return override(c, **overrides)
+
+
+def override(c, **overrides):
+  """Set dotted keys: override(c, **{"train.epochs": 3})."""
   for key, value in overrides.items():
     node = c
     *path, last = key.split(".")

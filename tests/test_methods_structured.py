@@ -18,7 +18,7 @@ from lth_jax import checkpoint, compression, early_bird, experiment, masks, meth
 from lth_jax import structured
 from lth_jax.config import base
 from lth_jax.errors import UserError
-from tests.test_methods import Collect
+from tests.test_methods import Collect, override
 
 INPUT_SHAPE = (32, 32, 1)
 MODEL = "vgg11"
@@ -49,13 +49,7 @@ def tiny_config(data_dir="", **overrides):
   c.slimming.penalty = 1e-2   # large: sum |gamma| halves within 3 short epochs (5e-2 would zero it)
   c.slimming.epochs = (2, 3)
   c.slimming.retrain_epochs = 1
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return override(c, **overrides)
 
 
 @pytest.fixture(scope="module")
