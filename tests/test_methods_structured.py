@@ -93,7 +93,8 @@ def test_slimming_records_and_rebuilt_widths(slim, trajectory):
     assert record["channels_total"] - record["channels_kept"] == round(0.5 * record["channels_total"])
     # The retrained network is physically narrower: exactly the kept channels in every pruned conv.
     assert all(kernel_width(state.params, bn) == int(k.sum()) for bn, k in keep.items())
-    assert record["epochs_trained"] == 1 and record["accuracy_drop"] == dense["test_accuracy"] - record["test_accuracy"]
+    assert record["epochs_trained"] == 1
+    assert record["accuracy_drop"] == dense["test_accuracy"] - record["test_accuracy"]
     params, prunable = compression.count_params(state.params), masks.count(state.masks, exp.which)[1]
     assert record["params_remaining"] == record["params"] == record["nonzero_params"] == params
     assert record["params_total"] == compression.count_params(exp.init_params)
@@ -101,7 +102,8 @@ def test_slimming_records_and_rebuilt_widths(slim, trajectory):
     assert record["sparsity"] == 1 - prunable / dense_prunable > 0.3
     narrow = models.get(**record["model_kwargs"])
     assert record["flops"] == record["nonzero_flops"] == compression.flops(narrow, state.params, INPUT_SHAPE)
-    assert record["theoretical_speedup"] == compression.flops(exp.model, exp.init_params, INPUT_SHAPE) / record["flops"]
+    dense_flops = compression.flops(exp.model, exp.init_params, INPUT_SHAPE)
+    assert record["theoretical_speedup"] == dense_flops / record["flops"] > 1
     assert record["compression_ratio"] == record["params_total"] / params
     assert record["inference_time_s"] > 0 and record["dense_inference_time_s"] > 0
     assert record["inference_batch"] == 16 and record["retrain_from"] == "pruned"
