@@ -189,7 +189,7 @@ def test_a_rebuilt_ticket_reloads_from_its_metadata(slim, tmp_path):
     ("slimming.retrain_from", "rewind", "config.slimming.retrain_from='rewind'"),
     ("slimming.epochs", (3, 2), r"config.slimming.epochs=\(3, 2\)"),
     ("slimming.epochs", (4,), r"config.slimming.epochs=\(4,\)"),
-    ("early_bird.max_epochs", 5, "config.early_bird.max_epochs=5"),
+    ("early_bird.max_epochs", -1, "config.early_bird.max_epochs=-1"),
     ("model.name", "mlp", "config.model.name='mlp' cannot be"),
 ])
 def test_bad_structured_settings_are_user_errors(key, value, message):
