@@ -5,21 +5,25 @@
 Everything runs in one process on one device, on synthetic data of the real shapes (MNIST 28x28x1 for
 LeNet-300-100, CIFAR 32x32x3 for Conv-6 and ResNet-20) that lives on the device before timing starts, as
 `experiment.build` puts it there. A figure is images per second: the median over timed epochs, each
-ended by `block_until_ready`, after the program was compiled (ahead of time, so compile time is reported
-on its own and never timed) and, where an epoch is cheap, one warm-up epoch.
+ended by `block_until_ready`, after untimed warm-up epochs (the first of which compiles; its time is
+reported on its own). lth_jax epochs go through `Trainer.train_epoch` with the default loop="auto"
+(one jitted step per batch on CPU, one `lax.scan` elsewhere; the loop used is recorded). An epoch
+donates the state it is given, so each timed epoch gets its own copy, made before the timing starts.
 
 1. lth_jax dense (all-ones masks) vs masked at 80% global magnitude sparsity: the same compiled
-   `Trainer._train_epoch` on other mask values, timed alternately so both see the same background load.
-2. K=8 tickets in one vmapped program (`Trainer._train_epoch_many`, what `fit_many` runs) vs the same 8
-   trained one after another with `_train_epoch`.
+   programs on other mask values, timed alternately so both see the same background load.
+2. K=8 tickets in one vmapped epoch (`train_epoch(..., batched=True)`, what `fit_many` runs) vs the
+   same 8 trained one after another, one `train_epoch` each.
 3. The seeds' PyTorch loop: the same architectures in torch, masks by `torch.nn.utils.prune`
    (global L1Unstructured, amount=0.8, hooks left on as the seeds train), SGD momentum 0.9, data already
    in memory as tensors and no DataLoader, so the comparison is of the training step alone.
 4. End-to-end wall time of a small iterative-pruning run through `experiment.build` + `methods.run`.
 
-Diagnostics beside the table: the same `_train_step` jitted alone and called once per batch from Python
-(no `lax.scan`), and one 3x3 convolution's forward and weight gradient in both frameworks, which is
-where the convnets' gaps come from on CPU. Results go to OUT/results.json and OUT/results.md.
+Diagnostics beside the table: the loops compared -- a dense epoch of the first few batches as one
+compiled `lax.scan` (loop="scan") vs one jitted step per batch (loop="steps"); torch masked on one
+thread as well as on all cores (on a shared machine OpenMP's barriers can make all cores the slower
+choice); and one 3x3 convolution's forward and weight gradient in both frameworks, alone and (XLA)
+inside a scan. Results go to OUT/results.json and OUT/results.md.
 """
 
 import argparse
@@ -52,6 +56,7 @@ K = 8
 LOAD_LIMIT = 1.5       # 1-minute load average above which a measurement is flagged noisy
 MASKED_TARGET = 0.03   # masked within 3% of dense
 LENET_TORCH_TARGET = 1.5
+LOOP_DIAGNOSTIC_S = 30.0   # the loop diagnostic stops timing more epochs of a loop once they took this long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,23 +68,24 @@ class Spec:
   batch_size: int
   n_train: int          # images per epoch
   repeats: int          # timed epochs (the figure is their median)
-  warmup: int           # untimed epochs after compiling
+  warmup: int           # untimed epochs of dense and of masked (at least one: the first compiles)
+  loop_steps: int       # batches in the loop diagnostic's epoch
 
 
-# Convnet epochs are 2 batches: the fewest that keep the epoch a real loop (XLA removes a one-trip
-# loop), because a scan epoch of a convnet runs at a few images/s on XLA CPU (see the diagnostics).
+# The loop diagnostic's convnet epochs are 2 batches, the fewest that keep the scan a real loop (XLA
+# removes a one-trip loop): a convnet's scan epoch runs at a few images/s or less on XLA CPU.
 FULL = {
-    "lenet300_100": Spec("lenet300_100", "LeNet-300-100", (28, 28, 1), 60, 6000, 5, 1),
-    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 64, 128, 1, 0),
-    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 64, 128, 1, 0),
+    "lenet300_100": Spec("lenet300_100", "LeNet-300-100", (28, 28, 1), 60, 6000, 15, 1, 100),
+    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 64, 256, 3, 1, 2),
+    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 64, 640, 3, 1, 2),
 }
 # Smoke mode: the same code paths on tiny epochs; its figures are not comparable.
 QUICK = {
-    "lenet300_100": Spec("lenet300_100", "LeNet-300-100", (28, 28, 1), 60, 600, 3, 1),
-    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 2, 4, 1, 0),
-    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 2, 4, 1, 0),
+    "lenet300_100": Spec("lenet300_100", "LeNet-300-100", (28, 28, 1), 60, 600, 3, 1, 10),
+    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 2, 4, 1, 0, 2),
+    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 2, 4, 1, 0, 2),
 }
-QUICK_MODELS = ("lenet300_100", "resnet20")
+QUICK_MODELS = ("lenet300_100",)
 
 
 # -- timing and load ------------------------------------------------------------------------------
@@ -122,8 +128,8 @@ class Load:
     seconds = time.perf_counter() - start
     after = self._cpu()
     others = None
-    if before and after:
-      wall = after[0] - before[0]
+    wall = after[0] - before[0] if before and after else 0.0
+    if wall > 0.5:   # /proc/stat counts in 10 ms ticks: shorter spans say nothing
       others = max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / (wall * os.cpu_count()))
     self.samples.append({"what": what, "load_avg_1m": round(load, 2), "seconds": seconds,
                          "others_cpu_share": None if others is None else round(others, 3)})
@@ -137,6 +143,11 @@ def _figure(images: int, seconds: list, **extra) -> dict:
 
 def _ratio(a, b):
   return a / b if a and b else None
+
+
+def _paired_ratio(times: dict) -> float:
+  """Masked/dense throughput as the median over back-to-back pairs: a pair shares its background load."""
+  return statistics.median(d / m for d, m in zip(times["dense"], times["masked"]))
 
 
 # -- lth_jax ------------------------------------------------------------------------------------
@@ -165,86 +176,82 @@ def _ticket(init, x, key):
   return params, batch_stats, masks, which
 
 
+def _epochs(epoch_fn, x, y, *states):
+  """A thunk for `Load.measure` running one epoch per state, one after another, on copies made now.
+
+  An epoch donates (consumes) the state it is given: the copies let a state be timed again, and are
+  made here so that copying is never timed.
+  """
+  fresh = [jax.block_until_ready(jax.tree.map(lambda a: a.copy(), s)) for s in states]
+
+  def go():
+    for state in fresh:
+      jax.block_until_ready(epoch_fn(state, x, y))   # fit blocks at every epoch end to log its metrics
+  return go
+
+
+def _until(measure, repeats: int, budget_s: float) -> list:
+  """Up to `repeats` timings of `measure()`, stopping once they took `budget_s` (at least one)."""
+  times = []
+  while len(times) < repeats and (not times or sum(times) < budget_s):
+    times.append(measure())
+  return times
+
+
 def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
   model = models.get(spec.name, num_classes=10)
   x_np, y_np = _data(spec)
   x, y = jnp.asarray(x_np), jnp.asarray(y_np)   # on the device before timing, as experiment.build does
   steps = train.steps_per_epoch(spec.n_train, spec.batch_size)
-  trainer = train.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10)
+  trainer = train.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10, loop="auto")
   init = jax.jit(functools.partial(model.init, train=False))   # one compile, not one per eager op
   params, batch_stats, masks, which = _ticket(init, x, jax.random.key(0))
-  dense = trainer.init_state(params, batch_stats, masks_lib.init(params), jax.random.key(1))
-  masked = trainer.init_state(params, batch_stats, masks, jax.random.key(1))
-  out = {"params": sum(p.size for p in jax.tree.leaves(params)), "sparsity": masks_lib.sparsity(masks, which),
-         "steps_per_epoch": steps}
+  ones = masks_lib.init(params)
+  states = {"dense": trainer.init_state(params, batch_stats, ones, jax.random.key(1)),
+            "masked": trainer.init_state(params, batch_stats, masks, jax.random.key(1))}
+  out = {"loop": trainer.loop, "params": sum(p.size for p in jax.tree.leaves(params)),
+         "sparsity": masks_lib.sparsity(masks, which), "steps_per_epoch": steps}
+  epoch = functools.partial(_epochs, trainer.train_epoch, x, y)
+  many = functools.partial(_epochs, functools.partial(trainer.train_epoch, batched=True), x, y)
 
-  # 1. Dense and masked are one program (the mask multiply is always there): compile once.
-  start = time.perf_counter()
-  epoch = trainer._train_epoch.lower(dense, x, y).compile()
-  out["compile_s"] = time.perf_counter() - start
-  run = lambda state: lambda: jax.block_until_ready(epoch(state, x, y))
-  for _ in range(spec.warmup):
-    run(dense)()
-    run(masked)()
+  # 1. Dense and masked run the same programs (the mask multiply is always there): the first warm-up
+  # epoch compiles them for both.
+  for _ in range(max(spec.warmup, 1)):
+    for kind in ("dense", "masked"):
+      seconds = load.measure(f"{spec.name} lth_jax warm-up epoch", epoch(states[kind]))
+      out.setdefault("first_epoch_s", seconds)
   times = {"dense": [], "masked": []}
   for r in range(spec.repeats):
     # Alternate which goes first, so a drift in background load hits both alike.
     for kind in (("dense", "masked") if r % 2 == 0 else ("masked", "dense")):
-      times[kind].append(load.measure(f"{spec.name} lth_jax {kind} epoch",
-                                      run(dense if kind == "dense" else masked)))
+      times[kind].append(load.measure(f"{spec.name} lth_jax {kind} epoch", epoch(states[kind])))
   out["dense"], out["masked"] = (_figure(spec.n_train, times[k]) for k in ("dense", "masked"))
-  out["masked_over_dense"] = out["masked"]["img_s"] / out["dense"]["img_s"]
+  out["masked_over_dense"] = _paired_ratio(times)
   epoch_s = statistics.median(times["masked"])
-  print(f"  lth_jax dense {out['dense']['img_s']:,.1f} img/s, masked {out['masked']['img_s']:,.1f} img/s "
-        f"(compile {out['compile_s']:.1f}s)", flush=True)
+  print(f"  lth_jax (loop: {trainer.loop}) dense {out['dense']['img_s']:,.1f} img/s, masked "
+        f"{out['masked']['img_s']:,.1f} img/s (first epoch, compiling, {out['first_epoch_s']:.1f}s)", flush=True)
 
-  # Diagnostic: the same step jitted alone and driven from Python, batch by batch (no lax.scan).
-  step = jax.jit(trainer._train_step)
-  batches = [(x[i * spec.batch_size:(i + 1) * spec.batch_size], y[i * spec.batch_size:(i + 1) * spec.batch_size])
-             for i in range(steps)]
-
-  def stepwise():
-    state = dense
-    for batch in batches:
-      state, _ = step(state, batch)
-    jax.block_until_ready(state)
-
-  stepwise()   # compiles and warms up
-  step_times = [load.measure(f"{spec.name} lth_jax step-jit epoch", stepwise)
-                for _ in range(max(spec.repeats, 2))]
-  out["step_jit_dense"] = _figure(spec.n_train, step_times)
-  out["scan_over_step_jit"] = out["dense"]["img_s"] / out["step_jit_dense"]["img_s"]
-  print(f"  step-jit (no scan) dense {out['step_jit_dense']['img_s']:,.1f} img/s", flush=True)
-
-  # 2. K tickets (own init, own mask): one vmapped program vs one after another.
+  # 2. K tickets (own init, own mask): one vmapped epoch vs K single-ticket epochs one after another.
   tickets = [_ticket(init, x, jax.random.key(100 + i)) for i in range(K)]
-  states = [trainer.init_state(p, b, m, jax.random.key(200 + i)) for i, (p, b, m, _) in enumerate(tickets)]
+  ticket_states = [trainer.init_state(p, b, m, jax.random.key(200 + i)) for i, (p, b, m, _) in enumerate(tickets)]
   estimate = K * epoch_s   # what one vmapped epoch costs if vmapping gains nothing
-  if estimate * (spec.warmup + spec.repeats) > cap_s:
+  repeats = min(spec.repeats, 5)   # K times the work of an epoch: fewer samples
+  warmup = max(spec.warmup, 1)
+  if estimate * (warmup + repeats) > cap_s:
     out["vmap"] = {"skipped": f"estimated {estimate:.0f}s an epoch (K x the single-ticket epoch) "
-                              f"x {spec.warmup + spec.repeats} exceeds --cap_s={cap_s:g}"}
+                              f"x {warmup + repeats} exceeds --cap_s={cap_s:g}"}
   else:
-    stacked = train._stack(states)
-    start = time.perf_counter()
-    many = trainer._train_epoch_many.lower(stacked, x, y).compile()
-    compile_s = time.perf_counter() - start
-    run_many = lambda: jax.block_until_ready(many(stacked, x, y))
-    for _ in range(spec.warmup):
-      run_many()
-    out["vmap"] = _figure(K * spec.n_train, [load.measure(f"{spec.name} lth_jax vmapped K={K} epoch", run_many)
-                                             for _ in range(spec.repeats)], compile_s=compile_s)
-  if estimate * spec.repeats > cap_s:
-    # The same compiled program K times over: its throughput is the masked figure by construction.
+    stacked = train._stack(ticket_states)
+    first = [load.measure(f"{spec.name} lth_jax vmapped K={K} warm-up epoch", many(stacked)) for _ in range(warmup)]
+    out["vmap"] = _figure(K * spec.n_train, [load.measure(f"{spec.name} lth_jax vmapped K={K} epoch", many(stacked))
+                                             for _ in range(repeats)], first_epoch_s=first[0])
+  if estimate * repeats > cap_s:
+    # The same compiled programs K times over: its throughput is the masked figure by construction.
     out["sequential"] = {"img_s": out["masked"]["img_s"], "derived": True,
                          "note": f"K x {estimate / K:.0f}s epochs exceed --cap_s; taken from the masked figure"}
   else:
-
-    def one_after_another():
-      for state in states:
-        jax.block_until_ready(epoch(state, x, y))   # fit blocks at every epoch end to log its metrics
-
     out["sequential"] = _figure(K * spec.n_train, [load.measure(f"{spec.name} lth_jax sequential K={K}",
-                                                                one_after_another) for _ in range(spec.repeats)],
+                                                                epoch(*ticket_states)) for _ in range(repeats)],
                                 derived=False)
   out["vmap_speedup"] = _ratio(out["vmap"].get("img_s"), out["sequential"]["img_s"])
   if "img_s" in out["vmap"]:
@@ -252,6 +259,24 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
           flush=True)
   else:
     print(f"  vmapped K={K} skipped: {out['vmap']['skipped']}", flush=True)
+
+  # 3. The loops: a dense epoch of the first `loop_steps` batches as one lax.scan vs one step per batch.
+  n = spec.loop_steps * spec.batch_size
+  out["loops"] = {"steps_per_epoch": spec.loop_steps, "images": n}
+  for loop in ("scan", "steps"):
+    t = train.Trainer(model, _opt_config(), spec.batch_size, spec.loop_steps, epochs=10, loop=loop)
+    state = t.init_state(params, batch_stats, ones, jax.random.key(1))
+    if loop == "scan":   # compiled ahead of time: a convnet's scan epoch is too slow on CPU to warm up with
+      start = time.perf_counter()
+      fn, extra = t._train_epoch.lower(state, x[:n], y[:n]).compile(), {"compile_s": time.perf_counter() - start}
+    else:
+      fn, extra = t.train_epoch, {"first_epoch_s": load.measure(f"{spec.name} lth_jax loop=steps warm-up epoch",
+                                                                _epochs(t.train_epoch, x[:n], y[:n], state))}
+    measure = lambda: load.measure(f"{spec.name} lth_jax loop={loop} epoch", _epochs(fn, x[:n], y[:n], state))
+    out["loops"][loop] = _figure(n, _until(measure, spec.repeats, LOOP_DIAGNOSTIC_S), **extra)
+  out["loops"]["scan_over_steps"] = out["loops"]["scan"]["img_s"] / out["loops"]["steps"]["img_s"]
+  print(f"  loops on {spec.loop_steps} batches: scan {out['loops']['scan']['img_s']:,.1f} img/s, steps "
+        f"{out['loops']['steps']['img_s']:,.1f} img/s", flush=True)
   return out
 
 
@@ -330,7 +355,7 @@ def bench_torch(spec: Spec, load: Load, device: str) -> dict:
       out["sparsity"] = pruned / sum(m.weight_mask.numel() for m, _ in prunable)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def epoch(model=model, opt=opt):
+    def epoch(model=model, opt=opt, steps=steps):
       model.train()
       order = torch.randperm(spec.n_train, device=device)
       for i in range(steps):
@@ -341,15 +366,25 @@ def bench_torch(spec: Spec, load: Load, device: str) -> dict:
         opt.step()
       sync()
 
-    epoch()   # oneDNN builds its primitives on the first pass
+    epoch(steps=min(steps, 2))   # oneDNN builds its primitives on the first pass
     runs[kind] = epoch
   times = {"dense": [], "masked": []}
-  for r in range(max(spec.repeats, 3)):   # torch epochs are cheap enough for three everywhere
+  repeats = min(max(spec.repeats, 3), 5)
+  for r in range(repeats):
     for kind in (("dense", "masked") if r % 2 == 0 else ("masked", "dense")):
       times[kind].append(load.measure(f"{spec.name} torch {kind} epoch", runs[kind]))
   out["dense"], out["masked"] = (_figure(spec.n_train, times[k]) for k in ("dense", "masked"))
-  out["masked_over_dense"] = out["masked"]["img_s"] / out["dense"]["img_s"]
-  print(f"  torch dense {out['dense']['img_s']:,.1f} img/s, masked {out['masked']['img_s']:,.1f} img/s", flush=True)
+  out["masked_over_dense"] = _paired_ratio(times)
+  out["threads"] = torch.get_num_threads()
+  # One thread too: OpenMP's barriers stall when other processes hold the cores, so on a shared machine
+  # the prescribed threads=cores can be the slower choice; this says how much of the gap that is.
+  torch.set_num_threads(1)
+  runs["masked"](steps=min(steps, 2))
+  out["masked_1thread"] = _figure(spec.n_train, [load.measure(f"{spec.name} torch masked epoch, 1 thread",
+                                                              runs["masked"]) for _ in range(repeats)])
+  torch.set_num_threads(out["threads"])
+  print(f"  torch dense {out['dense']['img_s']:,.1f} img/s, masked {out['masked']['img_s']:,.1f} img/s "
+        f"({out['threads']} threads); masked, 1 thread {out['masked_1thread']['img_s']:,.1f} img/s", flush=True)
   return out
 
 
@@ -371,7 +406,7 @@ def conv_probe(load: Load, torch_device: str | None, batch: int = 64) -> dict:
 
   xs = jnp.stack([x, x])
   scan_grad = jax.jit(in_scan)
-  out = {"shape": [batch, 32, 32, 16], "kernel": [3, 3, 16, 16]}
+  out = {"shape": [batch, 32, 32, 16], "kernel": [3, 3, 16, 16], "torch_threads": None}
   for name, fn, args, per in (("jax_forward_ms", forward, (params, x), 1),
                               ("jax_weight_grad_ms", weight_grad, (params, x), 1),
                               ("jax_weight_grad_in_scan_ms", scan_grad, (params, xs), 2)):
@@ -380,6 +415,7 @@ def conv_probe(load: Load, torch_device: str | None, batch: int = 64) -> dict:
         [load.measure(f"conv probe {name}", lambda: jax.block_until_ready(fn(*args))) for _ in range(3)]) / per
   if torch_device:
     import torch
+    out["torch_threads"] = torch.get_num_threads()
     tx = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2))).to(torch_device)
     tconv = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False).to(torch_device)
     sync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
@@ -459,8 +495,11 @@ def _targets(results: dict) -> list:
   lenet = results["models"].get("lenet300_100", {})
   if lenet.get("lth_jax_over_torch") is not None:
     r = lenet["lth_jax_over_torch"]
-    out.append({"target": "LeNet-300-100 (CPU): lth_jax masked >= 1.5x torch masked", "value": round(r, 2),
-                "met": r >= LENET_TORCH_TARGET})
+    out.append({"target": f"LeNet-300-100 (CPU): lth_jax masked >= 1.5x torch masked ({lenet['torch']['threads']} "
+                          "threads)", "value": round(r, 2), "met": r >= LENET_TORCH_TARGET})
+    r = lenet["lth_jax_over_torch_best"]
+    out.append({"target": "LeNet-300-100 (CPU): lth_jax masked >= 1.5x torch masked at its faster thread count",
+                "value": round(r, 2), "met": r >= LENET_TORCH_TARGET})
   resnet = results["models"].get("resnet20", {})
   if resnet.get("lth_jax_over_torch") is not None:
     out.append({"target": "ResNet-20: lth_jax masked / torch masked (reported, no target)",
@@ -476,50 +515,79 @@ def _num(v, ratio=False) -> str:
   return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
 
 
-def _analysis(results: dict) -> list:
-  """The 'what limits it' paragraph, from the measured figures."""
-  lines = []
-  for name, m in results["models"].items():
-    label, j, t = FULL[name].label, m["lth_jax"], m.get("torch")
-    scan_ms = 1e3 / j["dense"]["img_s"] * m["batch_size"]
-    step_ms = 1e3 / j["step_jit_dense"]["img_s"] * m["batch_size"]
-    torch_ms = 1e3 / t["masked"]["img_s"] * m["batch_size"] if t else None
-    per_step = (f"per batch of {m['batch_size']}: {scan_ms:.2f} ms in lth_jax's scan epoch, {step_ms:.2f} ms for the "
-                f"same step jitted alone" + (f", {torch_ms:.2f} ms in torch (masked)" if t else ""))
-    if j["scan_over_step_jit"] >= 0.8:
-      why = (f"the scan epoch runs at {j['scan_over_step_jit']:.2f}x the speed of the step jitted alone, so dispatch "
-             f"between steps is not what matters here: the step ({'three small GEMMs' if name == 'lenet300_100' else label}) "
-             "is compiled with the mask and optimizer arithmetic into one program, while torch runs it eagerly op by op (autograd, "
-             "SGD's per-parameter loop and, masked, the prune hooks' weight_orig * mask on every forward"
-             + (f": torch masked/dense {t['masked_over_dense']:.2f})" if t else ")"))
-    else:
-      why = (f"the `lax.scan` epoch is the limit: the same step jitted alone runs {1 / j['scan_over_step_jit']:.0f}x "
-             "faster. Inside the scan's while loop XLA CPU does not lower the convolutions to its Eigen conv "
-             "routine but emits generic loop kernels (`conv_general_dilated.N_kernel` in a profile; the "
-             "conv-in-loop slowdown of jax-ml/jax#12868), so masking costs nothing here and the convolutions "
-             "cost everything")
-      if t:
-        gap = t["dense"]["img_s"] / j["step_jit_dense"]["img_s"]
-        if gap > 1.2:
-          why += (f"; even without the scan, torch's (oneDNN) dense step is {gap:.1f}x as fast as XLA's, mostly in "
-                  "the convolutions' weight gradients (conv probe below)")
-        else:
-          why += f"; without the scan, XLA's step is {1 / gap:.1f}x as fast as torch's (oneDNN) dense step"
+def _duration(seconds: float) -> str:
+  return f"{seconds:.1f} s" if seconds >= 1 else f"{1e3 * seconds:.2f} ms"
 
-    lines.append(f"- **{label}** — {per_step}. {why[0].upper()}{why[1:]}.")
-    if "img_s" in j["vmap"]:
-      s = j["vmap_speedup"]
-      lines.append(f"  Vmapping K={K} tickets gives {s:.2f}x the throughput of training them one after another"
-                   + (": one program of 8x wider GEMMs keeps both cores busier than K small ones." if s > 1.05 else
-                      "." if s > 0.95 else ": the batched program is slower than K separate ones here."))
+
+def _batched_op(name: str) -> str:
+  return "batched matmuls" if name == "lenet300_100" else "grouped convolutions"
+
+
+def _analysis(results: dict) -> list:
+  """The 'what limits it' paragraphs, from the measured figures."""
+  lines, probe, cpu = [], results.get("conv_probe"), results["meta"]["platform"] == "cpu"
+  for name, m in results["models"].items():
+    label, j, t, b, convnet = FULL[name].label, m["lth_jax"], m.get("torch"), m["batch_size"], name != "lenet300_100"
+    loops, r = j["loops"], j["loops"]["scan_over_steps"]
+    text = f"per batch of {b}: {_duration(b / j['masked']['img_s'])} in lth_jax masked (loop: {j['loop']})"
+    if t:
+      text += (f", {_duration(b / t['masked']['img_s'])} in torch masked with {t['threads']} threads and "
+               f"{_duration(b / t['masked_1thread']['img_s'])} with 1")
+    text += (f". On the loop diagnostic's {loops['steps_per_epoch']}-batch epoch one `lax.scan` runs at "
+             f"{_num(r, True)}x the speed of one jitted step per batch")
+    if r < 0.5:
+      text += ": the scan's while loop is the limit"
+      if cpu and convnet:
+        text += (" (inside it XLA CPU emits generic loop kernels for the convolutions instead of calling its conv "
+                 "routine, jax-ml/jax#12868" + (f"; the conv probe's weight gradient takes "
+                                                 f"{probe['jax_weight_grad_ms']:.1f} ms alone, "
+                                                 f"{probe['jax_weight_grad_in_scan_ms']:.1f} ms inside a scan"
+                                                 if probe else "") + ")")
+    elif r < 0.9:
+      text += ": the scan is the slower loop"
+    elif r <= 1.1:
+      text += ": within 10%, so dispatching each step from Python costs little next to a batch's work"
     else:
-      lines.append(f"  Vmapped K={K} not measured: {j['vmap']['skipped']} (raise it to measure). Vmapped over tickets, "
-                   "each conv becomes a grouped convolution (feature_group_count=K), for which XLA CPU has no fast "
-                   "kernel either.")
-  probe = results.get("conv_probe")
+      text += ": the scan saves the per-step dispatch"
+    faster = "scan" if r > 1 else "steps"
+    text += (f"; loop=\"auto\" picked {j['loop']}, loop=\"{faster}\" is faster here." if j["loop"] != faster and
+             abs(r - 1) > 0.1 else ".")
+    g = m.get("lth_jax_over_torch_best")
+    if g is not None:
+      if g > 1.2:
+        text += f" lth_jax masked is {g:.1f}x as fast as torch masked at its faster thread count"
+        text += (": the step (three small GEMMs) is compiled with the mask and optimizer arithmetic into one "
+                 "program, while torch runs it op by op (autograd, SGD's per-parameter loop, the prune hooks)."
+                 if not convnet else ".")
+      elif g < 1 / 1.2:
+        text += f" Torch masked at its faster thread count is {1 / g:.1f}x as fast as lth_jax masked"
+        text += (f" (conv probe: one conv's forward + weight gradient takes "
+                 f"{probe['jax_forward_ms'] + probe['jax_weight_grad_ms']:.1f} ms in XLA, "
+                 f"{probe['torch_forward_weight_grad_ms']:.1f} ms in torch)."
+                 if convnet and probe and "torch_forward_ms" in probe else ".")
+      else:
+        text += " lth_jax masked and torch masked at its faster thread count are within 20%."
+    text += (f" Masked/dense: {j['masked_over_dense']:.2f} in lth_jax (the same programs, the masks multiplied in "
+             "either way)" + (f", {t['masked_over_dense']:.2f} in torch (prune hooks recompute weight_orig * mask "
+                              "every forward)." if t else "."))
+    if t and t["masked_1thread"]["img_s"] > 1.2 * t["masked"]["img_s"]:
+      text += (f" Torch with {t['threads']} threads is {t['masked_1thread']['img_s'] / t['masked']['img_s']:.1f}x "
+               "slower than with 1: its OpenMP regions wait at barriers for any thread another process has "
+               "pre-empted; the threads=cores figure needs an idle machine.")
+    lines.append(f"- **{label}** — {text}")
+    if "img_s" in j["vmap"]:
+      v = j["vmap_speedup"]
+      lines.append(f"  Vmapping K={K} tickets gives {v:.2f}x the throughput of training them one after another"
+                   + (": one program of K-times-wider operations keeps the cores busier than K small ones." if v > 1.05
+                      else "." if v > 0.95 else
+                      f": the batched program ({_batched_op(name)} over the ticket axis) is slower than K plain "
+                      "ones."))
+    else:
+      lines.append(f"  Vmapped K={K} not measured: {j['vmap']['skipped']} (raise it to measure).")
   if probe:
-    text = (f"- **Conv probe** (ResNet-20's 16->16 3x3 conv at 32x32, batch 64): XLA forward "
-            f"{probe['jax_forward_ms']:.1f} ms, weight gradient {probe['jax_weight_grad_ms']:.1f} ms alone and "
+    text = (f"- **Conv probe** (ResNet-20's 16->16 3x3 conv at 32x32, batch 64, "
+            f"{probe['torch_threads'] or '–'} torch threads): XLA forward {probe['jax_forward_ms']:.1f} ms, "
+            f"weight gradient {probe['jax_weight_grad_ms']:.1f} ms alone and "
             f"{probe['jax_weight_grad_in_scan_ms']:.1f} ms inside a scan")
     if "torch_forward_ms" in probe:
       text += (f"; torch forward {probe['torch_forward_ms']:.1f} ms, forward + weight gradient "
@@ -534,44 +602,61 @@ def _analysis(results: dict) -> list:
 
 
 def write_markdown(results: dict, path: str) -> None:
-  meta, lines = results["meta"], []
-  lines += ["# lth_jax training throughput" + (" (quick smoke mode: figures not comparable)" if results["quick"] else ""),
+  meta, models_, lines = results["meta"], results["models"], []
+  title = "# lth_jax training throughput" + (" (quick smoke mode: figures not comparable)" if results["quick"] else "")
+  lines += [title,
             "", f"`{meta['command']}` — {meta['date']}", "",
             f"Device: {meta['device']} · CPU: {meta['cpu_model']}, {meta['cpu_count']} cores · "
             + " · ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
+  loops = sorted({m["lth_jax"]["loop"] for m in models_.values()})
   lines += ["Synthetic data of the real shapes, on the device before timing; images/s is the median over timed "
-            "epochs after compiling. " + "; ".join(
+            "epochs after untimed warm-up epochs (the first compiles); masked/dense is the median over back-to-back "
+            "(dense, masked) pairs. lth_jax epochs are `Trainer.train_epoch` with the default loop "
+            f"(loop: {', '.join(loops)}), each on its own copy of the state; sequential K={K} is {K} single-ticket "
+            "epochs one after another, vmapped one batched epoch of all. Timed epochs per figure: " + "; ".join(
                 f"{FULL[n].label}: {m['images']:,} images/epoch, batch {m['batch_size']} "
-                f"({m['lth_jax']['steps_per_epoch']} steps), {m['repeats']} timed epoch(s)"
-                for n, m in results["models"].items()) + f". Masks: {SPARSITY:.0%} global magnitude over every "
-            f"conv and dense kernel in both frameworks; K={K} tickets each have their own init and mask.", ""]
+                f"({m['lth_jax']['steps_per_epoch']} steps), {m['repeats']} for dense and masked, "
+                f"{min(m['repeats'], 5)} for K={K}, {min(max(m['repeats'], 3), 5)} for torch"
+                for n, m in models_.items()) + f". Masks: {SPARSITY:.0%} global magnitude over every "
+            f"conv and dense kernel in both frameworks; K={K} tickets each have their own init and mask."
+            + (f" Torch runs with torch.set_num_threads({meta['torch_threads']}) unless a column says otherwise."
+               if meta["torch_threads"] else ""), ""]
+  samples = results["load"]["samples"]
   if results["load"]["warnings"]:
-    worst = max(s["load_avg_1m"] for s in results["load"]["samples"])
-    others = [s["others_cpu_share"] for s in results["load"]["samples"] if s["others_cpu_share"] is not None]
+    others = [s["others_cpu_share"] for s in samples if s["others_cpu_share"] is not None]
     lines += [f"**Noisy:** the 1-minute load average was above {LOAD_LIMIT} before "
-              f"{len(results['load']['warnings'])} of {len(results['load']['samples'])} measurements (max "
-              f"{worst:.2f}; it counts this benchmark's own threads too). Other processes took "
-              + (f"{statistics.median(others):.0%} of the CPUs (median over measurements, max {max(others):.0%})"
-                 if others else "an unknown share of the CPUs") + ".", ""]
-  lines += ["| model | lth_jax dense img/s | lth_jax masked img/s | masked/dense | vmapped K=8 img/s (total) | "
-            "sequential K=8 img/s | vmap speedup | torch masked img/s | lth_jax/torch |",
+              f"{len(results['load']['warnings'])} of {len(samples)} measurements (max "
+              f"{max(s['load_avg_1m'] for s in samples):.2f}; it counts this benchmark's own threads too). Other "
+              "processes took " + (f"{statistics.median(others):.0%} of the CPUs (median over measurements, max "
+                                   f"{max(others):.0%})" if others else "an unknown share of the CPUs") + ".", ""]
+  lines += [f"| model | lth_jax dense img/s | lth_jax masked img/s | masked/dense | vmapped K={K} img/s (total) | "
+            f"sequential K={K} img/s | vmap speedup | torch masked img/s | lth_jax/torch |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  for name, m in results["models"].items():
+  for name, m in models_.items():
     j, t = m["lth_jax"], m.get("torch")
     seq = _num(j["sequential"]["img_s"]) + (" (derived)" if j["sequential"].get("derived") else "")
+    vmap = _num(j["vmap"]["img_s"]) if "img_s" in j["vmap"] else "skipped"
     lines.append(f"| {FULL[name].label} | {_num(j['dense']['img_s'])} | {_num(j['masked']['img_s'])} | "
-                 f"{_num(j['masked_over_dense'], True)} | {_num(j['vmap'].get('img_s')) if 'img_s' in j['vmap'] else 'skipped'} | "
-                 f"{seq} | {_num(j['vmap_speedup'], True)} | {_num(t['masked']['img_s']) if t else '–'} | "
-                 f"{_num(m.get('lth_jax_over_torch'), True)} |")
-  lines += ["", "Diagnostics:", "",
-            "| model | compile s | step-jit (no scan) dense img/s | scan / step-jit | torch dense img/s | "
-            "torch masked/dense | params (jax / torch) |", "|---|---:|---:|---:|---:|---:|---:|"]
-  for name, m in results["models"].items():
+                 f"{_num(j['masked_over_dense'], True)} | {vmap} | {seq} | {_num(j['vmap_speedup'], True)} | "
+                 f"{_num(t['masked']['img_s']) if t else '–'} | {_num(m.get('lth_jax_over_torch'), True)} |")
+  lines += ["", "Diagnostics. First epoch: lth_jax's first warm-up epoch, compiling included. Loops: a dense epoch of "
+            "the first batches (loop epoch) as one `lax.scan` (loop=\"scan\", compiled ahead of time, timed without "
+            "warm-up) vs one jitted step per batch (loop=\"steps\"); scan / steps is their throughput ratio.", "",
+            "| model | first epoch s | loop epoch | scan img/s | steps img/s | scan / steps | torch dense img/s | "
+            "torch masked/dense | torch masked, 1 thread, img/s | lth_jax / torch at its faster thread count | "
+            "params (jax / torch) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, m in models_.items():
     j, t = m["lth_jax"], m.get("torch")
-    torch_params = f"{t['params']:,}" if t else "–"
-    lines.append(f"| {FULL[name].label} | {j['compile_s']:.1f} | {_num(j['step_jit_dense']['img_s'])} | "
-                 f"{_num(j['scan_over_step_jit'], True)} | {_num(t['dense']['img_s']) if t else '–'} | "
-                 f"{_num(t['masked_over_dense'], True) if t else '–'} | {j['params']:,} / {torch_params} |")
+    loops = j["loops"]
+    cells = [FULL[name].label, f"{j['first_epoch_s']:.1f}",
+             f"{loops['images']:,} images ({loops['steps_per_epoch']} batches)", _num(loops["scan"]["img_s"]),
+             _num(loops["steps"]["img_s"]), _num(loops["scan_over_steps"], True)]
+    if t:
+      cells += [_num(t["dense"]["img_s"]), _num(t["masked_over_dense"], True), _num(t["masked_1thread"]["img_s"]),
+                _num(m["lth_jax_over_torch_best"], True), f"{j['params']:,} / {t['params']:,}"]
+    else:
+      cells += ["–"] * 4 + [f"{j['params']:,} / –"]
+    lines.append("| " + " | ".join(cells) + " |")
   e2e = results.get("end_to_end")
   if e2e:
     lines += ["", f"End to end: {e2e['config']}: {e2e['runs']} runs, {e2e['wall_s']:.1f}s wall."]
@@ -611,6 +696,7 @@ def run(model_names=tuple(FULL), quick: bool = False, with_torch: bool = True, w
   results = {"quick": quick, "cap_s": cap_s, "models": {}, "skipped": skipped,
              "meta": {"command": command or "lth_jax.bench.run()", "date": datetime.datetime.now(
                  datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": f"{device} ({device.device_kind})",
+                      "platform": device.platform,
                       "torch_device": torch_device, "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
                       "torch_threads": os.cpu_count() if with_torch else None, "versions": _versions(),
                       "load_avg_start": os.getloadavg()}}
@@ -622,6 +708,8 @@ def run(model_names=tuple(FULL), quick: bool = False, with_torch: bool = True, w
     if with_torch:
       entry["torch"] = bench_torch(spec, load, torch_device)
       entry["lth_jax_over_torch"] = entry["lth_jax"]["masked"]["img_s"] / entry["torch"]["masked"]["img_s"]
+      entry["lth_jax_over_torch_best"] = entry["lth_jax"]["masked"]["img_s"] / max(
+          entry["torch"]["masked"]["img_s"], entry["torch"]["masked_1thread"]["img_s"])
     results["models"][name] = entry
   if any(n != "lenet300_100" for n in model_names):
     print("conv probe", flush=True)
@@ -648,7 +736,7 @@ def main(argv=None):
   parser.add_argument("--out", default="results/bench_cpu", help="where results.json and results.md go")
   parser.add_argument("--quick", action="store_true", help="~1 minute smoke run on tiny epochs")
   parser.add_argument("--models", default=None, help=f"comma-separated, from {', '.join(FULL)} (default: all; "
-                      f"with --quick {', '.join(QUICK_MODELS)}, since each convnet costs ~30s of compiling)")
+                      f"with --quick {', '.join(QUICK_MODELS)}, since each convnet adds ~1 minute of compiling)")
   parser.add_argument("--cap_s", type=float, default=None,
                       help="skip a vmapped measurement (derive the sequential one) whose estimate exceeds this "
                            "many seconds (default 120; 20 with --quick)")

@@ -49,6 +49,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       check(not it[key] or it[key] > config.prune.rewind_epoch,
             f"config.iterative.{key}={it[key]} must exceed config.prune.rewind_epoch="
             f"{config.prune.rewind_epoch}: a rewound round resumes the schedule there")
+  check(config.train.loop in train.LOOPS,
+        f"config.train.loop={config.train.loop!r}; allowed: {', '.join(train.LOOPS)}")
+  check(config.train.compute_dtype in train.COMPUTE_DTYPES,
+        f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(train.COMPUTE_DTYPES)}")
   check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
@@ -159,7 +163,8 @@ class Experiment:
     return train.Trainer(self.model if model is None else model, opt, self.config.train.batch_size,
                          train.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
                          self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
-                         store=self.store, eval_every=self.config.train.eval_every)
+                         store=self.store, eval_every=self.config.train.eval_every,
+                         loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype)
 
   def __hash__(self):  # functools.cache on methods: one Experiment per config
     return id(self)

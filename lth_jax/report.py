@@ -231,6 +231,7 @@ def plot_distance_curve(runs: list, path: str) -> None:
     if r["detected"]:
       ax.axvline(r["detection_epoch"], color=line.get_color(), linestyle="--", linewidth=1,
                  label=f"ticket drawn at epoch {r['detection_epoch']}")
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
   ax.set_ylabel("max Hamming distance to the last masks")
   ax.legend(fontsize=8)

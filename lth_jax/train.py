@@ -2,8 +2,10 @@
 
 One step: gradients -> optax update -> update * mask -> apply -> params * mask. The learning rate is a
 function of the global step stored in the state, so a run rewound to epoch k resumes the schedule at
-epoch k with a fresh optimizer state, as OpenLTH does. An epoch is one `lax.scan` over batches of
-data that already lives on the device: no host work inside an epoch.
+epoch k with a fresh optimizer state, as OpenLTH does. The data already lives on the device; an epoch
+is one `lax.scan` over its batches (no host work inside an epoch) or, on XLA's CPU backend, one jitted
+step per batch dispatched from Python (see `LOOPS`). Either way the state's buffers are donated, so an
+epoch holds one copy of params and optimizer state, and the numbers are the same to float tolerance.
 """
 
 import dataclasses
@@ -24,6 +26,12 @@ from lth_jax.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
+# "scan": an epoch is one compiled lax.scan. "steps": one compiled step per batch, called from Python.
+# "auto": steps on CPU, scan elsewhere -- XLA CPU (jaxlib 0.10) lowers the convolutions' gradients
+# inside any while loop to generic loop kernels, 20-35x slower than the same step compiled alone
+# (results/bench_cpu); dispatching a step costs microseconds next to a batch's work.
+LOOPS = ("auto", "scan", "steps")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @flax.struct.dataclass
@@ -93,13 +101,29 @@ class Trainer:
   regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
   store: Any = None                       # checkpoint.SegmentStore: resume each fit where it stopped
   eval_every: int = 1                     # epochs between validation/test evaluations (always at the end)
+  loop: str = "auto"                      # one of LOOPS
+  compute_dtype: str = "float32"          # "bfloat16": activations and matmuls in bf16; params, masks,
+                                          # optimizer state and BatchNorm statistics stay float32
 
   def __post_init__(self):
+    if self.loop not in LOOPS:
+      raise UserError(f"config.train.loop={self.loop!r} is not a loop; allowed: {', '.join(LOOPS)}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise UserError(f"config.train.compute_dtype={self.compute_dtype!r} is not supported; "
+                      f"allowed: {', '.join(COMPUTE_DTYPES)}")
     self.tx = optimizer(self.opt_config)
     self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs)
-    # No buffer donation: methods keep references to states they rewind to.
-    self._train_epoch = jax.jit(self._train_epoch_impl)
-    self._train_epoch_many = jax.jit(jax.vmap(self._train_epoch_impl, in_axes=(0, None, None)))
+    if self.loop == "auto":
+      self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
+    # The state is donated: `fit` copies the caller's state once, so states that methods keep to
+    # rewind to are never consumed.
+    self._train_epoch = jax.jit(self._train_epoch_impl, donate_argnums=0)
+    self._train_epoch_many = jax.jit(jax.vmap(self._train_epoch_impl, in_axes=(0, None, None)), donate_argnums=0)
+    self._shuffle = jax.jit(self._shuffle_impl, donate_argnums=0)
+    self._shuffle_many = jax.jit(jax.vmap(self._shuffle_impl, in_axes=(0, None)), donate_argnums=0)
+    self._train_batch = jax.jit(self._train_batch_impl, donate_argnums=0)
+    self._train_batch_many = jax.jit(jax.vmap(self._train_batch_impl, in_axes=(0, None, None, 0, None)),
+                                     donate_argnums=0)
     self._evaluate = jax.jit(self._evaluate_impl)
     self._logits = jax.jit(self._logits_impl)
 
@@ -117,6 +141,21 @@ class Trainer:
       return a
     return jax.lax.with_sharding_constraint(a, NamedSharding(self.mesh, PartitionSpec("data")))
 
+  def _apply(self, variables, x, train: bool):
+    """model.apply in the compute dtype: params and inputs cast down, logits back to float32.
+
+    Gradients flow through the casts to the float32 params; BatchNorm statistics are left float32
+    (Flax computes them in float32 and their running averages stay there).
+    """
+    dtype = COMPUTE_DTYPES[self.compute_dtype]
+    if dtype != jnp.float32:
+      variables = {**variables, "params": jax.tree.map(lambda p: p.astype(dtype), variables["params"])}
+      x = x.astype(dtype)
+    if train and "batch_stats" in variables:
+      logits, updates = self.model.apply(variables, x, train=True, mutable=["batch_stats"])
+      return logits.astype(jnp.float32), updates["batch_stats"]
+    return self.model.apply(variables, x, train=train).astype(jnp.float32), variables.get("batch_stats", {})
+
   def _train_step(self, state: TrainState, batch):
     x, y = batch
     rng, step_key = jax.random.split(state.rng)
@@ -124,13 +163,8 @@ class Trainer:
       x = self.augment(step_key, x)
 
     def loss_fn(params):
-      variables = {"params": params}
-      if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-        logits, updates = self.model.apply(variables, x, train=True, mutable=["batch_stats"])
-        new_stats = updates["batch_stats"]
-      else:
-        logits, new_stats = self.model.apply(variables, x, train=True), state.batch_stats
+      variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+      logits, new_stats = self._apply(variables, x, train=True)
       loss = cross_entropy(logits, y).mean()
       penalty = self.regularizer(params) if self.regularizer is not None else 0.0
       return loss + penalty, (loss, logits, new_stats)
@@ -145,15 +179,36 @@ class Trainer:
                               opt_state=opt_state, rng=rng)
     return new_state, {"loss": loss, "accuracy": accuracy, "lr": lr}
 
-  def _train_epoch_impl(self, state: TrainState, x, y):
+  def _shuffle_impl(self, state: TrainState, x):
+    """The epoch's batches as rows of example indices (the last partial batch dropped)."""
     rng, perm_key = jax.random.split(state.rng)
-    steps = self.steps_per_epoch
-    order = jax.random.permutation(perm_key, x.shape[0])[: steps * self.batch_size]
-    order = order.reshape(steps, self.batch_size)
-    state, metrics = jax.lax.scan(
-        lambda s, idx: self._train_step(s, (self._split_batch(x[idx]), self._split_batch(y[idx]))),
-                                  state.replace(rng=rng), order)
-    return state, jax.tree.map(jnp.mean, metrics)
+    order = jax.random.permutation(perm_key, x.shape[0])[: self.steps_per_epoch * self.batch_size]
+    return state.replace(rng=rng), order.reshape(self.steps_per_epoch, self.batch_size)
+
+  def _train_batch_impl(self, state: TrainState, x, y, order, i):
+    idx = order[i]
+    return self._train_step(state, (self._split_batch(x[idx]), self._split_batch(y[idx])))
+
+  def _train_epoch_impl(self, state: TrainState, x, y):
+    state, order = self._shuffle_impl(state, x)
+    state, metrics = jax.lax.scan(lambda s, i: self._train_batch_impl(s, x, y, order, i), state,
+                                  jnp.arange(self.steps_per_epoch))
+    return state, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
+
+  def _train_epoch_steps(self, state: TrainState, x, y, batched: bool):
+    """The scan's epoch with the loop in Python: the same shuffle and steps, one dispatch per batch."""
+    state, order = (self._shuffle_many if batched else self._shuffle)(state, x)
+    step, metrics = self._train_batch_many if batched else self._train_batch, []
+    for i in range(self.steps_per_epoch):
+      state, m = step(state, x, y, order, i)
+      metrics.append(m)
+    return state, jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *metrics)
+
+  def train_epoch(self, state: TrainState, x, y, batched: bool = False):
+    """One epoch on (x, y); `batched`: `state` stacks several tickets along a leading axis. Consumes `state`."""
+    if self.loop == "steps":
+      return self._train_epoch_steps(state, x, y, batched)
+    return (self._train_epoch_many if batched else self._train_epoch)(state, x, y)
 
   def _logits_impl(self, variables, x):
     """Logits of `x` in eval mode, computed in fixed-size batches (the last one padded)."""
@@ -161,7 +216,7 @@ class Trainer:
     n, size = x.shape[0], min(self.eval_batch_size, -(-x.shape[0] // shards) * shards)
     batches = -(-n // size)
     padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])
-    logits = jax.lax.map(lambda b: self.model.apply(variables, self._split_batch(b), train=False),
+    logits = jax.lax.map(lambda b: self._apply(variables, self._split_batch(b), train=False)[0],
                          padded.reshape(batches, size, *x.shape[1:]))
     return logits.reshape(batches * size, -1)[:n]
 
@@ -205,9 +260,9 @@ class Trainer:
       states, histories = self._restore_together(segments, states, histories, end_epoch)
       if histories[0] and log_every:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
-    current = _stack(states) if batched else states[0]
+    current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
     for epoch in range(start_epoch + len(histories[0]) + 1, end_epoch + 1):
-      current, metrics = (self._train_epoch_many if batched else self._train_epoch)(current, *data["train"])
+      current, metrics = self.train_epoch(current, *data["train"], batched=batched)
       members = _unstack(current, len(states)) if batched else [current]
       for i, (member, name, history) in enumerate(zip(members, names, histories)):
         train_metrics = jax.tree.map(lambda m: m[i], metrics) if batched else metrics

@@ -1,6 +1,8 @@
 import importlib.util
 import json
 
+import jax
+
 from lth_jax import bench
 
 
@@ -11,11 +13,25 @@ def test_quick_lenet_reports_positive_throughputs(tmp_path):
                       out_dir=str(tmp_path))
   lenet = results["models"]["lenet300_100"]
   jax_part = lenet["lth_jax"]
-  for key in ("dense", "masked", "vmap", "sequential", "step_jit_dense"):
+  # loop="auto" resolves by backend: one jitted step per batch on CPU, one lax.scan elsewhere.
+  loop = "steps" if jax.default_backend() == "cpu" else "scan"
+  assert jax_part["loop"] == loop
+  for key in ("dense", "masked", "vmap", "sequential"):
     assert jax_part[key]["img_s"] > 0, key
+  assert len(jax_part["dense"]["epoch_s"]) == len(jax_part["masked"]["epoch_s"]) == bench.QUICK["lenet300_100"].repeats
+  assert not jax_part["sequential"]["derived"]   # the quick LeNet epochs fit under --cap_s: measured, not derived
+  assert jax_part["masked_over_dense"] > 0 and jax_part["vmap_speedup"] > 0 and jax_part["first_epoch_s"] > 0
+  loops = jax_part["loops"]
+  assert loops["scan"]["img_s"] > 0 and loops["steps"]["img_s"] > 0 and loops["scan"]["compile_s"] > 0
+  assert loops["scan_over_steps"] == loops["scan"]["img_s"] / loops["steps"]["img_s"]
   assert abs(jax_part["sparsity"] - bench.SPARSITY) < 1e-3
   if with_torch:
     assert lenet["torch"]["dense"]["img_s"] > 0 and lenet["torch"]["masked"]["img_s"] > 0
+    assert lenet["torch"]["masked_1thread"]["img_s"] > 0
     assert abs(lenet["torch"]["sparsity"] - bench.SPARSITY) < 1e-3
-  assert json.loads((tmp_path / "results.json").read_text())["models"]["lenet300_100"]
-  assert "| LeNet-300-100 |" in (tmp_path / "results.md").read_text()
+    assert lenet["lth_jax_over_torch"] > 0
+  assert [t["target"] for t in results["targets"]][0].startswith("LeNet-300-100: lth_jax masked within 3%")
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert written["models"]["lenet300_100"]["lth_jax"]["loop"] == loop
+  markdown = (tmp_path / "results.md").read_text()
+  assert "| LeNet-300-100 |" in markdown and f"loop: {loop}" in markdown and "## What limits it" in markdown

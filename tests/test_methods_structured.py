@@ -195,3 +195,12 @@ def test_a_rebuilt_ticket_reloads_from_its_metadata(slim, tmp_path):
 def test_bad_structured_settings_are_user_errors(key, value, message):
   with pytest.raises(UserError, match=message):
     experiment.build(tiny_config(**{key: value}))
+
+
+def test_epochs_of_the_other_method_are_not_held_against_a_shorter_run():
+  # configs/cifar_resnet_slimming.py prunes at epoch 160; its early_bird run may still train for 4, and the
+  # reverse; within the method itself the range holds.
+  experiment.validate(tiny_config(**{"method": "early_bird", "slimming.epochs": (160,)}))
+  experiment.validate(tiny_config(**{"early_bird.max_epochs": 160}))
+  with pytest.raises(UserError, match="config.early_bird.max_epochs=160"):
+    experiment.validate(tiny_config(**{"method": "early_bird", "early_bird.max_epochs": 160}))

@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,6 +8,7 @@ import pytest
 
 from lth_jax import masks, models, pruning, train
 from lth_jax.config import base
+from lth_jax.data import augment
 
 
 def setup(opt_overrides, epochs=5, seed=0):
@@ -83,3 +85,91 @@ def test_evaluate_pads_the_last_batch():
   np.testing.assert_allclose(logits, direct, rtol=1e-5, atol=1e-6)
   acc = trainer.evaluate(state, data["train"])["accuracy"]
   assert acc == pytest.approx(float(np.mean(np.argmax(direct, -1) == np.asarray(data["train"][1]))))
+
+
+class ConvBN(nn.Module):
+  """Convolutions, BatchNorm and a dense head: the pieces whose loops differ on XLA CPU."""
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.Conv(8, (3, 3), strides=2)(x)
+    return nn.Dense(3)(x.mean((1, 2)))
+
+
+def conv_setup(loop, compute_dtype="float32"):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(96, 8, 8, 2)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, 96), jnp.int32)
+  model = ConvBN()
+  variables = model.init(jax.random.key(0), x[:1])
+  opt = base().optimizer
+  opt.update(dict(lr=0.05, momentum=0.9, weight_decay=5e-4))
+  trainer = train.Trainer(model, opt, batch_size=16, steps_per_epoch=6, epochs=3, loop=loop,
+                          augment=augment.get("crop_flip"), compute_dtype=compute_dtype)
+  m = pruning.magnitude(variables["params"], masks.init(variables["params"]), 0.6)
+  state = trainer.init_state(variables["params"], variables["batch_stats"], m, jax.random.key(1))
+  return trainer, {"train": (x, y), "val": (x[:32], y[:32]), "test": (x[32:64], y[32:64])}, state
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_scan_and_step_loops_give_the_same_numbers(batched):
+  """The epoch as one lax.scan and as jitted steps from Python: same shuffles, same steps, same result."""
+  out = {}
+  for loop in ("scan", "steps"):
+    trainer, data, state = conv_setup(loop)
+    if batched:
+      other = trainer.init_state(state.params, state.batch_stats, masks.init(state.params), jax.random.key(7))
+      states, histories = trainer.fit_many([state, other], data, 3, ["a", "b"])
+    else:
+      state, history = trainer.fit(state, data, 3)
+      states, histories = [state], [history]
+    out[loop] = states, histories
+  (states_scan, hists_scan), (states_steps, hists_steps) = out["scan"], out["steps"]
+  for s_scan, s_steps, h_scan, h_steps in zip(states_scan, states_steps, hists_scan, hists_steps):
+    assert int(s_scan.step) == int(s_steps.step) == 18
+    for key in ("train_loss", "train_accuracy", "val_accuracy", "test_loss"):
+      assert [r[key] for r in h_scan] == pytest.approx([r[key] for r in h_steps], abs=1e-5)
+    for a, b in zip(jax.tree.leaves((s_scan.params, s_scan.batch_stats, s_scan.opt_state)),
+                    jax.tree.leaves((s_steps.params, s_steps.batch_stats, s_steps.opt_state))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(jax.random.key_data(s_scan.rng), jax.random.key_data(s_steps.rng))
+
+
+@pytest.mark.parametrize("loop", ["scan", "steps"])
+def test_fit_leaves_the_callers_state_intact(loop):
+  """Epochs donate their buffers, but never the state a method passed in (it may rewind to it)."""
+  trainer, data, state = conv_setup(loop)
+  before = [np.array(a) for a in jax.tree.leaves(state.params)]
+  trainer.fit(state, data, 2)
+  trainer.fit(state, data, 1)   # the same state again: still alive
+  for a, b in zip(before, jax.tree.leaves(state.params)):
+    assert np.array_equal(a, np.asarray(b))
+
+
+def test_bfloat16_compute_keeps_float32_state_and_exact_zeros():
+  trainer, data, state = conv_setup("steps", compute_dtype="bfloat16")
+  f32_trainer, _, f32_state = conv_setup("steps")
+  # Same weights, eval logits in bf16 agree with float32 to bf16's ~3 significant digits.
+  np.testing.assert_allclose(trainer.logits(state, data["val"][0]), f32_trainer.logits(f32_state, data["val"][0]),
+                             rtol=0.05, atol=0.02)
+  assert trainer.logits(state, data["val"][0]).dtype == jnp.float32
+  state, history = trainer.fit(state, data, 3)
+  assert {a.dtype for a in jax.tree.leaves((state.params, state.masks, state.batch_stats, state.opt_state))} \
+      == {jnp.dtype(jnp.float32)}
+  for p, mk in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.masks)):
+    assert np.all(np.asarray(p)[np.asarray(mk) == 0] == 0.0)
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+  # Training really ran in bf16: the float32 run differs by more than float32 rounding would.
+  f32_state, _ = f32_trainer.fit(f32_state, data, 3)
+  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(state.params),
+                                                              jax.tree.leaves(f32_state.params)))
+  assert diff > 1e-4
+
+
+def test_unknown_loop_or_dtype_is_a_user_error():
+  from lth_jax.errors import UserError
+  with pytest.raises(UserError, match="train.loop"):
+    conv_setup("while")
+  with pytest.raises(UserError, match="compute_dtype"):
+    conv_setup("scan", compute_dtype="float16")
