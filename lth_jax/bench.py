@@ -54,7 +54,7 @@ from lth_jax import train
 SPARSITY = 0.8
 K = 8
 LOAD_LIMIT = 1.5       # 1-minute load average above which a measurement is flagged noisy
-MASKED_TARGET = 0.03   # masked within 3% of dense
+MASKED_TARGET = 0.03   # masked at most 3% slower than dense (faster is no shortfall)
 LENET_TORCH_TARGET = 1.5
 LOOP_DIAGNOSTIC_S = 30.0   # the loop diagnostic stops timing more epochs of a loop once they took this long
 
@@ -490,8 +490,8 @@ def _targets(results: dict) -> list:
   out = []
   for name, m in results["models"].items():
     r = m["lth_jax"]["masked_over_dense"]
-    out.append({"target": f"{FULL[name].label}: lth_jax masked within 3% of dense", "value": round(r, 3),
-                "met": abs(r - 1) <= MASKED_TARGET})
+    out.append({"target": f"{FULL[name].label}: lth_jax masked within 3% of dense (masked/dense >= "
+                          f"{1 - MASKED_TARGET:g})", "value": round(r, 3), "met": r >= 1 - MASKED_TARGET})
   lenet = results["models"].get("lenet300_100", {})
   if lenet.get("lth_jax_over_torch") is not None:
     r = lenet["lth_jax_over_torch"]
