@@ -45,7 +45,8 @@ def base() -> ml_collections.ConfigDict:
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
   c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
   c.train.distributed = False   # multi-host: jax.distributed.initialize() and a mesh over all processes' devices
-  c.train.vmap = False          # train the tickets of a one-shot sweep together, vmapped in one program
+  c.train.vmap = False          # one-shot tickets that share a schedule (a sweep's sparsities; compare's
+                                # oneshot_reinit and oneshot_random) train together, vmapped in one program
   c.train.loop = "auto"         # "scan" (an epoch is one lax.scan), "steps" (a jitted step per batch); auto: steps on CPU
   c.train.compute_dtype = "float32"   # "bfloat16": mixed precision (params, masks, optimizer state stay float32)
   c.train.eval_every = 1        # epochs between validation/test evaluations (best_epoch is among these)

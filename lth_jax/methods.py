@@ -66,6 +66,7 @@ ONESHOT_METHODS = {"none": "oneshot", "rewind": "oneshot_reinit", "random": "one
 @dataclasses.dataclass
 class _Ticket:
   """A pruned network ready to retrain."""
+  method: str
   name: str
   trainer: Any
   state: TrainState
@@ -91,28 +92,43 @@ def _oneshot_ticket(exp: Experiment, dense_run: DenseRun, sparsity: float, reset
     start, epochs, finetune = 0, cfg.train.epochs, False
   trainer = exp.trainer(epochs, finetune)
   state = trainer.init_state(params, stats, masks, exp.key(name), start)
-  return _Ticket(name, trainer, state, epochs, params, before, started)
+  return _Ticket(ONESHOT_METHODS[reset], name, trainer, state, epochs, params, before, started)
+
+
+def _fit_tickets(exp: Experiment, tickets: list[_Ticket]) -> list:
+  """(state, history) per ticket. With config.train.vmap, tickets that share a trainer (one schedule,
+  one optimizer) and a start epoch train together in one vmapped program."""
+  log_every = exp.config.train.log_every
+  if not exp.config.train.vmap:
+    return [t.trainer.fit(t.state, exp.data, t.epochs, t.name, log_every) for t in tickets]
+  groups = {}
+  for i, t in enumerate(tickets):   # exp.trainer is cached: one schedule is one trainer object
+    groups.setdefault((id(t.trainer), int(t.state.step)), []).append(i)
+  fitted = [None] * len(tickets)
+  for members in groups.values():
+    first = tickets[members[0]]
+    states, histories = first.trainer.fit_many([tickets[i].state for i in members], exp.data, first.epochs,
+                                               [tickets[i].name for i in members], log_every)
+    for i, state, history in zip(members, states, histories):
+      fitted[i] = (state, history)
+  return fitted
 
 
 def oneshot_sweep(exp: Experiment, dense_run: DenseRun, sparsities, recorder: Recorder,
-                  reset: str = "none") -> list[TrainState]:
+                  reset: str = "none", more_resets=()) -> list[TrainState]:
   """Prune each sparsity of the trained dense weights at once, then retrain.
 
   reset="none": fine-tune from the trained weights (config.finetune); "rewind": the lottery ticket,
   surviving weights back to theta_0 or the rewind epoch; "random": a fresh initialisation.
-  With config.train.vmap the tickets of the sweep train together in one vmapped program.
+  `more_resets`: further sweeps of the same sparsities, recorded after this one (compare runs them
+  together). With config.train.vmap the tickets that share a schedule train in one vmapped program.
   """
-  tickets = [_oneshot_ticket(exp, dense_run, s, reset) for s in sparsities]
-  log_every = exp.config.train.log_every
-  if exp.config.train.vmap:
-    states, histories = tickets[0].trainer.fit_many([t.state for t in tickets], exp.data, tickets[0].epochs,
-                                                     [t.name for t in tickets], log_every)
-  else:
-    states, histories = zip(*(t.trainer.fit(t.state, exp.data, t.epochs, t.name, log_every) for t in tickets))
-  for ticket, state, history in zip(tickets, states, histories):
-    recorder(evaluation.record(exp, state, history, ONESHOT_METHODS[reset], 1, dense_run.test_accuracy,
+  tickets = [_oneshot_ticket(exp, dense_run, s, r) for r in (reset, *more_resets) for s in sparsities]
+  fitted = _fit_tickets(exp, tickets)
+  for ticket, (state, history) in zip(tickets, fitted):
+    recorder(evaluation.record(exp, state, history, ticket.method, 1, dense_run.test_accuracy,
                                ticket.before, ticket.started), state, ticket.rewind_params)
-  return list(states)
+  return [state for state, _ in fitted]
 
 
 def oneshot(exp: Experiment, dense_run: DenseRun, sparsity: float, recorder: Recorder,
@@ -214,9 +230,13 @@ def run(exp: Experiment, recorder: Recorder) -> None:
   dense_run = dense(exp, recorder)
   methods = list(exp.config.compare.methods) if method == "compare" else [method]
   sparsities = list(exp.config.compare.sparsities) if method == "compare" else [exp.config.prune.sparsity]
+  # The one-shot sweeps run together where the first of them is listed: with config.train.vmap, the
+  # tickets of every sweep that share a schedule (oneshot_reinit and oneshot_random) share one program.
+  resets = [ONESHOT_RESETS[name] for name in methods if name in ONESHOT_RESETS]
   for name in methods:
     if name in ONESHOT_RESETS:
-      oneshot_sweep(exp, dense_run, sparsities, recorder, ONESHOT_RESETS[name])
+      if ONESHOT_RESETS[name] == resets[0]:
+        oneshot_sweep(exp, dense_run, sparsities, recorder, resets[0], resets[1:])
     elif name == "iterative":
       iterative(exp, dense_run, max(sparsities), recorder)
     elif name == "dynamic":

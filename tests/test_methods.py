@@ -196,3 +196,31 @@ def test_vmapped_sweep_matches_training_one_after_another():
     assert leaves_equal(sa.masks, sb.masks)
     for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)):
       np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+def test_vmapped_compare_trains_reinit_and_random_tickets_in_one_program(monkeypatch):
+  """compare's oneshot_reinit and oneshot_random share a schedule: with train.vmap, one fit_many of all
+  their tickets, and the same records (in the same order) as training them one after another."""
+  from lth_jax import train
+  calls = []
+  fit_many = train.Trainer.fit_many
+  monkeypatch.setattr(train.Trainer, "fit_many",
+                      lambda self, states, *a, **k: calls.append(len(states)) or fit_many(self, states, *a, **k))
+  results = {}
+  for vmap in (False, True):
+    out = Collect()
+    methods.run(experiment.build(small_config(**{
+        "train.vmap": vmap, "method": "compare", "compare.methods": ("oneshot", "oneshot_reinit", "oneshot_random"),
+        "compare.sparsities": (0.5, 0.8)})), out)
+    results[vmap] = out
+  # oneshot fine-tunes (its own schedule): a group of its own; reinit and random: one group of four.
+  assert calls == [2, 4]
+  a, b = results[False], results[True]
+  assert [(r["method"], r["sparsity"]) for r in a.records] == [(r["method"], r["sparsity"]) for r in b.records]
+  assert [r["method"] for r in a.records] == ["dense"] + ["oneshot"] * 2 + ["oneshot_reinit"] * 2 + \
+      ["oneshot_random"] * 2
+  for ra, rb, sa, sb in zip(a.records[1:], b.records[1:], a.states[1:], b.states[1:]):
+    assert leaves_equal(sa.masks, sb.masks)
+    assert [r["train_loss"] for r in ra["curve"]] == pytest.approx([r["train_loss"] for r in rb["curve"]], abs=1e-4)
+    for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)):
+      np.testing.assert_allclose(x, y, atol=1e-4)
