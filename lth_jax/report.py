@@ -1,8 +1,12 @@
-"""Run reports in the workdir: results.json (atomic), results.md (a comparison table) and PNG plots."""
+"""Run reports in the workdir: results.json (atomic), results.md (comparison tables) and PNG plots.
+
+  python -m lth_jax.report WORKDIR   # re-render results.md and the plots from WORKDIR/results.json
+"""
 
 import json
 import os
 import subprocess
+import sys
 
 import jax
 import matplotlib
@@ -19,6 +23,23 @@ COLUMNS = [  # (header, field, format)
     ("drop", "accuracy_drop", "{:+.4f}"), ("acc before retrain", "accuracy_before_retrain", "{:.4f}"),
     ("best epoch", "best_epoch", "{}"), ("test acc @best", "test_accuracy_at_best_epoch", "{:.4f}"),
     ("ECE", "ece", "{:.4f}"), ("UCE", "uce", "{:.4f}"), ("NLL", "nll", "{:.4f}"),
+]
+# ShrinkBench's figures, for every run: against the full-width dense network (lth_jax.compression).
+COMPRESSION_COLUMNS = [
+    ("method", "method", "{}"), ("round", "round", "{}"), ("params", "params", "{:,}"),
+    ("non-zero params", "nonzero_params", "{:,}"), ("FLOPs", "flops", "{:,}"), ("non-zero FLOPs", "nonzero_flops", "{:,}"),
+    ("compression ratio", "compression_ratio", "{:.3f}"), ("theoretical speedup", "theoretical_speedup", "{:.3f}"),
+]
+# Runs whose network was rebuilt narrower (slimming, early_bird).
+_ms = lambda seconds: f"{1e3 * seconds:.1f}"
+STRUCTURED_COLUMNS = [
+    ("method", "method", "{}"), ("round", "round", "{}"), ("prune epoch", "prune_epoch", "{}"),
+    ("channels kept", "channels_kept", "{:,}"), ("of", "channels_total", "{:,}"),
+    ("structured sparsity", "structured_sparsity", "{:.3f}"),
+    ("acc before retrain: masked", "accuracy_before_retrain", "{:.4f}"),
+    ("rebuilt", "rebuilt_accuracy_before_retrain", "{:.4f}"), ("test acc", "test_accuracy", "{:.4f}"),
+    ("inference ms: rebuilt", "inference_time_s", _ms), ("dense", "dense_inference_time_s", _ms),
+    ("measured speedup", "inference_speedup", "{:.2f}"),
 ]
 
 
@@ -41,8 +62,9 @@ def write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def write_json(workdir: str, config, runs: list, complete: bool, command: str = "", summary=None) -> None:
-  doc = {"config": config.to_dict(), "environment": environment(), "command": command,
+def write_json(workdir: str, config, runs: list, complete: bool, command: str = "", summary=None,
+               env: dict | None = None) -> None:
+  doc = {"config": config.to_dict(), "environment": env or environment(), "command": command,
          "complete": complete, "runs": runs, "summary": summary or {}}
   write_atomic(os.path.join(workdir, "results.json"), json.dumps(doc, indent=1, default=_plain))
 
@@ -53,19 +75,41 @@ def _plain(value):
   return str(value)
 
 
-def _cell(run: dict, field: str, fmt: str) -> str:
+def _cell(run: dict, field: str, fmt) -> str:
   value = run.get(field)
-  return "–" if value is None else fmt.format(value)
+  return "–" if value is None else fmt(value) if callable(fmt) else fmt.format(value)
 
 
-def markdown_table(runs: list) -> str:
-  lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-  lines += ["| " + " | ".join(_cell(r, f, fmt) for _, f, fmt in COLUMNS) + " |" for r in runs]
+def markdown_table(runs: list, columns=COLUMNS) -> str:
+  lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(_cell(r, f, fmt) for _, f, fmt in columns) + " |" for r in runs]
   return "\n".join(lines)
 
 
-def write_markdown(workdir: str, config, runs: list, command: str, summary: dict) -> None:
-  env = environment()
+def structure_section(runs: list) -> str:
+  """Compression figures of every run; rebuilt networks and Early-Bird detection where there are any."""
+  text = ("## Compression\n\n" + markdown_table(runs, COMPRESSION_COLUMNS) + "\n\n"
+          "Against the full-width dense network, ShrinkBench's definitions: FLOPs are multiply-adds of the "
+          "conv and dense layers per example; compression ratio = all parameters / non-zero parameters; "
+          "theoretical speedup = dense FLOPs / non-zero FLOPs.\n\n")
+  rebuilt = [r for r in runs if "channels_kept" in r]
+  if rebuilt:
+    text += ("## Rebuilt narrower networks\n\n" + markdown_table(rebuilt, STRUCTURED_COLUMNS) + "\n\n"
+             "acc before retrain: the full-width network at the pruning epoch with the removed channels masked "
+             "to zero, and the rebuilt network before retraining (the same function). inference: median forward "
+             "pass of one test batch through the rebuilt and the full-width network on the same device.\n\n")
+  for r in (r for r in runs if "distance_curve" in r):
+    text += (f"## Early-Bird\n\n{r['method']} (ratio {r['ratio']:g}, window {r['window']}, epsilon "
+             f"{r['epsilon']:g}): " + (f"ticket drawn at epoch {r['detection_epoch']}" if r["detected"] else
+                                      f"no ticket; pruned at epoch {r['prune_epoch']} (the search's last)")
+             + ". Largest distance to the previous masks, per epoch: "
+             + ", ".join("–" if d is None else f"{d:.4f}" for d in r["distance_curve"])
+             + ".\n\n![distance curve](distance_curve.png)\n\n")
+  return text
+
+
+def write_markdown(workdir: str, config, runs: list, command: str, summary: dict, env: dict | None = None) -> None:
+  env = env or environment()
   text = (f"# {config.method} on {config.data.name} with {config.model.name}\n\n"
           f"Command: `{command}`\n\nMachine: {env['devices']}, jax {env['jax']}, git {env['git']}\n\n"
           f"{markdown_table(runs)}\n\n"
@@ -77,6 +121,7 @@ def write_markdown(workdir: str, config, runs: list, command: str, summary: dict
           "ECE (T-scaled): after temperature scaling fitted on the validation split. AUROC: in-distribution "
           "test inputs are the positive class, max softmax probability the score. agreement / L2: top-1 "
           "agreement with and mean L2 distance to the dense network's softmax under uniform input noise.\n\n"
+          f"{structure_section(runs)}"
           f"## Prune potential (delta = {config.metrics.potential_delta})\n\n{potential_table(summary)}\n\n"
           "![accuracy against sparsity](accuracy_vs_sparsity.png) ![ECE against sparsity](ece_vs_sparsity.png)\n\n"
           "![reliability](reliability.png) ![training curves](curves.png)\n")
@@ -199,7 +244,7 @@ def potential_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def write_all(workdir: str, config, runs: list, command: str) -> None:
+def write_all(workdir: str, config, runs: list, command: str, env: dict | None = None) -> None:
   summary = potential.summarize(runs, config.metrics.potential_delta)
   path = lambda name: os.path.join(workdir, name)
   plot_vs_sparsity(runs, lambda r: r["test_accuracy"], "test accuracy", path("accuracy_vs_sparsity.png"))
@@ -215,8 +260,8 @@ def write_all(workdir: str, config, runs: list, command: str) -> None:
   plot_curves(runs, path("curves.png"))
   if any(r.get("distance_curve") for r in runs):
     plot_distance_curve(runs, path("distance_curve.png"))
-  write_markdown(workdir, config, runs, command, summary)
-  write_json(workdir, config, runs, complete=True, command=command, summary=summary)
+  write_markdown(workdir, config, runs, command, summary, env)
+  write_json(workdir, config, runs, complete=True, command=command, summary=summary, env=env)
 
 
 def plot_distance_curve(runs: list, path: str) -> None:
@@ -239,3 +284,27 @@ def plot_distance_curve(runs: list, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def main(argv: list) -> int:
+  """Re-render a finished run's results.md and plots from its results.json (environment and command kept)."""
+  import ml_collections
+  if len(argv) != 1:
+    print("usage: python -m lth_jax.report WORKDIR", file=sys.stderr)
+    return 2
+  path = os.path.join(argv[0], "results.json")
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    print(f"error: cannot read {path}: {e}", file=sys.stderr)
+    return 2
+  if not doc.get("complete"):
+    print(f"error: {path} is not complete (the run was interrupted); rerun it to finish", file=sys.stderr)
+    return 2
+  write_all(argv[0], ml_collections.ConfigDict(doc["config"]), doc["runs"], doc["command"], doc["environment"])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

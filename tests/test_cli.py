@@ -111,3 +111,27 @@ def test_mnist_lenet_config_runs_scaled_down(tmp_path):
   runs = json.loads((tmp_path / "results.json").read_text())["runs"]
   assert [r["method"] for r in runs] == ["dense", "iterative", "iterative_random"]
   assert runs[1]["test_accuracy"] > 0.8
+
+
+def test_report_rerenders_from_results_json(iterative_run, tmp_path):
+  """python -m lth_jax.report WORKDIR rebuilds results.md and plots from results.json alone."""
+  import shutil
+  (workdir, _), _ = iterative_run
+  copy = tmp_path / "copy"
+  copy.mkdir()
+  shutil.copy(workdir / "results.json", copy / "results.json")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  proc = subprocess.run([sys.executable, "-m", "lth_jax.report", str(copy)], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (copy / "results.md").read_text() == (workdir / "results.md").read_text()
+  assert (copy / "accuracy_vs_sparsity.png").stat().st_size > 0
+  runs = json.loads((workdir / "results.json").read_text())["runs"]
+  row = f"| iterative | 2 | {runs[2]['params']:,} | {runs[2]['nonzero_params']:,} |"
+  assert "## Compression" in proc.stdout + (copy / "results.md").read_text() and row in (copy / "results.md").read_text()
+  doc = json.loads((copy / "results.json").read_text())
+  doc["complete"] = False
+  (copy / "results.json").write_text(json.dumps(doc))
+  proc = subprocess.run([sys.executable, "-m", "lth_jax.report", str(copy)], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2 and "not complete" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import sklearn.datasets
 
-from lth_jax import checkpoint, compression, early_bird, experiment, masks, methods, methods_structured, models
-from lth_jax import structured
+from lth_jax import (checkpoint, compression, early_bird, experiment, masks, methods, methods_structured, models,
+                     report, structured)
 from lth_jax.config import base
 from lth_jax.errors import UserError
 from tests.test_methods import Collect, override
@@ -159,6 +159,18 @@ def test_early_bird_draws_the_ticket_where_the_detector_does(slim, trajectory):
   assert record["distance_curve"][ticket] < 0.35 and record["accuracy_drop"] is None
   assert record["layer_channels"] == {bn: [int(k.sum()), k.size] for bn, k in replayed[ticket].items()}
   assert [row["epoch"] for row in record["search_curve"]] == list(range(1, ticket + 2))
+  section = report.structure_section(out.records)
+  assert f"ticket drawn at epoch {ticket + 1}" in section and "![distance curve](distance_curve.png)" in section
+
+
+def test_report_tables_the_rebuilt_networks(slim):
+  _, out = slim
+  section = report.structure_section(out.records)
+  assert "## Compression" in section and "## Rebuilt narrower networks" in section
+  for r in out.records[1:]:
+    assert (f"| slimming | {r['round']} | {r['prune_epoch']} | {r['channels_kept']:,} | {r['channels_total']:,} | "
+            f"{r['structured_sparsity']:.3f} |") in section
+  assert "## Early-Bird" not in section
 
 
 def test_early_bird_without_a_ticket_prunes_at_max_epochs(slim):
@@ -169,6 +181,7 @@ def test_early_bird_without_a_ticket_prunes_at_max_epochs(slim):
   (record,) = out.records
   assert not record["detected"] and record["detection_epoch"] is None
   assert record["prune_epoch"] == 3 and record["distance_curve"] == [None, None, None]
+  assert "no ticket; pruned at epoch 3" in report.structure_section(out.records)
 
 
 def test_a_rebuilt_ticket_reloads_from_its_metadata(slim, tmp_path):
