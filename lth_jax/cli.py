@@ -98,6 +98,7 @@ def run(config, command: str = "") -> list[dict]:
                     "config.workdir's checkpoints")
   if config.train.distributed:
     jax.distributed.initialize()   # coordinator, process count and id from the environment (or Slurm/TPU)
+  report.environment()   # the commit and devices as the run starts
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
   exp.store = resume.prepare(config)
@@ -133,6 +134,7 @@ def evaluate_ticket(config, command: str) -> list[dict]:
   """
   if not config.restore:
     raise UserError("config.mode=eval needs --config.restore=PATH, a ticket directory (workdir/tickets/...)")
+  report.environment()   # the commit and devices as the run starts
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
   ticket = checkpoint.load_ticket(config.restore)

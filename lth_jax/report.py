@@ -3,6 +3,7 @@
   python -m lth_jax.report WORKDIR   # re-render results.md and the plots from WORKDIR/results.json
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -43,13 +44,19 @@ STRUCTURED_COLUMNS = [
 ]
 
 
+@functools.cache  # taken once, when the run starts (cli.run): later commits do not relabel it
 def environment() -> dict:
+  """jax version, devices and the code's git commit ('+dirty' when the code or configs differ from it)."""
+  def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__),
+                          timeout=10).stdout.strip()
   try:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(__file__), timeout=10).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
+    commit += "+dirty" if commit and git("status", "--porcelain", "--untracked-files=no", "--",
+                                                 ":/lth_jax", ":/configs", ":/main.py") else ""
   except (OSError, subprocess.SubprocessError):
-    git = ""
-  return {"jax": jax.__version__, "devices": ", ".join(str(d) for d in jax.devices()), "git": git or "unknown"}
+    commit = ""
+  return {"jax": jax.__version__, "devices": ", ".join(str(d) for d in jax.devices()), "git": commit or "unknown"}
 
 
 def write_atomic(path: str, text: str) -> None:

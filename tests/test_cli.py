@@ -1,6 +1,7 @@
 """The command line end to end, in subprocesses: outputs, determinism, ticket reloading, user errors."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def test_iterative_writes_every_output(iterative_run):
   doc = json.loads((workdir / "results.json").read_text())
   assert doc["complete"] is True and doc["config"]["method"] == "iterative"
   assert set(doc["environment"]) >= {"jax", "devices", "git"}
+  assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?|unknown", doc["environment"]["git"])
   runs = doc["runs"]
   assert [(r["method"], r["round"]) for r in runs] == [("dense", 0), ("iterative", 1), ("iterative", 2)]
   for field in ("sparsity", "test_accuracy", "accuracy_drop", "accuracy_before_retrain", "best_epoch",
