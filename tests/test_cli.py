@@ -1,8 +1,8 @@
 """The command line end to end, in subprocesses: outputs, determinism, ticket reloading, user errors."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
