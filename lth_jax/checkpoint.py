@@ -43,12 +43,25 @@ def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -
 
 
 def load_metadata(path: str) -> dict | None:
-  """What `save_ticket` wrote as metadata beside the ticket at `path`; None when it wrote none."""
+  """What `save_ticket` wrote as metadata beside the ticket at `path`; None when it wrote none.
+
+  JSON's lists come back as tuples, as the widths were saved: flax module fields must be hashable.
+  """
   try:
     with open(os.path.join(path, METADATA)) as f:
-      return json.load(f)
-  except FileNotFoundError:
+      return _tuples(json.load(f))
+  except (FileNotFoundError, NotADirectoryError):  # no ticket there at all: load_ticket says so
     return None
+  except json.JSONDecodeError as e:
+    raise UserError(f"{os.path.join(path, METADATA)!r} is not the JSON lth_jax writes: {e}") from None
+
+
+def _tuples(value):
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
 
 
 def load_ticket(path: str) -> dict:

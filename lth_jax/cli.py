@@ -7,16 +7,18 @@ import importlib.util
 import os
 import shlex
 import sys
+import threading
 import time
 
 import jax
+import ml_collections
 from absl import flags
 from absl import logging
 
 from lth_jax import checkpoint
 from lth_jax import evaluation
 from lth_jax import experiment
-from lth_jax import methods
+from lth_jax import replicates
 from lth_jax import report
 from lth_jax import resume
 from lth_jax.errors import UserError
@@ -105,22 +107,31 @@ def run(config, command: str = "") -> list[dict]:
   logging.info("%s on %s (%d train / %d val / %d test) with %s on %s", config.method, config.data.name,
                exp.n_train, len(exp.data["val"][1]), len(exp.data["test"][1]), config.model.name,
                jax.devices()[0].platform)
-  runs = []
+  by_replicate = [[] for _ in range(config.replicates)]
+  lock = threading.Lock()   # replicates in lockstep record from threads of their own
 
-  def record(run_record: dict, state, rewind_params) -> None:
-    name = f"{len(runs):02d}_{run_record['method']}_r{run_record['round']}_s{run_record['sparsity']:.3f}"
-    checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
-                           run_record.get("model_kwargs"))  # a rebuilt network's widths: it reloads alone
-    run_record["ticket"] = os.path.join("tickets", name)
-    runs.append(run_record)
-    logging.info("%-15s round %d  sparsity %.3f  test acc %.4f  (before retrain %s)  best epoch %s  ECE %.4f",
-                 run_record["method"], run_record["round"], run_record["sparsity"],
-                 run_record["test_accuracy"], _fmt(run_record["accuracy_before_retrain"]),
-                 run_record["best_epoch"], run_record["ece"])
-    report.write_json(config.workdir, config, runs, complete=False, command=command)
+  def recorder(replicate: int):
+    seed = config.seed + replicate
+    prefix = f"seed{seed}_" if config.replicates > 1 else ""
+
+    def record(run_record: dict, state, rewind_params) -> None:
+      mine = by_replicate[replicate]
+      name = f"{prefix}{len(mine):02d}_{run_record['method']}_r{run_record['round']}_s{run_record['sparsity']:.3f}"
+      run_record["seed"], run_record["ticket"] = seed, os.path.join("tickets", name)
+      with lock:   # Orbax saves from two threads at once collide
+        checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
+                               run_record.get("model_kwargs"))  # a rebuilt network's widths: it reloads alone
+        mine.append(run_record)
+        report.write_json(config.workdir, config, sum(by_replicate, []), complete=False, command=command)
+      logging.info("%s%-15s round %d  sparsity %.3f  test acc %.4f  (before retrain %s)  best epoch %s  ECE %.4f",
+                   f"seed {seed}: " if prefix else "", run_record["method"], run_record["round"],
+                   run_record["sparsity"], run_record["test_accuracy"],
+                   _fmt(run_record["accuracy_before_retrain"]), run_record["best_epoch"], run_record["ece"])
+    return record
 
   started = time.time()
-  methods.run(exp, record)
+  replicates.run(exp, [recorder(i) for i in range(config.replicates)])
+  runs = sum(by_replicate, [])
   report.write_all(config.workdir, config, runs, command)
   print(report.markdown_table(runs))
   print(f"\n{len(runs)} runs in {time.time() - started:.1f}s; results in {config.workdir}/results.md")
@@ -131,11 +142,16 @@ def evaluate_ticket(config, command: str) -> list[dict]:
   """Evaluate a saved ticket (config.restore) without training: sparsity, accuracy and every metric.
 
   Writes results.json / results.md with one run (method "eval") and the masked weights as ticket.npz.
+  A rebuilt ticket (slimming, early_bird) is evaluated as the model saved with it (`ticket_model`).
   """
   if not config.restore:
     raise UserError("config.mode=eval needs --config.restore=PATH, a ticket directory (workdir/tickets/...)")
   report.environment()   # the commit and devices as the run starts
+  config, num_classes = ticket_model(config)
   exp = experiment.build(config)
+  if num_classes is not None and num_classes != exp.num_classes:   # else: a shape mismatch in `output` below
+    raise UserError(f"config.restore={config.restore!r} is a ticket for {num_classes} classes; config.data "
+                    f"({config.data.name!r}) has {exp.num_classes} classes")
   prepare_workdir(config.workdir)
   ticket = checkpoint.load_ticket(config.restore)
   checkpoint.check_compatible(ticket["params"], exp.init_params, config.restore)
@@ -149,6 +165,25 @@ def evaluate_ticket(config, command: str) -> list[dict]:
   print(f"\nticket {config.restore}: sparsity {runs[0]['sparsity']:.4f}, test accuracy {runs[0]['test_accuracy']:.4f}; "
         f"masked weights in {config.workdir}/ticket.npz")
   return runs
+
+
+def ticket_model(config):
+  """(config, num_classes): config.model replaced by the model saved beside the ticket at config.restore.
+
+  A rebuilt ticket is narrower than its config's model, and its metadata holds every models.get argument
+  of its network (name, widths / block_widths, the other model keys of the config that made it). So no key
+  of config.model is kept: one the ticket's model leaves at its default, or another model's key, would
+  build a network the ticket does not fit. The data stay the config's; results.json records this model.
+  An ordinary ticket (no metadata) returns the config unchanged and num_classes None.
+  """
+  metadata = checkpoint.load_metadata(config.restore)
+  if metadata is None:
+    return config, None
+  config = config.copy_and_resolve_references()   # the caller's config stays as given
+  config.model = ml_collections.ConfigDict({k: v for k, v in metadata.items() if k != "num_classes"})
+  logging.info("the model comes from the ticket at %s, not config.model: %s", config.restore,
+               ", ".join(f"{k}={v}" for k, v in config.model.items()))
+  return config, metadata.get("num_classes")
 
 
 def _fmt(value) -> str:

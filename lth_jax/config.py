@@ -6,6 +6,8 @@ import ml_collections
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.replicates = 1              # n > 1: the whole run under seeds seed .. seed+n-1 (own init, data order and
+  #                               keys; the data split stays seed's), summarised as mean and std over seeds
   c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
   #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
   c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
@@ -45,8 +47,9 @@ def base() -> ml_collections.ConfigDict:
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
   c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
   c.train.distributed = False   # multi-host: jax.distributed.initialize() and a mesh over all processes' devices
-  c.train.vmap = False          # one-shot tickets that share a schedule (a sweep's sparsities; compare's
-                                # oneshot_reinit and oneshot_random) train together, vmapped in one program
+  c.train.vmap = False          # tickets that share a schedule train together, vmapped in one program: a
+                                # one-shot sweep's sparsities, compare's oneshot_reinit and oneshot_random,
+                                # and the seeds of `replicates` (which then run in lockstep)
   c.train.loop = "auto"         # "scan" (an epoch is one lax.scan), "steps" (a jitted step per batch); auto: steps on CPU
   c.train.compute_dtype = "float32"   # "bfloat16": mixed precision (params, masks, optimizer state stay float32)
   c.train.eval_every = 1        # epochs between validation/test evaluations (best_epoch is among these)

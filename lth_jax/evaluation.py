@@ -10,6 +10,7 @@ built once per experiment; OOD, corruption and similarity figures use the first
 `config.metrics.max_examples` test examples.
 """
 
+import copy
 import math
 import time
 
@@ -120,6 +121,12 @@ class Evaluator:
       raise UserError(f"config.metrics.shifted {entry!r} has labels up to {int(np.max(y))}; the model has "
                       f"{exp.num_classes} classes")
     return exp.normalize(match_shape(x[:n], shape)), np.asarray(y[:n])
+
+  def for_experiment(self, exp) -> "Evaluator":
+    """This evaluator's held-out sets, for a replicate of its experiment (with no dense reference yet)."""
+    other = copy.copy(self)
+    other.exp, other.reference = exp, None
+    return other
 
   def set_reference(self, trainer, state) -> None:
     """The dense network: similarity figures of later runs compare against it."""

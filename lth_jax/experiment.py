@@ -30,6 +30,7 @@ RETRAIN_FROM = ("pruned", "init")
 def validate(config: ml_collections.ConfigDict) -> None:
   """Reject values no method can use, naming the key and what is allowed."""
   parse_layer_scale(config.prune.layer_scale)
+  check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
   check(config.method in METHODS,
         f"config.method={config.method!r} is not a method; allowed: {', '.join(METHODS)}")
   check(0.0 <= config.prune.sparsity < 1.0, f"config.prune.sparsity={config.prune.sparsity} must be in [0, 1)")
@@ -114,7 +115,7 @@ def input_statistics(x_train: np.ndarray, standardize: bool) -> tuple[np.ndarray
   return x_train.mean(axes).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Experiment:
   config: ml_collections.ConfigDict
   data: dict                 # split -> (x, y) on the device
@@ -129,6 +130,8 @@ class Experiment:
   input_std: np.ndarray
   mesh: Any = None           # jax.sharding.Mesh over the devices in use; None for one device
   store: Any = None          # checkpoint.SegmentStore; None: no checkpoints (library use, tests)
+  replica: int = 0           # replicate i runs under seed config.seed + i (see `replicate`)
+  family: Any = None         # the replica-0 experiment whose data, trainers and held-out sets it shares
 
   def normalize(self, x) -> np.ndarray:
     """Inputs as the model sees them: what OOD and corrupted sets go through too."""
@@ -136,7 +139,26 @@ class Experiment:
 
   def key(self, purpose: str) -> jax.Array:
     """A key per purpose, so a run's randomness does not depend on which runs came before it."""
-    return jax.random.fold_in(jax.random.key(self.config.seed), zlib.crc32(purpose.encode()))
+    return jax.random.fold_in(jax.random.key(self.seed), zlib.crc32(purpose.encode()))
+
+  @property
+  def seed(self) -> int:
+    return self.config.seed + self.replica
+
+  def replicate(self, i: int) -> "Experiment":
+    """The same experiment under seed config.seed + i: its own theta_0, data order and every other key.
+
+    The data (split and subset drawn with config.seed) and the held-out evaluation sets stay those of
+    this experiment, and so do its trainers: replicates compare equal under functools.cache, which is
+    what lets their training run as one vmapped program (lth_jax.replicates).
+    """
+    if i == self.replica:
+      return self
+    base = self.family or self
+    other = dataclasses.replace(base, replica=i, family=base)
+    other.init_params, other.init_batch_stats = other.init_variables(other.key("init"))
+    other.__dict__["evaluator"] = base.evaluator.for_experiment(other)   # the cached_property's slot
+    return other
 
   @property
   def n_train(self) -> int:
@@ -166,8 +188,12 @@ class Experiment:
                          store=self.store, eval_every=self.config.train.eval_every,
                          loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype)
 
-  def __hash__(self):  # functools.cache on methods: one Experiment per config
-    return id(self)
+  # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
+  def __hash__(self):
+    return id(self.family or self)
+
+  def __eq__(self, other):
+    return isinstance(other, Experiment) and (self.family or self) is (other.family or other)
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:

@@ -93,15 +93,80 @@ def markdown_table(runs: list, columns=COLUMNS) -> str:
   return "\n".join(lines)
 
 
+def by_seed(runs: list) -> dict:
+  """{seed: that replicate's runs, in order}; runs written before replicates existed count as seed 0."""
+  seeds = {}
+  for r in runs:
+    seeds.setdefault(r.get("seed", 0), []).append(r)
+  return seeds
+
+
+def _seeded(columns, runs: list):
+  """A seed column in front when the runs come from more than one replicate."""
+  return [("seed", "seed", "{}"), *columns] if len(by_seed(runs)) > 1 else columns
+
+
+def replicate_groups(runs: list) -> list[list]:
+  """The same run of every replicate: the k-th run of each seed (replicates run the same method sequence)."""
+  seeds = list(by_seed(runs).values())
+  return [[mine[k] for mine in seeds if k < len(mine)] for k in range(max(map(len, seeds), default=0))]
+
+
+REPLICATE_FIELDS = ("sparsity", "test_accuracy", "accuracy_drop", "accuracy_before_retrain", "best_epoch", "ece",
+                    "uce", "nll")
+
+
+def replicate_summary(runs: list) -> list[dict]:
+  """Mean and sample standard deviation (ddof 1) over the seeds of each run: results.json's summary.replicates."""
+  out = []
+  for group in replicate_groups(runs):
+    row = {"method": group[0]["method"], "round": group[0]["round"], "n": len(group),
+           "seeds": [r.get("seed", 0) for r in group]}
+    for field in REPLICATE_FIELDS:
+      values = [r[field] for r in group if r.get(field) is not None]
+      row[f"{field}_mean"] = float(np.mean(values)) if values else None
+      row[f"{field}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    out.append(row)
+  return out
+
+
+def replicates_table(summary: list) -> str:
+  def cell(row, field, fmt):
+    mean, std = row[f"{field}_mean"], row[f"{field}_std"]
+    return "–" if mean is None else fmt.format(mean) + ("" if std is None else " ± " + fmt.replace("+", "").format(std))
+  header = ["method", "round", "n", "sparsity", "test acc", "drop", "acc before retrain", "best epoch", "ECE"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += [f"| {r['method']} | {r['round']} | {r['n']} | {cell(r, 'sparsity', '{:.3f}')} | "
+            f"{cell(r, 'test_accuracy', '{:.4f}')} | {cell(r, 'accuracy_drop', '{:+.4f}')} | "
+            f"{cell(r, 'accuracy_before_retrain', '{:.4f}')} | {cell(r, 'best_epoch', '{:.1f}')} | "
+            f"{cell(r, 'ece', '{:.4f}')} |" for r in summary]
+  return "\n".join(lines)
+
+
+def summarize(runs: list, delta: float) -> dict:
+  """results.json's summary: prune potential per replicate (each against its own dense run), averaged over
+  the seeds, and with several seeds the mean and spread of every run (`replicates`)."""
+  per_seed = {seed: potential.summarize(mine, delta) for seed, mine in by_seed(runs).items()}
+  if len(per_seed) <= 1:
+    return next(iter(per_seed.values()), potential.summarize([], delta))
+  potentials = [s["prune_potential"] for s in per_seed.values()]
+  mean = {method: {d: float(np.mean([p[method][d] for p in potentials if method in p]))
+                   for d in values} for method, values in potentials[0].items()}
+  return {"potential_delta": delta, "prune_potential": mean,
+          "prune_potential_by_seed": {str(seed): s["prune_potential"] for seed, s in per_seed.items()},
+          "replicates": replicate_summary(runs)}
+
+
 def structure_section(runs: list) -> str:
   """Compression figures of every run; rebuilt networks and Early-Bird detection where there are any."""
-  text = ("## Compression\n\n" + markdown_table(runs, COMPRESSION_COLUMNS) + "\n\n"
+  text = ("## Compression\n\n" + markdown_table(runs, _seeded(COMPRESSION_COLUMNS, runs)) + "\n\n"
           "Against the full-width dense network, ShrinkBench's definitions: FLOPs are multiply-adds of the "
           "conv and dense layers per example; compression ratio = all parameters / non-zero parameters; "
           "theoretical speedup = dense FLOPs / non-zero FLOPs.\n\n")
   rebuilt = [r for r in runs if "channels_kept" in r]
   if rebuilt:
-    text += ("## Rebuilt narrower networks\n\n" + markdown_table(rebuilt, STRUCTURED_COLUMNS) + "\n\n"
+    text += ("## Rebuilt narrower networks\n\n" + markdown_table(rebuilt, _seeded(STRUCTURED_COLUMNS, runs))
+             + "\n\n"
              "acc before retrain: the full-width network at the pruning epoch with the removed channels masked "
              "to zero, and the rebuilt network before retraining (the same function). inference: median forward "
              "pass of one test batch through the rebuilt and the full-width network on the same device.\n\n")
@@ -119,10 +184,11 @@ def write_markdown(workdir: str, config, runs: list, command: str, summary: dict
   env = env or environment()
   text = (f"# {config.method} on {config.data.name} with {config.model.name}\n\n"
           f"Command: `{command}`\n\nMachine: {env['devices']}, jax {env['jax']}, git {env['git']}\n\n"
-          f"{markdown_table(runs)}\n\n"
+          f"{markdown_table(runs, _seeded(COLUMNS, runs))}\n\n"
           "sparsity: fraction of prunable weights removed; drop: dense test accuracy minus this run's; "
           "acc before retrain: the trained weights with the new mask, before any reset or retraining; "
           "best epoch: epoch of best validation accuracy (the Lottery Ticket early-stopping criterion).\n\n"
+          f"{_replicates_section(summary)}"
           "## Beyond accuracy\n\n"
           f"{beyond_table(runs)}\n\n"
           "ECE (T-scaled): after temperature scaling fitted on the validation split. AUROC: in-distribution "
@@ -135,17 +201,30 @@ def write_markdown(workdir: str, config, runs: list, command: str, summary: dict
   write_atomic(os.path.join(workdir, "results.md"), text)
 
 
+def _replicates_section(summary: dict) -> str:
+  if not summary.get("replicates"):
+    return ""
+  n = max(r["n"] for r in summary["replicates"])
+  return (f"## Replicates ({n} seeds)\n\n{replicates_table(summary['replicates'])}\n\n"
+          "mean ± sample standard deviation over the seeds of the same run (each seed's drop is against its own "
+          "dense run). Prune potential below: the mean over the seeds of each seed's.\n\n")
+
+
 def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
   """`value(run)` against the percentage of prunable weights remaining (log axis, as in the LTH paper)."""
   fig, ax = plt.subplots(figsize=(6, 4))
-  dense = [r for r in runs if r["method"] == "dense" and value(r) is not None]
-  for method in dict.fromkeys(r["method"] for r in runs if r["method"] != "dense"):
-    points = sorted(((1 - r["sparsity"]) * 100, value(r)) for r in runs + dense
-                    if r["method"] in (method, "dense") and value(r) is not None)
-    if points:
-      ax.plot(*zip(*points), marker="o", label=method)
-  for r in dense:
-    ax.axhline(value(r), color="gray", linestyle=":", label="dense")
+  points = []  # (method, % remaining, mean, std over the seeds) of every run
+  for group in replicate_groups(runs):
+    values = [value(r) for r in group if value(r) is not None]
+    if values:
+      points.append((group[0]["method"], (1 - np.mean([r["sparsity"] for r in group])) * 100, np.mean(values),
+                     np.std(values)))
+  dense = [p for p in points if p[0] == "dense"]
+  for method in dict.fromkeys(p[0] for p in points if p[0] != "dense"):
+    x, y, err = zip(*sorted(p[1:] for p in points if p[0] in (method, "dense")))
+    ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=method)
+  for _, _, mean, _ in dense:
+    ax.axhline(mean, color="gray", linestyle=":", label="dense")
   ax.set_xscale("log")
   ax.invert_xaxis()
   ax.set_xlabel("prunable weights remaining (%)")
@@ -158,7 +237,8 @@ def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
 
 
 def plot_reliability(runs: list, path: str) -> None:
-  """Reliability diagrams: the dense network and each method's sparsest run, overlaid."""
+  """Reliability diagrams: the dense network and each method's sparsest run (of the first seed), overlaid."""
+  runs = next(iter(by_seed(runs).values()), [])
   chosen = [r for r in runs if r["method"] == "dense"][:1]
   for method in dict.fromkeys(r["method"] for r in runs if r["method"] != "dense"):
     chosen.append(max((r for r in runs if r["method"] == method), key=lambda r: r["sparsity"]))
@@ -198,9 +278,9 @@ def plot_potential(summary: dict, path: str) -> None:
 
 
 def plot_curves(runs: list, path: str) -> None:
-  """Validation accuracy per epoch of every run."""
+  """Validation accuracy per epoch of every run (of the first seed)."""
   fig, ax = plt.subplots(figsize=(6, 4))
-  for r in runs:
+  for r in next(iter(by_seed(runs).values()), []):
     if r["curve"]:
       rows = [row for row in r["curve"] if row["val_accuracy"] is not None]
       ax.plot([row["epoch"] for row in rows], [row["val_accuracy"] for row in rows], linewidth=1,
@@ -222,15 +302,16 @@ def beyond_table(runs: list) -> str:
   """Calibration, OOD, corruption and similarity figures, one row per run."""
   oods = _ood_names(runs)
   eps = max((float(e) for r in runs for e in (r.get("similarity") or {})), default=None)
-  header = ["method", "round", "sparsity", "ECE", "ECE (T-scaled)", "T", "UCE", "Brier"]
+  seeded = len(by_seed(runs)) > 1
+  header = ["seed"] * seeded + ["method", "round", "sparsity", "ECE", "ECE (T-scaled)", "T", "UCE", "Brier"]
   header += [f"AUROC {name} (MSP)" for name in oods]
   header += ["corruption acc", "corruption ECE"] if any("corruption_accuracy" in r for r in runs) else []
   header += [f"agreement eps={eps:g}", f"L2 eps={eps:g}"] if eps is not None else []
   fmt = lambda v: "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in runs:
-    row = [r["method"], r["round"], f"{r['sparsity']:.3f}", r["ece"], r["ece_ts"], r["temperature"], r["uce"],
-           r["brier"]]
+    row = [r.get("seed", 0)] * seeded + [r["method"], r["round"], f"{r['sparsity']:.3f}", r["ece"], r["ece_ts"],
+                                          r["temperature"], r["uce"], r["brier"]]
     row += [(r.get("ood") or {}).get(name, {}).get("msp_auroc") for name in oods]
     if "corruption acc" in header:
       row += [r.get("corruption_accuracy"), r.get("corruption_ece")]
@@ -252,7 +333,7 @@ def potential_table(summary: dict) -> str:
 
 
 def write_all(workdir: str, config, runs: list, command: str, env: dict | None = None) -> None:
-  summary = potential.summarize(runs, config.metrics.potential_delta)
+  summary = summarize(runs, config.metrics.potential_delta)
   path = lambda name: os.path.join(workdir, name)
   plot_vs_sparsity(runs, lambda r: r["test_accuracy"], "test accuracy", path("accuracy_vs_sparsity.png"))
   plot_vs_sparsity(runs, lambda r: r["ece"], "ECE (test)", path("ece_vs_sparsity.png"))

@@ -8,6 +8,7 @@ step per batch dispatched from Python (see `LOOPS`). Either way the state's buff
 epoch holds one copy of params and optimizer state, and the numbers are the same to float tolerance.
 """
 
+import contextvars
 import dataclasses
 import time
 from typing import Any, Callable
@@ -32,6 +33,9 @@ SCHEDULES = ("constant", "step", "cosine")
 # (results/bench_cpu); dispatching a step costs microseconds next to a batch's work.
 LOOPS = ("auto", "scan", "steps")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Where Trainer.fit / fit_many send their work when set: (trainer, states, data, end_epoch, names,
+# log_every) -> (states, histories). Replicate runs set it per thread to train in lockstep.
+FIT_ROUTER: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("lth_jax_fit_router", default=None)
 
 
 @flax.struct.dataclass
@@ -239,7 +243,7 @@ class Trainer:
     test loss/accuracy after the epoch (every `self.eval_every` epochs and at the end; None between),
     learning rate of its last step.
     """
-    states, histories = self._fit([state], data, end_epoch, [name], log_every, batched=False)
+    states, histories = self._route([state], data, end_epoch, [name], log_every)
     return states[0], histories[0]
 
   def fit_many(self, states: list, data, end_epoch: int, names: list, log_every: int = 0):
@@ -248,9 +252,18 @@ class Trainer:
     The states (different masks, weights, keys) must start at the same epoch. Each member's
     numbers equal those of `fit` to float tolerance; its checkpoints are its own segment's.
     """
-    return self._fit(states, data, end_epoch, names, log_every, batched=len(states) > 1)
+    return self._route(states, data, end_epoch, names, log_every)
 
-  def _fit(self, states: list, data, end_epoch: int, names: list, log_every: int, batched: bool):
+  def _route(self, states: list, data, end_epoch: int, names: list, log_every: int):
+    """Train here, or hand the request to the router set in FIT_ROUTER (lth_jax.replicates)."""
+    router = FIT_ROUTER.get()
+    if router is not None:
+      return router(self, states, data, end_epoch, names, log_every)
+    return self.train_states(states, data, end_epoch, names, log_every)
+
+  def train_states(self, states: list, data, end_epoch: int, names: list, log_every: int = 0):
+    """What fit_many does, always here (no router): several states are vmapped, one is trained alone."""
+    batched = len(states) > 1
     start_epoch = int(states[0].step) // self.steps_per_epoch
     if any(int(s.step) // self.steps_per_epoch != start_epoch for s in states):
       raise ValueError("fit_many needs states that start at the same epoch")

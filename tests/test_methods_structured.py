@@ -6,6 +6,7 @@ dominates the time, so the Early-Bird runs prune at epochs the slimming run also
 network, and so its compiled trainer, is the same.
 """
 
+import json
 import math
 
 import jax
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import sklearn.datasets
 
-from lth_jax import (checkpoint, compression, early_bird, experiment, masks, methods, methods_structured, models,
-                     report, structured)
+from lth_jax import (checkpoint, cli, compression, early_bird, experiment, masks, methods, methods_structured,
+                     models, report, structured)
 from lth_jax.config import base
 from lth_jax.errors import UserError
 from tests.test_methods import Collect, override
@@ -53,8 +54,13 @@ def tiny_config(data_dir="", **overrides):
 
 
 @pytest.fixture(scope="module")
-def slim(tmp_path_factory):
-  exp = experiment.build(tiny_config(digits32(tmp_path_factory.mktemp("data") / "digits32.npz")))
+def digits_path(tmp_path_factory) -> str:
+  return digits32(tmp_path_factory.mktemp("data") / "digits32.npz")
+
+
+@pytest.fixture(scope="module")
+def slim(digits_path):
+  exp = experiment.build(tiny_config(digits_path))
   out = Collect()
   methods.run(exp, out)
   return exp, out
@@ -190,11 +196,40 @@ def test_a_rebuilt_ticket_reloads_from_its_metadata(slim, tmp_path):
   checkpoint.save_ticket(str(tmp_path / "ticket"), state, rewind, record["model_kwargs"])
   meta = checkpoint.load_metadata(str(tmp_path / "ticket"))
   assert meta["name"] == MODEL and meta["num_classes"] == 10 and len(meta["widths"]) == 8
+  assert meta == record["model_kwargs"]   # JSON's lists come back as the tuples that were saved
   model = models.get(**meta)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, *INPUT_SHAPE), np.float32)))
   ticket = checkpoint.load_ticket(str(tmp_path / "ticket"))
   assert jax.tree.map(np.shape, ticket["params"]) == jax.tree.map(lambda s: s.shape, shapes["params"])
   assert checkpoint.load_metadata(str(tmp_path)) is None
+
+
+def test_eval_mode_builds_a_rebuilt_ticket_from_its_metadata(slim, digits_path, tmp_path):
+  _, out = slim
+  record, state, rewind = out.records[-1], out.states[-1], out.rewinds[-1]
+  ticket = str(tmp_path / "ticket")
+  checkpoint.save_ticket(ticket, state, rewind, record["model_kwargs"])
+  # The config's model is the full-width one the run started from, not the rebuilt network.
+  config = tiny_config(digits_path, mode="eval", restore=ticket, workdir=str(tmp_path / "eval"))
+  (run,) = cli.run(config)
+  assert run["test_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
+  # The evaluated network is the rebuilt one: all of its weights, none masked.
+  assert run["params_remaining"] == run["params_total"] == record["params_remaining"]
+  assert run["sparsity"] == run["model_sparsity"] == 0.0
+  with open(tmp_path / "eval" / "results.json") as f:
+    reported = json.load(f)["config"]["model"]
+  assert reported == {"name": MODEL, "widths": list(record["model_kwargs"]["widths"])}
+  assert config.model.widths == (8,) * 8   # the caller's config is left as it was
+
+
+def test_a_ticket_for_another_number_of_classes_is_a_user_error(slim, digits_path, tmp_path):
+  _, out = slim
+  ticket = str(tmp_path / "ticket")
+  checkpoint.save_ticket(ticket, out.states[-1], out.rewinds[-1], {**out.records[-1]["model_kwargs"], "num_classes": 3})
+  config = tiny_config(digits_path, mode="eval", restore=ticket, workdir=str(tmp_path / "eval"))
+  with pytest.raises(UserError, match=r"config.restore=.*ticket.* 3 classes.* 10") as error:
+    cli.run(config)
+  assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("key,value,message", [
