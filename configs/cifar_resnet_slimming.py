@@ -7,7 +7,8 @@ for ResNets); at epochs 10, 30, 50, 100 and 160 of that run (one branch each) re
 channels by one global |gamma| threshold -- only channels inside the bottleneck blocks (after conv1 and conv2),
 since block outputs are tied together by the residual additions -- copy the kept channels into a narrower
 ResNet-20, and retrain it for the full 160-epoch schedule from the kept weights of the pruning epoch
-(--config.slimming.retrain_from=init: from a fresh initialisation instead). For the 50% ratio:
+(--config.slimming.retrain_from=init: from a fresh initialisation instead; =continue: the seed's alternative,
+the schedule resumed at the pruning epoch, so a branch trains 160 epochs in all). For the 50% ratio:
 --config.slimming.ratio=0.5. Early-Bird tickets on the same network: --config.method=early_bird.
 
 Data: CIFAR-10 through TFDS by default; for files on disk use e.g.

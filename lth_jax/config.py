@@ -101,6 +101,7 @@ def base() -> ml_collections.ConfigDict:
   c.slimming.epochs = ()            # epochs whose weights are pruned, one branch each; () = the last (train.epochs)
   c.slimming.criterion = "bn_scale"   # bn_scale (one global |gamma| threshold) | l1_filter (Li et al.: per layer)
   c.slimming.retrain_from = "pruned"  # pruned (the kept weights of the pruning epoch) | init (a fresh random init)
+  #                                     | continue (the kept weights, the schedule resumed at the pruning epoch)
   c.slimming.retrain_epochs = 0     # epochs of retraining the rebuilt network; 0 = train.epochs
 
   # Early-Bird tickets (You et al. 2020): train with slimming.penalty; after each epoch the bn_scale channel

@@ -24,7 +24,7 @@ METHODS = ("dense", "oneshot", "oneshot_reinit", "oneshot_random", "iterative", 
 STRUCTURED = ("slimming", "early_bird")   # channel pruning with a rebuilt narrower model; not part of `compare`
 RESETS = ("init", "rewind", "none")
 CRITERIA = ("bn_scale", "l1_filter")
-RETRAIN_FROM = ("pruned", "init")
+RETRAIN_FROM = ("pruned", "init", "continue")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -85,6 +85,11 @@ def validate_structured(config: ml_collections.ConfigDict) -> None:
   check(s.retrain_from in RETRAIN_FROM,
         f"config.slimming.retrain_from={s.retrain_from!r}; allowed: {', '.join(RETRAIN_FROM)}")
   check(s.retrain_epochs >= 0, f"config.slimming.retrain_epochs={s.retrain_epochs} must be >= 0 (0 = train.epochs)")
+  if s.retrain_from == "continue" and config.method in STRUCTURED:   # the schedule must reach the pruning epoch
+    last_prune = max(s.epochs or (epochs,)) if config.method == "slimming" else (eb.max_epochs or epochs)
+    check(last_prune <= (s.retrain_epochs or epochs),
+          f"config.slimming.retrain_from='continue' resumes the retraining schedule at the pruning epoch, up to "
+          f"{last_prune}; config.slimming.retrain_epochs={s.retrain_epochs} must be 0 or at least that")
   check(0.0 < eb.ratio < 1.0, f"config.early_bird.ratio={eb.ratio} must be in (0, 1)")
   check(eb.window >= 1, f"config.early_bird.window={eb.window} must be >= 1")
   check(0.0 < eb.epsilon <= 1.0, f"config.early_bird.epsilon={eb.epsilon} must be in (0, 1]")

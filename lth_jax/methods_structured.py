@@ -3,7 +3,10 @@
 Both train the full-width network from theta_0 with config.slimming.penalty * sum|gamma| over the prunable
 BatchNorm scales added to the loss (with penalty 0 this is exactly `methods.dense`'s run: same trainer, same
 key), choose whole channels to remove, copy the kept ones into a physically narrower model
-(`structured.rebuild`) and retrain that network (config.slimming.retrain_from, retrain_epochs).
+(`structured.rebuild`) and retrain that network (config.slimming.retrain_from, retrain_epochs): from the kept
+weights at epoch 0 of the retraining schedule ("pruned"), from a fresh initialisation ("init"), or from the kept
+weights with the schedule continuing at the pruning epoch ("continue", the ResNet-20 seed's alternative: the
+branch pruned at epoch e retrains retrain_epochs - e epochs, the same total training as the dense network).
 
 - `slimming` (Liu et al. 2017): the trained full-width network is recorded as method "dense" (with its
   `l1_penalty`); then one branch per epoch in config.slimming.epochs (default: the last) prunes the weights of
@@ -23,6 +26,7 @@ and: prune_epoch, channels_kept, channels_total, layer_channels {bn: [kept, tota
 (the full-width network at the pruning epoch with the channels masked to zero) and
 rebuilt_accuracy_before_retrain (the rebuilt network before retraining: the same function, so the same value),
 model_kwargs (models.get's arguments for the rebuilt network, saved beside its ticket), retrain_from,
+retrain_start_epoch (the schedule's epoch where retraining starts: the pruning epoch for "continue", else 0),
 inference_time_s and dense_inference_time_s (median forward pass over a test batch of config.train.batch_size
 examples, rebuilt and full-width network on the same device), inference_speedup (their ratio), ratio,
 l1_penalty; slimming adds criterion; early_bird adds detected, detection_epoch (1-based, None when not
@@ -131,9 +135,11 @@ def _prune_and_retrain(exp: Experiment, trainer: Trainer, pruned: TrainState, ke
   widths, rebuilt = structured.rebuild(config.model.name, experiment.model_kwargs(config), pruned.variables, keep)
   narrow = models.get(config.model.name, num_classes=exp.num_classes, **widths)
   epochs = cfg.retrain_epochs or config.train.epochs
+  # "continue": the ResNet-20 seed's alternative; every branch then trains `epochs` in all, dense part included.
+  start_epoch = extra["prune_epoch"] if cfg.retrain_from == "continue" else 0
   narrow_trainer = exp.trainer(epochs, model=narrow)
   start = narrow_trainer.init_state(rebuilt["params"], rebuilt["batch_stats"], masks_lib.init(rebuilt["params"]),
-                                    exp.key(name))
+                                    exp.key(name), start_epoch)
   rebuilt_before = narrow_trainer.evaluate(start, test)["accuracy"]
   timing = _inference_times(exp, trainer.model, pruned.variables, narrow, rebuilt)
   if cfg.retrain_from == "init":
@@ -147,7 +153,7 @@ def _prune_and_retrain(exp: Experiment, trainer: Trainer, pruned: TrainState, ke
   record = evaluation.record(
       exp, state, history, method, round_, dense_accuracy, before, started, trainer=narrow_trainer,
       **_rebuilt_counts(exp, state, keep), rebuilt_accuracy_before_retrain=rebuilt_before,
-      retrain_from=cfg.retrain_from, model_kwargs={"name": config.model.name, "num_classes": exp.num_classes,
+      retrain_from=cfg.retrain_from, retrain_start_epoch=start_epoch, model_kwargs={"name": config.model.name, "num_classes": exp.num_classes,
                                                    **widths},
       **timing, **extra)
   recorder(record, state, start.params)

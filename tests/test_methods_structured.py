@@ -232,9 +232,33 @@ def test_a_ticket_for_another_number_of_classes_is_a_user_error(slim, digits_pat
   assert "\n" not in str(error.value)
 
 
+def test_continue_resumes_the_schedule_at_the_pruning_epoch(slim, trajectory, monkeypatch):
+  """retrain_from=continue: the rebuilt network of epoch e trains epochs e+1 .. retrain_epochs of the schedule."""
+  exp, _ = slim
+  monkeypatch.setitem(exp.config.slimming, "retrain_from", "continue")
+  monkeypatch.setitem(exp.config.slimming, "retrain_epochs", 3)
+  monkeypatch.setitem(exp.config.optimizer, "schedule", "step")   # the retraining trainers are built below
+  monkeypatch.setitem(exp.config.optimizer, "milestones", (2,))
+  trainer = methods_structured.penalised_trainer(exp, exp.config.train.epochs, exp.config.slimming.penalty)
+  got = Collect()
+  for epoch in (2, 3):
+    keep = structured.channel_masks(trajectory[epoch - 1].params, exp.config.slimming.ratio, MODEL)
+    methods_structured._prune_and_retrain(exp, trainer, trajectory[epoch - 1], keep, "slimming", epoch - 1, None,
+                                          got, 0.0, prune_epoch=epoch)
+  at_2, at_3 = got.records
+  steps = trainer.steps_per_epoch
+  assert at_2["retrain_start_epoch"] == 2 and [row["epoch"] for row in at_2["curve"]] == [3]
+  assert int(got.states[0].step) == 3 * steps
+  assert at_2["curve"][0]["lr"] == pytest.approx(0.1 * exp.config.optimizer.lr)   # after the milestone at 2
+  # pruned at the schedule's end: nothing left to train, the record is the rebuilt network as pruned
+  assert at_3["epochs_trained"] == 0
+  assert at_3["test_accuracy"] == pytest.approx(at_3["rebuilt_accuracy_before_retrain"], abs=1e-6)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("slimming.criterion", "gamma", "config.slimming.criterion='gamma'; allowed: bn_scale, l1_filter"),
     ("slimming.retrain_from", "rewind", "config.slimming.retrain_from='rewind'"),
+    ("slimming.retrain_from", "continue", r"up to 3; config.slimming.retrain_epochs=1 must be 0 or at least that"),
     ("slimming.epochs", (3, 2), r"config.slimming.epochs=\(3, 2\)"),
     ("slimming.epochs", (4,), r"config.slimming.epochs=\(4,\)"),
     ("early_bird.max_epochs", -1, "config.early_bird.max_epochs=-1"),
