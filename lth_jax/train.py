@@ -129,6 +129,7 @@ class Trainer:
     self._train_batch_many = jax.jit(jax.vmap(self._train_batch_impl, in_axes=(0, None, None, 0, None)),
                                      donate_argnums=0)
     self._evaluate = jax.jit(self._evaluate_impl)
+    self._evaluate_many = jax.jit(jax.vmap(self._evaluate_impl, in_axes=(0, None, None)))
     self._logits = jax.jit(self._logits_impl)
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
@@ -274,19 +275,22 @@ class Trainer:
       if histories[0] and log_every:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
     current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
+    evaluate = self._evaluate_many if batched else self._evaluate
     for epoch in range(start_epoch + len(histories[0]) + 1, end_epoch + 1):
       current, metrics = self.train_epoch(current, *data["train"], batched=batched)
+      figures = {"train": metrics}
+      if epoch % self.eval_every == 0 or epoch == end_epoch:   # every member at once, on the device
+        figures.update({split: evaluate(current.variables, *data[split]) for split in ("val", "test")})
+      figures = jax.device_get(figures)   # the epoch's one transfer to the host
       members = _unstack(current, len(states)) if batched else [current]
       for i, (member, name, history) in enumerate(zip(members, names, histories)):
-        train_metrics = jax.tree.map(lambda m: m[i], metrics) if batched else metrics
-        if epoch % self.eval_every == 0 or epoch == end_epoch:
-          val, test = self.evaluate(member, data["val"]), self.evaluate(member, data["test"])
-        else:
-          val = test = {"loss": None, "accuracy": None}
-        history.append({"epoch": epoch, "train_loss": float(train_metrics["loss"]),
-                        "train_accuracy": float(train_metrics["accuracy"]), "val_loss": val["loss"],
+        train_metrics, val, test = (
+            {k: float(v[i] if batched else v) for k, v in figures[split].items()} if split in figures
+            else {"loss": None, "accuracy": None} for split in ("train", "val", "test"))
+        history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
+                        "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "test_loss": test["loss"],
-                        "test_accuracy": test["accuracy"], "lr": float(train_metrics["lr"])})
+                        "test_accuracy": test["accuracy"], "lr": train_metrics["lr"]})
         if log_every and (epoch % log_every == 0 or epoch == end_epoch):
           logging.info("%s epoch %d/%d  train loss %.4f  val acc %s  test acc %s  (%.1fs)", name, epoch,
                        end_epoch, history[-1]["train_loss"], _fmt(val["accuracy"]), _fmt(test["accuracy"]),
