@@ -211,14 +211,17 @@ def _replicates_section(summary: dict) -> str:
 
 
 def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
-  """`value(run)` against the percentage of prunable weights remaining (log axis, as in the LTH paper)."""
+  """`value(run)` against the percentage of prunable weights remaining (log axis, as in the LTH paper).
+
+  With several seeds: the mean over them, and their sample standard deviation as error bars.
+  """
   fig, ax = plt.subplots(figsize=(6, 4))
   points = []  # (method, % remaining, mean, std over the seeds) of every run
   for group in replicate_groups(runs):
     values = [value(r) for r in group if value(r) is not None]
     if values:
       points.append((group[0]["method"], (1 - np.mean([r["sparsity"] for r in group])) * 100, np.mean(values),
-                     np.std(values)))
+                     np.std(values, ddof=1) if len(values) > 1 else 0.0))   # as summary.replicates
   dense = [p for p in points if p[0] == "dense"]
   for method in dict.fromkeys(p[0] for p in points if p[0] != "dense"):
     x, y, err = zip(*sorted(p[1:] for p in points if p[0] in (method, "dense")))
