@@ -153,8 +153,8 @@ def _prune_and_retrain(exp: Experiment, trainer: Trainer, pruned: TrainState, ke
   record = evaluation.record(
       exp, state, history, method, round_, dense_accuracy, before, started, trainer=narrow_trainer,
       **_rebuilt_counts(exp, state, keep), rebuilt_accuracy_before_retrain=rebuilt_before,
-      retrain_from=cfg.retrain_from, retrain_start_epoch=start_epoch, model_kwargs={"name": config.model.name, "num_classes": exp.num_classes,
-                                                   **widths},
+      retrain_from=cfg.retrain_from, retrain_start_epoch=start_epoch,
+      model_kwargs={"name": config.model.name, "num_classes": exp.num_classes, **widths},
       **timing, **extra)
   recorder(record, state, start.params)
   return state

@@ -40,7 +40,7 @@ def run(exp, recorders: list) -> None:
     raise lockstep.error
 
 
-def segment_names(seed: int, names: list) -> list:
+def _segment_names(seed: int, names: list) -> list:
   return [f"seed{seed}/{name}" for name in names]
 
 
@@ -53,7 +53,7 @@ def _run_routed(router, replica, recorder) -> None:
 
 
 def _train_alone(seed, trainer, states, data, end_epoch, names, log_every):
-  return trainer.train_states(states, data, end_epoch, segment_names(seed, names), log_every)
+  return trainer.train_states(states, data, end_epoch, _segment_names(seed, names), log_every)
 
 
 class _Aborted(Exception):
@@ -87,7 +87,7 @@ class _Lockstep:
 
   def fit(self, member: int, seed: int, trainer, states, data, end_epoch, names, log_every):
     with self._cond:
-      self._requests[member] = (trainer, states, data, end_epoch, segment_names(seed, names), log_every)
+      self._requests[member] = (trainer, states, data, end_epoch, _segment_names(seed, names), log_every)
       self._serve()
       while member not in self._results:
         if self.error is not None:

@@ -133,7 +133,8 @@ def replicate_summary(runs: list) -> list[dict]:
 def replicates_table(summary: list) -> str:
   def cell(row, field, fmt):
     mean, std = row[f"{field}_mean"], row[f"{field}_std"]
-    return "–" if mean is None else fmt.format(mean) + ("" if std is None else " ± " + fmt.replace("+", "").format(std))
+    spread = "" if std is None else " ± " + fmt.replace("+", "").format(std)   # a spread has no sign
+    return "–" if mean is None else fmt.format(mean) + spread
   header = ["method", "round", "n", "sparsity", "test acc", "drop", "acc before retrain", "best epoch", "ECE"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += [f"| {r['method']} | {r['round']} | {r['n']} | {cell(r, 'sparsity', '{:.3f}')} | "
