@@ -3,11 +3,11 @@
 User errors (lth_jax.errors.UserError, bad flags) print one line and exit with status 2.
 """
 
+import dataclasses
 import importlib.util
 import os
 import shlex
 import sys
-import threading
 import time
 
 import jax
@@ -15,13 +15,14 @@ import ml_collections
 from absl import flags
 from absl import logging
 
-from lth_jax import checkpoint
+from lth_jax import config as config_lib
 from lth_jax import evaluation
 from lth_jax import experiment
-from lth_jax import replicates
+from lth_jax import methods
 from lth_jax import report
-from lth_jax import resume
 from lth_jax.errors import UserError
+from lth_jax.training import checkpoint
+from lth_jax.training import resume
 
 
 def fail(message: str):
@@ -103,34 +104,32 @@ def run(config, command: str = "") -> list[dict]:
   report.environment()   # the commit and devices as the run starts
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
-  exp.store = resume.prepare(config)
+  exp.store = resume.prepare(config, config_lib.base().to_dict())
   logging.info("%s on %s (%d train / %d val / %d test) with %s on %s", config.method, config.data.name,
                exp.n_train, len(exp.data["val"][1]), len(exp.data["test"][1]), config.model.name,
                jax.devices()[0].platform)
   by_replicate = [[] for _ in range(config.replicates)]
-  lock = threading.Lock()   # replicates in lockstep record from threads of their own
 
   def recorder(replicate: int):
     seed = config.seed + replicate
     prefix = f"seed{seed}_" if config.replicates > 1 else ""
 
-    def record(run_record: dict, state, rewind_params) -> None:
+    def record(run: methods.RunRecord, state, rewind_params) -> None:
       mine = by_replicate[replicate]
-      name = f"{prefix}{len(mine):02d}_{run_record['method']}_r{run_record['round']}_s{run_record['sparsity']:.3f}"
-      run_record["seed"], run_record["ticket"] = seed, os.path.join("tickets", name)
-      with lock:   # Orbax saves from two threads at once collide
-        checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
-                               run_record.get("model_kwargs"))  # a rebuilt network's widths: it reloads alone
-        mine.append(run_record)
-        report.write_json(config.workdir, config, sum(by_replicate, []), complete=False, command=command)
+      name = f"{prefix}{len(mine):02d}_{run.method}_r{run.round}_s{run.sparsity:.3f}"
+      run = dataclasses.replace(run, seed=seed, ticket=os.path.join("tickets", name))
+      # a rebuilt network's widths go beside its ticket: it reloads without the config
+      checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
+                             run.extra.get("model_kwargs"))
+      mine.append(run.as_dict())
+      report.write_json(config.workdir, config, sum(by_replicate, []), complete=False, command=command)
       logging.info("%s%-15s round %d  sparsity %.3f  test acc %.4f  (before retrain %s)  best epoch %s  ECE %.4f",
-                   f"seed {seed}: " if prefix else "", run_record["method"], run_record["round"],
-                   run_record["sparsity"], run_record["test_accuracy"],
-                   _fmt(run_record["accuracy_before_retrain"]), run_record["best_epoch"], run_record["ece"])
+                   f"seed {seed}: " if prefix else "", run.method, run.round, run.sparsity, run.test_accuracy,
+                   _fmt(run.accuracy_before_retrain), run.best_epoch, run.figures["ece"])
     return record
 
   started = time.time()
-  replicates.run(exp, [recorder(i) for i in range(config.replicates)])
+  methods.run([exp.replicate(i) for i in range(config.replicates)], [recorder(i) for i in range(config.replicates)])
   runs = sum(by_replicate, [])
   report.write_all(config.workdir, config, runs, command)
   print(report.markdown_table(runs))
@@ -158,7 +157,8 @@ def evaluate_ticket(config, command: str) -> list[dict]:
   trainer = exp.trainer(config.train.epochs)
   state = trainer.init_state(ticket["params"], ticket["batch_stats"] or exp.init_batch_stats, ticket["masks"],
                              exp.key("eval"))
-  runs = [evaluation.record(exp, state, [], "eval", 0, None, None, time.time(), ticket=config.restore)]
+  run = evaluation.record(exp, state, [], "eval", 0, None, None, time.time())
+  runs = [dataclasses.replace(run, ticket=config.restore).as_dict()]
   checkpoint.export_npz(os.path.join(config.workdir, "ticket.npz"), state.params, state.masks)
   report.write_all(config.workdir, config, runs, command)
   print(report.markdown_table(runs))

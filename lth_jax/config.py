@@ -76,6 +76,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.prune = ml_collections.ConfigDict()
   c.prune.sparsity = 0.8        # target fraction of prunable weights removed
+  c.prune.criterion = "magnitude"   # the score pruning keeps the highest of: magnitude | random | any registered
   c.prune.scope = "global"      # global | layerwise
   c.prune.exclude = ()          # glob patterns of leaves never pruned, e.g. ("output/*",)
   c.prune.layer_scale = ()      # layerwise only: ("output/*=0.5",) prunes matching leaves at half the rate

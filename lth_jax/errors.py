@@ -1,8 +1,11 @@
 """Errors a user can cause: the command line prints the message on one line and exits with status 2."""
 
 
-class UserError(Exception):
-  """A bad config value, a missing file or an incompatible input. The message names the key and what is allowed."""
+class UserError(ValueError):
+  """A bad config value, a missing file or an incompatible input. The message names the key and what is allowed.
+
+  A ValueError, so library code that calls lth_jax outside the command line can catch it as one.
+  """
 
 
 def check(condition: bool, message: str) -> None:

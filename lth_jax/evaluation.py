@@ -18,13 +18,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from lth_jax import calibration
-from lth_jax import compression
-from lth_jax import corruptions
 from lth_jax import data as data_lib
-from lth_jax import masks as masks_lib
-from lth_jax import ood
 from lth_jax.errors import UserError
+from lth_jax.methods.record import RunRecord
+from lth_jax.metrics import calibration
+from lth_jax.metrics import compression
+from lth_jax.metrics import corruptions
+from lth_jax.metrics import ood
+from lth_jax.metrics import similarity
+from lth_jax.sparsity import masks as masks_lib
 
 SYNTHETIC_OOD = ("uniform_noise", "gaussian_noise", "far_points")
 
@@ -172,15 +174,12 @@ class Evaluator:
       out["similarity"] = {}
       for eps, x in self.perturbed.items():
         p, q = _probs(trainer.logits(state, x)), self.reference[eps]
-        out["similarity"][f"{eps:g}"] = {
-            "l2": float(np.mean(np.linalg.norm(p - q, axis=-1))),
-            "linf": float(np.mean(np.max(np.abs(p - q), axis=-1))),
-            "agreement": float(np.mean(p.argmax(-1) == q.argmax(-1)))}
+        out["similarity"][f"{eps:g}"] = similarity.summary(p, q)
     return out
 
 
 def record(exp, state, history: list, method: str, round_: int, dense_accuracy: float | None,
-           before: float | None, started: float, trainer=None, **extra) -> dict:
+           before: float | None, started: float, trainer=None) -> RunRecord:
   """One run's entry of results.json (DESIGN.md's fields; names are stable once written).
 
   `trainer` evaluates the state; pass the one that trained it when its model differs from exp.model
@@ -192,22 +191,20 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
   remaining_all, total_all = masks_lib.count(state.masks, jax.tree.map(lambda _: True, state.masks))
   evaluated = [row for row in history if row["val_accuracy"] is not None]
   best = max(evaluated, key=lambda row: row["val_accuracy"]) if evaluated else None
-  return {
-      "method": method, "round": round_,
-      "sparsity": masks_lib.sparsity(state.masks, exp.which),
-      "model_sparsity": masks_lib.model_sparsity(state.masks),
-      "params_remaining": remaining_all, "params_total": total_all,
-      **compression.figures(trainer.model, state.params, exp.data["train"][0].shape[1:], state.masks,
-                            exp.model, exp.init_params),
-      "test_accuracy": figures["accuracy"],
-      "accuracy_drop": None if dense_accuracy is None else dense_accuracy - figures["accuracy"],
-      "accuracy_before_retrain": before,
-      "best_epoch": best["epoch"] if best else None,
-      "best_val_accuracy": best["val_accuracy"] if best else None,
-      "test_accuracy_at_best_epoch": best["test_accuracy"] if best else None,
-      "epochs_trained": len(history),
-      **{k: v for k, v in figures.items() if k != "accuracy"},
-      **extra,
-      "wall_time_s": time.time() - started,
-      "curve": history,
-  }
+  return RunRecord(
+      method=method, round=round_,
+      sparsity=masks_lib.sparsity(state.masks, exp.which),
+      model_sparsity=masks_lib.model_sparsity(state.masks),
+      params_remaining=remaining_all, params_total=total_all,
+      test_accuracy=figures["accuracy"],
+      accuracy_drop=None if dense_accuracy is None else dense_accuracy - figures["accuracy"],
+      accuracy_before_retrain=before,
+      best_epoch=best["epoch"] if best else None,
+      best_val_accuracy=best["val_accuracy"] if best else None,
+      test_accuracy_at_best_epoch=best["test_accuracy"] if best else None,
+      epochs_trained=len(history),
+      wall_time_s=time.time() - started,
+      curve=history,
+      figures={**compression.figures(trainer.model, state.params, exp.data["train"][0].shape[1:], state.masks,
+                                     exp.model, exp.init_params),
+               **{k: v for k, v in figures.items() if k != "accuracy"}})

@@ -12,89 +12,40 @@ import numpy as np
 
 from lth_jax import data as data_lib
 from lth_jax import evaluation
-from lth_jax import masks as masks_lib
+from lth_jax import methods
 from lth_jax import models
-from lth_jax import structured
-from lth_jax import train
+from lth_jax import training
 from lth_jax.data import augment
 from lth_jax.errors import UserError, check
-
-METHODS = ("dense", "oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic", "slimming", "early_bird",
-           "compare")
-STRUCTURED = ("slimming", "early_bird")   # channel pruning with a rebuilt narrower model; not part of `compare`
-RESETS = ("init", "rewind", "none")
-CRITERIA = ("bn_scale", "l1_filter")
-RETRAIN_FROM = ("pruned", "init", "continue")
-
+from lth_jax.sparsity import criteria
+from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity import select
+from lth_jax.training import state as state_lib
+from lth_jax.training import step
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Reject values no method can use, naming the key and what is allowed."""
+  """Reject values no run can use, naming the key and what is allowed; every method checks its own section."""
   parse_layer_scale(config.prune.layer_scale)
   check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
-  check(config.method in METHODS,
-        f"config.method={config.method!r} is not a method; allowed: {', '.join(METHODS)}")
+  check(config.prune.criterion in criteria.names(),
+        f"config.prune.criterion={config.prune.criterion!r}; allowed: {', '.join(criteria.names())}")
+  check(config.prune.scope in select.SCOPES,
+        f"config.prune.scope={config.prune.scope!r}; allowed: {', '.join(select.SCOPES)}")
   check(0.0 <= config.prune.sparsity < 1.0, f"config.prune.sparsity={config.prune.sparsity} must be in [0, 1)")
-  for s in config.compare.sparsities:
-    check(0.0 <= s < 1.0, f"config.compare.sparsities holds {s}; each must be in [0, 1)")
-  comparable = [m for m in METHODS[:-1] if m not in STRUCTURED]
-  for m in config.compare.methods:
-    check(m in comparable, f"config.compare.methods holds {m!r}; allowed: {', '.join(comparable)}")
-  check(config.iterative.rounds >= 1, f"config.iterative.rounds={config.iterative.rounds} must be >= 1")
-  check(0.0 <= config.iterative.rate < 1.0, f"config.iterative.rate={config.iterative.rate} must be in [0, 1)"
-        " (0 derives it from config.prune.sparsity)")
-  check(config.iterative.reset in RESETS,
-        f"config.iterative.reset={config.iterative.reset!r}; allowed: {', '.join(RESETS)}")
-  it = config.iterative
-  if it.reset == "rewind":
-    for key in ("round_epochs", "final_epochs"):
-      check(not it[key] or it[key] > config.prune.rewind_epoch,
-            f"config.iterative.{key}={it[key]} must exceed config.prune.rewind_epoch="
-            f"{config.prune.rewind_epoch}: a rewound round resumes the schedule there")
-  check(config.train.loop in train.LOOPS,
-        f"config.train.loop={config.train.loop!r}; allowed: {', '.join(train.LOOPS)}")
-  check(config.train.compute_dtype in train.COMPUTE_DTYPES,
-        f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(train.COMPUTE_DTYPES)}")
+  check(config.train.loop in training.LOOPS,
+        f"config.train.loop={config.train.loop!r}; allowed: {', '.join(training.LOOPS)}")
+  check(config.train.compute_dtype in step.COMPUTE_DTYPES,
+        f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(step.COMPUTE_DTYPES)}")
   check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
   check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
   check(0 <= config.prune.rewind_epoch < config.train.epochs,
         f"config.prune.rewind_epoch={config.prune.rewind_epoch} must be in [0, config.train.epochs)")
-  check(config.finetune.schedule in train.SCHEDULES,
-        f"config.finetune.schedule={config.finetune.schedule!r}; allowed: {', '.join(train.SCHEDULES)}"
+  check(config.finetune.schedule in state_lib.SCHEDULES,
+        f"config.finetune.schedule={config.finetune.schedule!r}; allowed: {', '.join(state_lib.SCHEDULES)}"
         " (step uses config.optimizer.milestones)")
-  check(all(0.0 < a < 1.0 for a in config.dynamic.at) and list(config.dynamic.at) == sorted(config.dynamic.at),
-        f"config.dynamic.at={tuple(config.dynamic.at)} must be increasing fractions of training in (0, 1)")
-  check(0.0 <= config.dynamic.fraction < 1.0, f"config.dynamic.fraction={config.dynamic.fraction} must be in [0, 1)")
-  validate_structured(config)
-
-
-def validate_structured(config: ml_collections.ConfigDict) -> None:
-  s, eb, epochs = config.slimming, config.early_bird, config.train.epochs
-  if config.method in STRUCTURED:
-    check(config.model.name in structured.REBUILDABLE, f"config.method={config.method!r} rebuilds the model "
-          f"narrower; config.model.name={config.model.name!r} cannot be; allowed: {', '.join(structured.REBUILDABLE)}")
-  check(s.penalty >= 0, f"config.slimming.penalty={s.penalty} must be >= 0")
-  check(0.0 < s.ratio < 1.0, f"config.slimming.ratio={s.ratio} must be in (0, 1)")
-  # Epochs are checked against train.epochs only where they are used: a config shared by several methods
-  # (configs/cifar_resnet_slimming.py with --config.method=early_bird) may shorten training.
-  check(config.method != "slimming" or (all(isinstance(e, int) and 1 <= e <= epochs for e in s.epochs)
-                                        and list(s.epochs) == sorted(set(s.epochs))),
-        f"config.slimming.epochs={tuple(s.epochs)} must be increasing epochs in [1, config.train.epochs={epochs}]")
-  check(s.criterion in CRITERIA, f"config.slimming.criterion={s.criterion!r}; allowed: {', '.join(CRITERIA)}")
-  check(s.retrain_from in RETRAIN_FROM,
-        f"config.slimming.retrain_from={s.retrain_from!r}; allowed: {', '.join(RETRAIN_FROM)}")
-  check(s.retrain_epochs >= 0, f"config.slimming.retrain_epochs={s.retrain_epochs} must be >= 0 (0 = train.epochs)")
-  if s.retrain_from == "continue" and config.method in STRUCTURED:   # the schedule must reach the pruning epoch
-    last_prune = max(s.epochs or (epochs,)) if config.method == "slimming" else (eb.max_epochs or epochs)
-    check(last_prune <= (s.retrain_epochs or epochs),
-          f"config.slimming.retrain_from='continue' resumes the retraining schedule at the pruning epoch, up to "
-          f"{last_prune}; config.slimming.retrain_epochs={s.retrain_epochs} must be 0 or at least that")
-  check(0.0 < eb.ratio < 1.0, f"config.early_bird.ratio={eb.ratio} must be in (0, 1)")
-  check(eb.window >= 1, f"config.early_bird.window={eb.window} must be >= 1")
-  check(0.0 < eb.epsilon <= 1.0, f"config.early_bird.epsilon={eb.epsilon} must be in (0, 1]")
-  check(eb.max_epochs >= 0 and (config.method != "early_bird" or eb.max_epochs <= epochs),
-        f"config.early_bird.max_epochs={eb.max_epochs} must be in [0, config.train.epochs={epochs}] (0 = all)")
+  methods.validate(config)
 
 
 def parse_layer_scale(entries) -> dict[str, float]:
@@ -155,7 +106,7 @@ class Experiment:
 
     The data (split and subset drawn with config.seed) and the held-out evaluation sets stay those of
     this experiment, and so do its trainers: replicates compare equal under functools.cache, which is
-    what lets their training run as one vmapped program (lth_jax.replicates).
+    what lets their training run as one vmapped program (lth_jax.methods.cohort).
     """
     if i == self.replica:
       return self
@@ -177,8 +128,13 @@ class Experiment:
   def evaluator(self):
     return evaluation.Evaluator(self)
 
+  def record(self, state, history: list, method: str, round_: int, dense_accuracy: float | None,
+             before: float | None, started: float, trainer=None) -> methods.RunRecord:
+    """The run's RunRecord, every figure evaluated (lth_jax.evaluation.record)."""
+    return evaluation.record(self, state, history, method, round_, dense_accuracy, before, started, trainer)
+
   @functools.cache
-  def trainer(self, epochs: int, finetune: bool = False, model=None) -> train.Trainer:
+  def trainer(self, epochs: int, finetune: bool = False, model=None) -> training.Trainer:
     """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule.
 
     `model` (default: exp.model) trains another network on the same data, e.g. one rebuilt narrower.
@@ -187,11 +143,11 @@ class Experiment:
     if finetune:
       opt.lr = self.config.finetune.lr or opt.lr
       opt.schedule, opt.warmup_epochs = self.config.finetune.schedule, 0
-    return train.Trainer(self.model if model is None else model, opt, self.config.train.batch_size,
-                         train.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
-                         self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
-                         store=self.store, eval_every=self.config.train.eval_every,
-                         loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype)
+    return training.Trainer(self.model if model is None else model, opt, self.config.train.batch_size,
+                            training.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
+                            self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
+                            store=self.store, eval_every=self.config.train.eval_every,
+                            loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype)
 
   # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
   def __hash__(self):
@@ -199,11 +155,6 @@ class Experiment:
 
   def __eq__(self, other):
     return isinstance(other, Experiment) and (self.family or self) is (other.family or other)
-
-
-def model_kwargs(config: ml_collections.ConfigDict) -> dict:
-  """config.model's options for models.get, without the name."""
-  return {k: v for k, v in config.model.to_dict().items() if k != "name"}
 
 
 def device_mesh(train_config) -> jax.sharding.Mesh | None:
@@ -239,7 +190,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   for name, (x, _) in splits.items():
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
   mean, std = input_statistics(dataset.train[0], config.data.standardize)
-  model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config))
+  model = models.get(config.model.name, num_classes=dataset.num_classes, **models.config_kwargs(config.model))
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), dataset.test, mean, std)
   exp.mesh = device_mesh(config.train)

@@ -16,7 +16,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lth_jax import potential  # noqa: E402
+from lth_jax.metrics import potential  # noqa: E402
+from lth_jax.training.checkpoint import write_atomic  # noqa: E402
 
 COLUMNS = [  # (header, field, format)
     ("method", "method", "{}"), ("round", "round", "{}"), ("sparsity", "sparsity", "{:.3f}"),
@@ -57,16 +58,6 @@ def environment() -> dict:
   except (OSError, subprocess.SubprocessError):
     commit = ""
   return {"jax": jax.__version__, "devices": ", ".join(str(d) for d in jax.devices()), "git": commit or "unknown"}
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Write to a temporary file in the same directory, then rename: readers never see half a file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def write_json(workdir: str, config, runs: list, complete: bool, command: str = "", summary=None,

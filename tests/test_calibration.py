@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lth_jax import calibration as cal
+from lth_jax.metrics import calibration as cal
 from lth_jax.errors import UserError
 
 

@@ -59,7 +59,8 @@ def test_same_command_twice_gives_identical_numbers(iterative_run):
 
 def test_tickets_reload_with_their_masks_and_rewind_weights(iterative_run):
   (workdir, _), _ = iterative_run
-  from lth_jax import checkpoint, masks
+  from lth_jax import masks
+  from lth_jax.training import checkpoint
   doc = json.loads((workdir / "results.json").read_text())
   last = doc["runs"][-1]
   ticket = checkpoint.load_ticket(str(workdir / last["ticket"]))

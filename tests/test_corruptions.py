@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from matplotlib import colors
 
-from lth_jax import corruptions as cor
+from lth_jax.metrics import corruptions as cor
 from lth_jax.errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)

@@ -2,9 +2,11 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import evaluation, experiment, methods, potential
+from lth_jax import evaluation, experiment
 from lth_jax.errors import UserError
-from tests.test_methods import Collect, small_config
+from lth_jax.methods import common
+from lth_jax.metrics import potential
+from tests.helpers import Collect, drive, oneshot, small_config
 
 
 def test_match_shape_grey_to_colour_and_down():
@@ -41,8 +43,8 @@ def test_every_run_reports_calibration_ood_and_similarity():
   cfg = small_config(**{"metrics.ood": ("uniform_noise", "far_points"), "metrics.similarity_eps": (0.0, 0.3)})
   exp = experiment.build(cfg)
   out = Collect()
-  dense = methods.dense(exp, out)
-  methods.oneshot(exp, dense, 0.9, out, reset="random")
+  dense = drive(common.dense(exp, out))
+  oneshot(exp, dense, 0.9, out, reset="random")
   d, p = out.records
   assert d["similarity"]["0"] == {"l2": 0.0, "linf": 0.0, "agreement": 1.0}   # dense against itself
   assert p["similarity"]["0"]["agreement"] < 1.0 or p["similarity"]["0"]["l2"] > 0
@@ -54,7 +56,7 @@ def test_every_run_reports_calibration_ood_and_similarity():
   # Wiring: the figure is ood.auroc of the max-softmax scores of the first max_examples test inputs
   # against the evaluator's far points, under the dense network. (ReLU networks are often *more*
   # confident far from the data, so no direction is asserted.)
-  from lth_jax import ood
+  from lth_jax.metrics import ood
   trainer = exp.trainer(exp.config.train.epochs)
   probs_in = np.asarray(jax.nn.softmax(trainer.logits(dense.state, exp.data["test"][0]), -1), np.float64)
   probs_out = np.asarray(jax.nn.softmax(trainer.logits(dense.state, exp.evaluator.ood_sets["far_points"]), -1),
@@ -76,7 +78,7 @@ def test_corruptions_are_evaluated_per_severity(tmp_path):
   cfg.data.name = "digits"
   exp = experiment.build(cfg)
   out = Collect()
-  methods.dense(exp, out)
+  drive(common.dense(exp, out))
   r = out.records[0]
   assert set(r["corruptions"]) == {"contrast", "gaussian_noise"}
   assert set(r["corruptions"]["contrast"]) == {"1", "5"}
@@ -91,8 +93,8 @@ def test_shifted_sets_report_accuracy_ece_and_enter_prune_potential():
   cfg.data.name = "digits"
   exp = experiment.build(cfg)
   out = Collect()
-  dense = methods.dense(exp, out)
-  methods.oneshot(exp, dense, 0.5, out)
+  dense = drive(common.dense(exp, out))
+  oneshot(exp, dense, 0.5, out)
   for r in out.records:
     # the "shifted" set is the same test split here, so its figures equal the nominal ones on those rows
     x, y = exp.evaluator.shifted["digits"]

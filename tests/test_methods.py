@@ -3,53 +3,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import experiment, masks, methods, pruning
-from lth_jax.config import base
-
-
-def small_config(**overrides):
-  c = base()
-  c.data.name = "moons"
-  c.data.n_samples = 400
-  c.model.widths = (16, 16)
-  c.train.epochs = 4
-  c.train.batch_size = 32
-  c.train.log_every = 0
-  c.finetune.epochs = 2
-  c.optimizer.weight_decay = 1e-3
-  return override(c, **overrides)
-
-
-def override(c, **overrides):
-  """Set dotted keys: override(c, **{"train.epochs": 3})."""
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
-
-
-class Collect:
-  def __init__(self):
-    self.records, self.states, self.rewinds = [], [], []
-
-  def __call__(self, record, state, rewind_params):
-    self.records.append(record)
-    self.states.append(state)
-    self.rewinds.append(rewind_params)
-
-
-def leaves_equal(a, b):
-  return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+from lth_jax import experiment, masks, pruning
+from lth_jax.methods import common, lottery
+from lth_jax.training import trainer as trainer_lib
+from tests.helpers import Collect, drive, fit, leaves_equal, oneshot, run_method, small_config
 
 
 def test_dense_then_oneshot_fine_tunes_the_pruned_trained_weights():
   exp = experiment.build(small_config())
   out = Collect()
-  dense = methods.dense(exp, out)
-  state = methods.oneshot(exp, dense, 0.75, out, reset="none")
+  dense = drive(common.dense(exp, out))
+  state = oneshot(exp, dense, 0.75, out, reset="none")
   expected = pruning.magnitude(dense.state.params, masks.init(dense.state.params), 0.75, which=exp.which)
   assert leaves_equal(state.masks, expected)
   assert masks.count(state.masks, exp.which) == (
@@ -64,28 +28,28 @@ def test_dense_then_oneshot_fine_tunes_the_pruned_trained_weights():
 def test_lottery_ticket_rewinds_to_exact_initial_values():
   exp = experiment.build(small_config())
   out = Collect()
-  dense = methods.dense(exp, out)
+  dense = drive(common.dense(exp, out))
   assert leaves_equal(dense.rewind_params, exp.init_params)
-  methods.oneshot(exp, dense, 0.8, out, reset="rewind")
+  oneshot(exp, dense, 0.8, out, reset="rewind")
   assert leaves_equal(out.rewinds[-1], exp.init_params)
   # The retraining starts from theta_0 under the mask: replay its first epoch from there by hand.
   trainer = exp.trainer(exp.config.train.epochs)
   ticket = out.states[-1]
   start = trainer.init_state(exp.init_params, {}, ticket.masks, exp.key("oneshot_reinit@0.8"))
   assert leaves_equal(start.params, masks.apply(exp.init_params, ticket.masks))
-  replay, _ = trainer.fit(start, exp.data, exp.config.train.epochs)
+  replay, _ = fit(trainer, start, exp.data, exp.config.train.epochs)
   assert leaves_equal(replay.params, ticket.params)
 
 
 def test_rewinding_to_an_epoch_uses_the_weights_after_that_epoch():
   exp = experiment.build(small_config(**{"prune.rewind_epoch": 2}))
   out = Collect()
-  dense = methods.dense(exp, out)
+  dense = drive(common.dense(exp, out))
   trainer = exp.trainer(exp.config.train.epochs)
   state = trainer.init_state(exp.init_params, {}, masks.init(exp.init_params), exp.key("dense"))
-  state, _ = trainer.fit(state, exp.data, 2)
+  state, _ = fit(trainer, state, exp.data, 2)
   assert leaves_equal(dense.rewind_params, state.params)
-  methods.oneshot(exp, dense, 0.5, out, reset="rewind")
+  oneshot(exp, dense, 0.5, out, reset="rewind")
   assert out.records[-1]["epochs_trained"] == 2   # epochs 3..4 of the same schedule
   assert out.records[-1]["curve"][0]["epoch"] == 3
 
@@ -93,9 +57,9 @@ def test_rewinding_to_an_epoch_uses_the_weights_after_that_epoch():
 def test_random_reinit_keeps_the_mask_and_differs_from_init():
   exp = experiment.build(small_config())
   out = Collect()
-  dense = methods.dense(exp, out)
-  ticket = methods.oneshot(exp, dense, 0.8, out, reset="rewind")
-  control = methods.oneshot(exp, dense, 0.8, out, reset="random")
+  dense = drive(common.dense(exp, out))
+  ticket = oneshot(exp, dense, 0.8, out, reset="rewind")
+  control = oneshot(exp, dense, 0.8, out, reset="random")
   assert leaves_equal(control.masks, ticket.masks)
   reinit = out.rewinds[-1]
   alive = [np.asarray(m) == 1 for m in jax.tree.leaves(ticket.masks)]
@@ -111,8 +75,8 @@ def test_iterative_reaches_the_target_after_rounds(reset):
   exp = experiment.build(small_config(**{"iterative.rounds": 3, "iterative.reset": reset,
                                          "iterative.round_epochs": 2}))
   out = Collect()
-  dense = methods.dense(exp, out)
-  methods.iterative(exp, dense, 0.875, out)
+  dense = drive(common.dense(exp, out))
+  drive(lottery.iterative_sweep(exp, dense, [0.875], out))
   rounds = [r for r in out.records if r["method"] == "iterative"]
   assert [r["round"] for r in rounds] == [1, 2, 3]
   total = masks.count(masks.init(exp.init_params), exp.which)[1]
@@ -133,7 +97,7 @@ def test_iterative_final_epochs_and_random_control():
                                          "iterative.round_epochs": 1, "iterative.final_epochs": 3,
                                          "iterative.random_control_every": 1}))
   out = Collect()
-  methods.iterative(exp, methods.dense(exp, out), 0.5, out)
+  drive(lottery.iterative_sweep(exp, drive(common.dense(exp, out)), [0.5], out))
   runs = [(r["method"], r["round"], r["epochs_trained"]) for r in out.records[1:]]
   assert runs == [("iterative", 1, 1), ("iterative_random", 1, 1), ("iterative", 2, 3), ("iterative_random", 2, 3)]
   assert leaves_equal(out.states[1].masks, out.states[2].masks)
@@ -143,7 +107,7 @@ def test_dynamic_prunes_at_the_requested_epochs():
   exp = experiment.build(small_config(**{"train.epochs": 6, "dynamic.at": (1 / 3, 2 / 3),
                                          "dynamic.fraction": 0.17}))
   out = Collect()
-  state = methods.dynamic(exp, 0.3, out)
+  state = drive(lottery.dynamic_run(exp, 0.3, out))
   rec = out.records[-1]
   total = masks.count(masks.init(exp.init_params), exp.which)[1]
   first = total - round(0.17 * total)
@@ -155,7 +119,7 @@ def test_dynamic_prunes_at_the_requested_epochs():
   # The first event pruned the weights of smallest magnitude after epoch 2 of the very same run.
   trainer = exp.trainer(6)
   replay = trainer.init_state(exp.init_params, {}, masks.init(exp.init_params), exp.key("dynamic@0.3"))
-  replay, _ = trainer.fit(replay, exp.data, 2)
+  replay, _ = fit(trainer, replay, exp.data, 2)
   m1 = pruning.magnitude(replay.params, replay.masks, 0.17, which=exp.which)
   assert all(bool(jnp.all(b <= a)) for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(state.masks)))
 
@@ -163,7 +127,7 @@ def test_dynamic_prunes_at_the_requested_epochs():
 def test_compare_shares_one_dense_run_and_covers_every_method():
   exp = experiment.build(small_config(**{"compare.sparsities": (0.5, 0.8), "iterative.rounds": 2}))
   out = Collect()
-  methods.run(exp, out)
+  run_method(exp, out)
   seen = [(r["method"], round(r["sparsity"], 1)) for r in out.records]
   assert seen.count(("dense", 0.0)) == 1
   for m in ("oneshot", "oneshot_reinit", "oneshot_random", "dynamic"):
@@ -173,8 +137,8 @@ def test_compare_shares_one_dense_run_and_covers_every_method():
 
 def test_same_config_same_numbers():
   a, b = Collect(), Collect()
-  methods.run(experiment.build(small_config(method="oneshot_reinit")), a)
-  methods.run(experiment.build(small_config(method="oneshot_reinit")), b)
+  run_method(experiment.build(small_config(method="oneshot_reinit")), a)
+  run_method(experiment.build(small_config(method="oneshot_reinit")), b)
   strip = lambda r: {k: v for k, v in r.items() if k != "wall_time_s"}
   assert [strip(r) for r in a.records] == [strip(r) for r in b.records]
 
@@ -186,8 +150,8 @@ def test_vmapped_sweep_matches_training_one_after_another():
     exp = experiment.build(small_config(**{"train.vmap": vmap, "method": "oneshot_reinit",
                                            "compare.sparsities": (0.5, 0.8, 0.9)}))
     out = Collect()
-    dense = methods.dense(exp, out)
-    methods.oneshot_sweep(exp, dense, (0.5, 0.8, 0.9), out, reset="rewind")
+    dense = drive(common.dense(exp, out))
+    drive(lottery.oneshot_sweep(exp, dense, (0.5, 0.8, 0.9), out, "rewind"))
     results[vmap] = out
   for a, b, sa, sb in zip(results[False].records, results[True].records, results[False].states,
                           results[True].states):
@@ -199,22 +163,23 @@ def test_vmapped_sweep_matches_training_one_after_another():
 
 
 def test_vmapped_compare_trains_reinit_and_random_tickets_in_one_program(monkeypatch):
-  """compare's oneshot_reinit and oneshot_random share a schedule: with train.vmap, one fit_many of all
+  """compare's oneshot_reinit and oneshot_random share a schedule: with train.vmap, one fit of all
   their tickets, and the same records (in the same order) as training them one after another."""
-  from lth_jax import train
   calls = []
-  fit_many = train.Trainer.fit_many
-  monkeypatch.setattr(train.Trainer, "fit_many",
-                      lambda self, states, *a, **k: calls.append(len(states)) or fit_many(self, states, *a, **k))
+  fit_states = trainer_lib.Trainer.fit
+  monkeypatch.setattr(trainer_lib.Trainer, "fit", lambda self, states, *a, **k: calls.append(len(states))
+                      or fit_states(self, states, *a, **k))
   results = {}
   for vmap in (False, True):
     out = Collect()
-    methods.run(experiment.build(small_config(**{
+    run_method(experiment.build(small_config(**{
         "train.vmap": vmap, "method": "compare", "compare.methods": ("oneshot", "oneshot_reinit", "oneshot_random"),
         "compare.sparsities": (0.5, 0.8)})), out)
     results[vmap] = out
-  # oneshot fine-tunes (its own schedule): a group of its own; reinit and random: one group of four.
-  assert calls == [2, 4]
+  # Without vmap every job alone (the dense run's two segments, then 6 tickets); with it the dense run's
+  # two segments, then oneshot (fine-tuning, its own schedule) as a group of its own and reinit and random
+  # as one group of four.
+  assert calls == [1] * 8 + [1, 1, 2, 4]
   a, b = results[False], results[True]
   assert [(r["method"], r["sparsity"]) for r in a.records] == [(r["method"], r["sparsity"]) for r in b.records]
   assert [r["method"] for r in a.records] == ["dense"] + ["oneshot"] * 2 + ["oneshot_reinit"] * 2 + \

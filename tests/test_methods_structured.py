@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import sklearn.datasets
 
-from lth_jax import (checkpoint, cli, compression, early_bird, experiment, masks, methods, methods_structured,
-                     models, report, structured)
+from lth_jax import cli, experiment, masks, models, report
 from lth_jax.config import base
 from lth_jax.errors import UserError
-from tests.test_methods import Collect, override
+from lth_jax.methods import structured as methods_structured
+from lth_jax.metrics import compression
+from lth_jax.sparsity import early_bird, structured
+from lth_jax.training import checkpoint
+from tests.helpers import Collect, drive, fit, override, run_method
 
 INPUT_SHAPE = (32, 32, 1)
 MODEL = "vgg11"
@@ -62,7 +65,7 @@ def digits_path(tmp_path_factory) -> str:
 def slim(digits_path):
   exp = experiment.build(tiny_config(digits_path))
   out = Collect()
-  methods.run(exp, out)
+  run_method(exp, out)
   return exp, out
 
 
@@ -74,7 +77,7 @@ def trajectory(slim):
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks.init(exp.init_params), exp.key("dense"))
   states = []
   for epoch in range(1, exp.config.train.epochs + 1):
-    state, _ = trainer.fit(state, exp.data, epoch)
+    state, _ = fit(trainer, state, exp.data, epoch)
     states.append(state)
   return states
 
@@ -146,7 +149,7 @@ def test_l1_penalty_shrinks_the_bn_scales(slim):
   exp, out = slim
   trainer = exp.trainer(exp.config.train.epochs)   # no regularizer
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks.init(exp.init_params), exp.key("dense"))
-  plain, _ = trainer.fit(state, exp.data, exp.config.train.epochs)
+  plain, _ = fit(trainer, state, exp.data, exp.config.train.epochs)
   l1 = lambda params: sum(float(s.sum()) for s in structured.bn_scales(params).values())
   assert l1(out.states[0].params) < 0.8 * l1(plain.params)
 
@@ -155,7 +158,7 @@ def test_early_bird_draws_the_ticket_where_the_detector_does(slim, trajectory):
   exp, _ = slim
   exp.config.early_bird.update({"ratio": 0.5, "window": 1, "epsilon": 0.35, "max_epochs": 0})
   out = Collect()
-  methods_structured.early_bird(exp, out)
+  drive(methods_structured.early_bird(exp, out))
   (record,) = out.records
   replayed = [structured.channel_masks(s.params, 0.5, MODEL) for s in trajectory]
   ticket, distances = early_bird.first_ticket(replayed, window=1, epsilon=0.35)
@@ -183,7 +186,7 @@ def test_early_bird_without_a_ticket_prunes_at_max_epochs(slim):
   exp, _ = slim
   exp.config.early_bird.update({"ratio": 0.5, "window": 3, "epsilon": 0.1, "max_epochs": 3})
   out = Collect()
-  methods_structured.early_bird(exp, out)   # 3 masks: never 3 earlier ones to compare with
+  drive(methods_structured.early_bird(exp, out))   # 3 masks: never 3 earlier ones to compare with
   (record,) = out.records
   assert not record["detected"] and record["detection_epoch"] is None
   assert record["prune_epoch"] == 3 and record["distance_curve"] == [None, None, None]
@@ -243,8 +246,8 @@ def test_continue_resumes_the_schedule_at_the_pruning_epoch(slim, trajectory, mo
   got = Collect()
   for epoch in (2, 3):
     keep = structured.channel_masks(trajectory[epoch - 1].params, exp.config.slimming.ratio, MODEL)
-    methods_structured._prune_and_retrain(exp, trainer, trajectory[epoch - 1], keep, "slimming", epoch - 1, None,
-                                          got, 0.0, prune_epoch=epoch)
+    drive(methods_structured._prune_and_retrain(exp, trainer, trajectory[epoch - 1], keep, "slimming", epoch - 1,
+                                                None, got, 0.0, prune_epoch=epoch))
   at_2, at_3 = got.records
   steps = trainer.steps_per_epoch
   assert at_2["retrain_start_epoch"] == 2 and [row["epoch"] for row in at_2["curve"]] == [3]

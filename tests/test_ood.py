@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from lth_jax import ood
+from lth_jax.metrics import ood
 from lth_jax.errors import UserError
 
 

@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import cli, experiment, methods, replicates, report, train
+from lth_jax import cli, experiment, methods, report
 from lth_jax.errors import UserError
-from tests.test_methods import Collect, leaves_equal, small_config
+from lth_jax.methods import common
+from lth_jax.training import trainer as trainer_lib
+from tests.helpers import Collect, leaves_equal, run_method, small_config
 
 COMPARE = {"method": "compare", "compare.methods": ("oneshot_reinit", "oneshot_random"),
            "compare.sparsities": (0.5, 0.8), "train.epochs": 3}
@@ -18,7 +20,7 @@ COMPARE = {"method": "compare", "compare.methods": ("oneshot_reinit", "oneshot_r
 def run_replicates(n, vmap, **overrides):
   exp = experiment.build(small_config(**{**COMPARE, "train.vmap": vmap, "replicates": n, **overrides}))
   outs = [Collect() for _ in range(n)]
-  replicates.run(exp, outs)
+  methods.run([exp.replicate(i) for i in range(n)], outs)
   return exp, outs
 
 
@@ -41,7 +43,7 @@ def test_a_replicate_has_its_own_init_and_keys_and_shares_the_data():
 def test_replicate_zero_is_the_plain_run(sequential):
   _, outs = sequential
   plain = Collect()
-  methods.run(experiment.build(small_config(**COMPARE)), plain)
+  run_method(experiment.build(small_config(**COMPARE)), plain)
   strip = lambda r: {k: v for k, v in r.items() if k != "wall_time_s"}
   assert [strip(r) for r in outs[0].records] == [strip(r) for r in plain.records]
   assert outs[1].records[0]["test_accuracy"] != pytest.approx(outs[0].records[0]["test_accuracy"], abs=0) or \
@@ -50,10 +52,9 @@ def test_replicate_zero_is_the_plain_run(sequential):
 
 def test_lockstep_trains_the_seeds_in_one_program_with_the_same_numbers(sequential, monkeypatch):
   calls = []
-  train_states = train.Trainer.train_states
-  monkeypatch.setattr(train.Trainer, "train_states",
-                      lambda self, states, data, end, names, *a: calls.append(list(names))
-                      or train_states(self, states, data, end, names, *a))
+  fit = trainer_lib.Trainer.fit
+  monkeypatch.setattr(trainer_lib.Trainer, "fit", lambda self, states, data, end, names, *a: calls.append(list(names))
+                      or fit(self, states, data, end, names, *a))
   _, vmapped = run_replicates(2, vmap=True)
   # the two dense runs together (up to the rewind epoch, 0 here, then on), then all eight tickets
   # (2 seeds x reinit/random x 2 sparsities)
@@ -71,15 +72,17 @@ def test_lockstep_trains_the_seeds_in_one_program_with_the_same_numbers(sequenti
 
 
 def test_a_failing_replicate_stops_the_lockstep(monkeypatch):
-  dense = methods.dense
+  dense, started = common.dense, []
 
   def fail_on_seed_1(exp, recorder):
+    started.append(exp.seed)
     if exp.seed == 1:
       raise UserError("seed 1 failed")
-    return dense(exp, recorder)
-  monkeypatch.setattr(methods, "dense", fail_on_seed_1)
+    return (yield from dense(exp, recorder))
+  monkeypatch.setattr(common, "dense", fail_on_seed_1)
   with pytest.raises(UserError, match="seed 1 failed"):
     run_replicates(3, vmap=True)
+  assert started == [0, 1]   # seed 2 never started: nothing trains after a failure
 
 
 def test_the_command_line_records_every_seed_and_resumes(tmp_path):

@@ -50,7 +50,7 @@ def numbers(workdir):
 
 
 def final_masks(workdir):
-  from lth_jax import checkpoint
+  from lth_jax.training import checkpoint
   runs = json.loads((workdir / "results.json").read_text())["runs"]
   ticket = checkpoint.load_ticket(str(workdir / runs[-1]["ticket"]))
   return [np.asarray(x) for x in __import__("jax").tree.leaves((ticket["masks"], ticket["params"]))]

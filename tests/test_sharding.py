@@ -10,8 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, jax, numpy as np
-from lth_jax import experiment, methods
+from lth_jax import experiment
 from lth_jax.config import base
+from lth_jax.methods import common
+from tests.helpers import drive, oneshot
 
 def run(num_devices, model):
   c = base()
@@ -28,13 +30,13 @@ def run(num_devices, model):
     c.train.epochs, c.optimizer.lr = 1, 0.005
   exp = experiment.build(c)
   out = []
-  dense = methods.dense(exp, lambda r, s, p: out.append((r, s)))
+  dense = drive(common.dense(exp, lambda r, s, p: out.append((r, s))))
   if model == "mlp":
-    methods.oneshot(exp, dense, 0.7, lambda r, s, p: out.append((r, s)), reset="rewind")
+    oneshot(exp, dense, 0.7, lambda r, s, p: out.append((r, s)), reset="rewind")
   final = out[-1][1]
   leaves = [np.asarray(x).ravel() for x in jax.tree.leaves((final.params, final.batch_stats))]
-  return {"mesh": None if exp.mesh is None else exp.mesh.size, "acc": [r["test_accuracy"] for r, _ in out],
-          "loss": [row["train_loss"] for r, _ in out for row in r["curve"]],
+  return {"mesh": None if exp.mesh is None else exp.mesh.size, "acc": [r.test_accuracy for r, _ in out],
+          "loss": [row["train_loss"] for r, _ in out for row in r.curve],
           "params": np.concatenate(leaves).tolist(),
           "kept": int(sum(np.asarray(m).sum() for m in jax.tree.leaves(final.masks)))}
 

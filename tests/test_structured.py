@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import compression, early_bird, masks, models, structured
+from lth_jax import masks, models
+from lth_jax.metrics import compression
+from lth_jax.sparsity import early_bird, structured
 from lth_jax.errors import UserError
 
 VGG_WIDTHS = (4, 4, 4, 4, 4, 4, 4, 4)  # vgg11 at 4 channels per conv: 32 prunable channels

@@ -6,9 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from lth_jax import masks, models, pruning, train
+from lth_jax import masks, models, pruning
 from lth_jax.config import base
 from lth_jax.data import augment
+from lth_jax.training import state as state_lib
+from lth_jax.training import step
+from lth_jax.training import trainer as train
+from tests.helpers import fit
 
 
 def setup(opt_overrides, epochs=5, seed=0):
@@ -35,7 +39,7 @@ def setup(opt_overrides, epochs=5, seed=0):
 def test_pruned_weights_stay_exactly_zero(opt):
   trainer, data, params, m = setup(opt)
   state = trainer.init_state(params, {}, m, jax.random.key(1))
-  state, history = trainer.fit(state, data, 5)
+  state, history = fit(trainer, state, data, 5)
   assert len(history) == 5 and int(state.step) == 40
   for p, mk, p0 in zip(jax.tree.leaves(state.params), jax.tree.leaves(m), jax.tree.leaves(params)):
     assert np.all(np.asarray(p)[np.asarray(mk) == 0] == 0.0)           # exactly zero, not small
@@ -48,10 +52,10 @@ def test_one_sgd_step_matches_the_definition():
   trainer, data, params, m = setup(dict(name="sgd", momentum=0.0, lr=0.5))
   state = trainer.init_state(params, {}, m, jax.random.key(3))
   x, y = data["train"][0][:32], data["train"][1][:32]
-  new_state, _ = trainer._train_step(state, (x, y))
+  new_state, _ = step.train_step(trainer.recipe, state, (x, y))
 
   def loss(p):
-    return train.cross_entropy(trainer.model.apply({"params": p}, x), y).mean()
+    return step.cross_entropy(trainer.model.apply({"params": p}, x), y).mean()
   grads = jax.grad(loss)(masks.apply(params, m))
   expected = jax.tree.map(lambda p, g, mk: (p * mk - 0.5 * g * mk) * mk, params, grads, m)
   for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
@@ -61,10 +65,10 @@ def test_one_sgd_step_matches_the_definition():
 def test_step_schedule_and_warmup():
   opt = ml_collections.ConfigDict(base().optimizer.to_dict())
   opt.update(dict(lr=0.1, schedule="step", milestones=(2, 4), gamma=0.1))
-  lr = train.learning_rate(opt, steps_per_epoch=10, epochs=6)
+  lr = state_lib.learning_rate(opt, steps_per_epoch=10, epochs=6)
   assert [float(lr(s)) for s in (0, 19, 20, 39, 40, 59)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
   opt.update(dict(schedule="cosine", warmup_epochs=1))
-  lr = train.learning_rate(opt, steps_per_epoch=10, epochs=6)
+  lr = state_lib.learning_rate(opt, steps_per_epoch=10, epochs=6)
   assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.05) and float(lr(10)) == pytest.approx(0.1)
   assert float(lr(60)) == pytest.approx(0.0, abs=1e-6)
 
@@ -120,9 +124,9 @@ def test_scan_and_step_loops_give_the_same_numbers(batched):
     trainer, data, state = conv_setup(loop)
     if batched:
       other = trainer.init_state(state.params, state.batch_stats, masks.init(state.params), jax.random.key(7))
-      states, histories = trainer.fit_many([state, other], data, 3, ["a", "b"])
+      states, histories = trainer.fit([state, other], data, 3, ["a", "b"])
     else:
-      state, history = trainer.fit(state, data, 3)
+      state, history = fit(trainer, state, data, 3)
       states, histories = [state], [history]
     out[loop] = states, histories
   (states_scan, hists_scan), (states_steps, hists_steps) = out["scan"], out["steps"]
@@ -141,8 +145,8 @@ def test_fit_leaves_the_callers_state_intact(loop):
   """Epochs donate their buffers, but never the state a method passed in (it may rewind to it)."""
   trainer, data, state = conv_setup(loop)
   before = [np.array(a) for a in jax.tree.leaves(state.params)]
-  trainer.fit(state, data, 2)
-  trainer.fit(state, data, 1)   # the same state again: still alive
+  fit(trainer, state, data, 2)
+  fit(trainer, state, data, 1)   # the same state again: still alive
   for a, b in zip(before, jax.tree.leaves(state.params)):
     assert np.array_equal(a, np.asarray(b))
 
@@ -154,14 +158,14 @@ def test_bfloat16_compute_keeps_float32_state_and_exact_zeros():
   np.testing.assert_allclose(trainer.logits(state, data["val"][0]), f32_trainer.logits(f32_state, data["val"][0]),
                              rtol=0.05, atol=0.02)
   assert trainer.logits(state, data["val"][0]).dtype == jnp.float32
-  state, history = trainer.fit(state, data, 3)
+  state, history = fit(trainer, state, data, 3)
   assert {a.dtype for a in jax.tree.leaves((state.params, state.masks, state.batch_stats, state.opt_state))} \
       == {jnp.dtype(jnp.float32)}
   for p, mk in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.masks)):
     assert np.all(np.asarray(p)[np.asarray(mk) == 0] == 0.0)
   assert history[-1]["train_loss"] < history[0]["train_loss"]
   # Training really ran in bf16: the float32 run differs by more than float32 rounding would.
-  f32_state, _ = f32_trainer.fit(f32_state, data, 3)
+  f32_state, _ = fit(f32_trainer, f32_state, data, 3)
   diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(state.params),
                                                               jax.tree.leaves(f32_state.params)))
   assert diff > 1e-4

@@ -33,5 +33,10 @@ def get(name: str, **kwargs) -> nn.Module:
   return builder(**kwargs)
 
 
+def config_kwargs(model_config) -> dict:
+  """config.model's options for `get`, without the name."""
+  return {k: v for k, v in model_config.to_dict().items() if k != "name"}
+
+
 from lth_jax.models import mlp  # noqa: E402,F401  (registers its models)
 from lth_jax.models import conv, resnet, vgg  # noqa: E402,F401  (register their models)

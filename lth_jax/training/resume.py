@@ -10,8 +10,7 @@ import json
 import os
 import shutil
 
-from lth_jax import checkpoint
-from lth_jax import report
+from lth_jax.training import checkpoint
 from lth_jax.errors import UserError
 
 # Keys that do not change any number a run produces.
@@ -30,14 +29,23 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def differences(saved: dict, current: dict) -> list[str]:
+def differences(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
+  """The keys whose values differ, as 'key: saved -> current'.
+
+  A key the saved config lacks reads as its value in `defaults`: a key added to lth_jax after the
+  workdir was made, at a default that keeps the old behaviour, does not refuse the resume.
+  """
   a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+  a = {**_flatten(json.loads(json.dumps(defaults or {}))), **a}
   keys = sorted((set(a) | set(b)) - set(IGNORED))
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 
 
-def prepare(config) -> checkpoint.SegmentStore:
-  """Check the workdir against `config` (restarting it if asked) and return its checkpoint store."""
+def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
+  """Check the workdir against `config` (restarting it if asked) and return its checkpoint store.
+
+  `defaults`: every key's default value (see `differences`).
+  """
   workdir = config.workdir
   saved_path = os.path.join(workdir, "config.json")
   if config.checkpoint.restart:
@@ -49,12 +57,12 @@ def prepare(config) -> checkpoint.SegmentStore:
   elif os.path.exists(saved_path):
     with open(saved_path) as f:
       saved = json.load(f)
-    diff = differences(saved, config.to_dict())
+    diff = differences(saved, config.to_dict(), defaults)
     if diff:
       raise UserError(f"config.workdir={workdir!r} holds a run of a different config ({diff[0]}"
                       f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); use another workdir or "
                       "--config.checkpoint.restart=True to start over")
   os.makedirs(os.path.join(workdir, "tickets"), exist_ok=True)
-  report.write_atomic(saved_path, json.dumps(config.to_dict(), indent=1, default=str))
+  checkpoint.write_atomic(saved_path, json.dumps(config.to_dict(), indent=1, default=str))
   return checkpoint.SegmentStore(os.path.join(workdir, "checkpoints"), config.checkpoint.every,
                                  config.checkpoint.keep)

@@ -17,7 +17,7 @@ from collections import deque
 
 import numpy as np
 
-from lth_jax.structured import network_order
+from lth_jax.sparsity.structured import network_order
 
 
 def flatten(channel_keep) -> np.ndarray:

@@ -40,24 +40,55 @@ import math
 import time
 
 import jax
+import ml_collections
 from absl import logging
 
-from lth_jax import compression
-from lth_jax import evaluation
-from lth_jax import experiment
-from lth_jax import masks as masks_lib
 from lth_jax import models
-from lth_jax import structured
-from lth_jax.early_bird import EarlyBird
-from lth_jax.experiment import Experiment
-from lth_jax.methods import Recorder
-from lth_jax.train import Trainer, TrainState
+from lth_jax.errors import check
+from lth_jax.methods import cohort
+from lth_jax.methods.registry import Recorder, register
+from lth_jax.metrics import compression
+from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity import structured
+from lth_jax.sparsity.early_bird import EarlyBird
+from lth_jax.training import Trainer, TrainState
 
 CRITERIA = {"bn_scale": structured.channel_masks, "l1_filter": structured.l1_filter_masks}
+STRUCTURED = ("slimming", "early_bird")
+RETRAIN_FROM = ("pruned", "init", "continue")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """config.slimming and config.early_bird; their epochs only where the method that reads them runs."""
+  s, eb, epochs = config.slimming, config.early_bird, config.train.epochs
+  if config.method in STRUCTURED:
+    check(config.model.name in structured.REBUILDABLE, f"config.method={config.method!r} rebuilds the model "
+          f"narrower; config.model.name={config.model.name!r} cannot be; allowed: {', '.join(structured.REBUILDABLE)}")
+  check(s.penalty >= 0, f"config.slimming.penalty={s.penalty} must be >= 0")
+  check(0.0 < s.ratio < 1.0, f"config.slimming.ratio={s.ratio} must be in (0, 1)")
+  # Epochs are checked against train.epochs only where they are used: a config shared by several methods
+  # (configs/cifar_resnet_slimming.py with --config.method=early_bird) may shorten training.
+  check(config.method != "slimming" or (all(isinstance(e, int) and 1 <= e <= epochs for e in s.epochs)
+                                        and list(s.epochs) == sorted(set(s.epochs))),
+        f"config.slimming.epochs={tuple(s.epochs)} must be increasing epochs in [1, config.train.epochs={epochs}]")
+  check(s.criterion in CRITERIA, f"config.slimming.criterion={s.criterion!r}; allowed: {', '.join(CRITERIA)}")
+  check(s.retrain_from in RETRAIN_FROM,
+        f"config.slimming.retrain_from={s.retrain_from!r}; allowed: {', '.join(RETRAIN_FROM)}")
+  check(s.retrain_epochs >= 0, f"config.slimming.retrain_epochs={s.retrain_epochs} must be >= 0 (0 = train.epochs)")
+  if s.retrain_from == "continue" and config.method in STRUCTURED:   # the schedule must reach the pruning epoch
+    last_prune = max(s.epochs or (epochs,)) if config.method == "slimming" else (eb.max_epochs or epochs)
+    check(last_prune <= (s.retrain_epochs or epochs),
+          f"config.slimming.retrain_from='continue' resumes the retraining schedule at the pruning epoch, up to "
+          f"{last_prune}; config.slimming.retrain_epochs={s.retrain_epochs} must be 0 or at least that")
+  check(0.0 < eb.ratio < 1.0, f"config.early_bird.ratio={eb.ratio} must be in (0, 1)")
+  check(eb.window >= 1, f"config.early_bird.window={eb.window} must be >= 1")
+  check(0.0 < eb.epsilon <= 1.0, f"config.early_bird.epsilon={eb.epsilon} must be in (0, 1]")
+  check(eb.max_epochs >= 0 and (config.method != "early_bird" or eb.max_epochs <= epochs),
+        f"config.early_bird.max_epochs={eb.max_epochs} must be in [0, config.train.epochs={epochs}] (0 = all)")
 
 
 @functools.cache  # one compiled trainer per experiment and penalty: early_bird (and tests) reuse slimming's
-def penalised_trainer(exp: Experiment, epochs: int, penalty: float) -> Trainer:
+def penalised_trainer(exp, epochs: int, penalty: float) -> Trainer:
   """exp.trainer(epochs) with penalty * sum|gamma| over the prunable BN scales added to the loss."""
   trainer = exp.trainer(epochs)
   if not penalty:
@@ -69,43 +100,44 @@ def _l1_penalty(penalty: float, params):
   return penalty * structured.slimming_penalty(params)
 
 
-def _initial_state(exp: Experiment, trainer: Trainer) -> TrainState:
+def _initial_state(exp, trainer: Trainer) -> TrainState:
   # The dense run's key: with penalty 0 the full-width training is methods.dense's, epoch for epoch.
   return trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
                             exp.key("dense"))
 
 
-def slimming(exp: Experiment, recorder: Recorder) -> None:
+@register("slimming", validate=validate)
+def slimming(exp, recorder: Recorder):
   """Train with the L1 penalty; one branch per pruning epoch: prune channels, rebuild narrower, retrain."""
   started, cfg, epochs = time.time(), exp.config.slimming, exp.config.train.epochs
   trainer = penalised_trainer(exp, epochs, cfg.penalty)
   state, history, snapshots = _initial_state(exp, trainer), [], {}
   prune_at = tuple(cfg.epochs) or (epochs,)
   for stop in sorted({*prune_at, epochs}):
-    state, rows = trainer.fit(state, exp.data, stop, "slimming dense", exp.config.train.log_every)
+    state, rows = yield from cohort.fit(trainer, state, stop, "slimming dense", exp.data)
     history += rows
     if stop in prune_at:
       snapshots[stop] = state
   exp.evaluator.set_reference(trainer, state)
-  dense = evaluation.record(exp, state, history, "dense", 0, None, None, started, trainer=trainer,
-                            l1_penalty=cfg.penalty)
-  dense["accuracy_drop"] = 0.0
+  dense = exp.record(state, history, "dense", 0, None, None, started, trainer=trainer)
+  dense = dataclasses.replace(dense, accuracy_drop=0.0).with_extra(l1_penalty=cfg.penalty)
   recorder(dense, state, exp.init_params)
   for round_, (epoch, pruned) in enumerate(snapshots.items(), 1):
     keep = CRITERIA[cfg.criterion](pruned.params, cfg.ratio, exp.config.model.name)
-    _prune_and_retrain(exp, trainer, pruned, keep, "slimming", round_, dense["test_accuracy"], recorder,
+    yield from _prune_and_retrain(exp, trainer, pruned, keep, "slimming", round_, dense.test_accuracy, recorder,
                        time.time(), prune_epoch=epoch, criterion=cfg.criterion, ratio=cfg.ratio,
                        l1_penalty=cfg.penalty)
 
 
-def early_bird(exp: Experiment, recorder: Recorder) -> None:
+@register("early_bird", validate=validate)
+def early_bird(exp, recorder: Recorder):
   """Train until the channel mask settles (or max_epochs), prune and rebuild there, retrain."""
   started, cfg, config = time.time(), exp.config.early_bird, exp.config
   trainer = penalised_trainer(exp, config.train.epochs, config.slimming.penalty)
   state, history = _initial_state(exp, trainer), []
   detector = EarlyBird(cfg.window, cfg.epsilon)
   for epoch in range(1, (cfg.max_epochs or config.train.epochs) + 1):
-    state, rows = trainer.fit(state, exp.data, epoch, "early_bird search", config.train.log_every)
+    state, rows = yield from cohort.fit(trainer, state, epoch, "early_bird search", exp.data)
     history += rows
     keep = structured.channel_masks(state.params, cfg.ratio, config.model.name)
     if detector.update(keep):
@@ -113,16 +145,16 @@ def early_bird(exp: Experiment, recorder: Recorder) -> None:
   detected = detector.ticket_epoch is not None
   logging.info("early_bird: %s at epoch %d", "ticket drawn" if detected else "no ticket; pruning", epoch)
   curve = [None if math.isnan(d) else d for d in detector.distances]  # JSON has no NaN
-  _prune_and_retrain(exp, trainer, state, keep, "early_bird", 1, None, recorder, started, prune_epoch=epoch,
+  yield from _prune_and_retrain(exp, trainer, state, keep, "early_bird", 1, None, recorder, started, prune_epoch=epoch,
                      detected=detected, detection_epoch=epoch if detected else None, distance_curve=curve,
                      window=cfg.window, epsilon=cfg.epsilon, ratio=cfg.ratio, l1_penalty=config.slimming.penalty,
                      search_curve=history)
 
 
-def _prune_and_retrain(exp: Experiment, trainer: Trainer, pruned: TrainState, keep: dict, method: str,
+def _prune_and_retrain(exp, trainer: Trainer, pruned: TrainState, keep: dict, method: str,
                        round_: int, dense_accuracy: float | None, recorder: Recorder, started: float,
-                       **extra) -> TrainState:
-  """Mask `keep` at full width, rebuild the narrower network, retrain it and record it.
+                       **extra):
+  """Program: mask `keep` at full width, rebuild the narrower network, retrain it and record it.
 
   `trainer` trained the full-width state `pruned`, taken at the pruning epoch extra["prune_epoch"].
   """
@@ -132,7 +164,7 @@ def _prune_and_retrain(exp: Experiment, trainer: Trainer, pruned: TrainState, ke
   masked = pruned.replace(params=masks_lib.apply(pruned.params, channel_masks), masks=channel_masks)
   before = trainer.evaluate(masked, test)["accuracy"]
 
-  widths, rebuilt = structured.rebuild(config.model.name, experiment.model_kwargs(config), pruned.variables, keep)
+  widths, rebuilt = structured.rebuild(config.model.name, models.config_kwargs(config.model), pruned.variables, keep)
   narrow = models.get(config.model.name, num_classes=exp.num_classes, **widths)
   epochs = cfg.retrain_epochs or config.train.epochs
   # "continue": the ResNet-20 seed's alternative; every branch then trains `epochs` in all, dense part included.
@@ -149,30 +181,32 @@ def _prune_and_retrain(exp: Experiment, trainer: Trainer, pruned: TrainState, ke
                name, sum(int(k.sum()) for k in keep.values()), sum(k.size for k in keep.values()), before,
                rebuilt_before, cfg.retrain_from)
 
-  state, history = narrow_trainer.fit(start, exp.data, epochs, name, config.train.log_every)
-  record = evaluation.record(
-      exp, state, history, method, round_, dense_accuracy, before, started, trainer=narrow_trainer,
-      **_rebuilt_counts(exp, state, keep), rebuilt_accuracy_before_retrain=rebuilt_before,
-      retrain_from=cfg.retrain_from, retrain_start_epoch=start_epoch,
-      model_kwargs={"name": config.model.name, "num_classes": exp.num_classes, **widths},
+  state, history = yield from cohort.fit(narrow_trainer, start, epochs, name, exp.data)
+  record = exp.record(state, history, method, round_, dense_accuracy, before, started, trainer=narrow_trainer)
+  counts, channels = _rebuilt_counts(exp, state, keep)
+  record = dataclasses.replace(record, **counts).with_extra(
+      **channels, rebuilt_accuracy_before_retrain=rebuilt_before, retrain_from=cfg.retrain_from,
+      retrain_start_epoch=start_epoch, model_kwargs={"name": config.model.name, "num_classes": exp.num_classes,
+                                                     **widths},
       **timing, **extra)
   recorder(record, state, start.params)
   return state
 
 
-def _rebuilt_counts(exp: Experiment, state: TrainState, keep: dict) -> dict:
+def _rebuilt_counts(exp, state: TrainState, keep: dict) -> tuple[dict, dict]:
   """Sparsity and size of a rebuilt network against the full-width one (see the module docstring)."""
   prunable = masks_lib.count(state.masks, exp.which)[1]
   prunable_dense = masks_lib.count(masks_lib.init(exp.init_params), exp.which)[1]
   params, params_dense = compression.count_params(state.params), compression.count_params(exp.init_params)
-  return {"sparsity": 1.0 - prunable / prunable_dense, "model_sparsity": 1.0 - params / params_dense,
-          "structured_sparsity": 1.0 - params / params_dense, "params_remaining": params,
-          "params_total": params_dense, "channels_kept": sum(int(k.sum()) for k in keep.values()),
-          "channels_total": sum(int(k.size) for k in keep.values()),
-          "layer_channels": {bn: [int(k.sum()), int(k.size)] for bn, k in keep.items()}}
+  counts = {"sparsity": 1.0 - prunable / prunable_dense, "model_sparsity": 1.0 - params / params_dense,
+            "params_remaining": params, "params_total": params_dense}
+  return counts, {"structured_sparsity": 1.0 - params / params_dense,
+                  "channels_kept": sum(int(k.sum()) for k in keep.values()),
+                  "channels_total": sum(int(k.size) for k in keep.values()),
+                  "layer_channels": {bn: [int(k.sum()), int(k.size)] for bn, k in keep.items()}}
 
 
-def _inference_times(exp: Experiment, dense_model, dense_variables, narrow, narrow_variables) -> dict:
+def _inference_times(exp, dense_model, dense_variables, narrow, narrow_variables) -> dict:
   """Median seconds per forward pass of the same test batch through both networks, on this device."""
   x = exp.data["test"][0][:exp.config.train.batch_size]
   dense_s = compression.time_inference(_forward(dense_model), dense_variables, x)

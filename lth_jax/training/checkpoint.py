@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from lth_jax.errors import UserError
+from lth_jax.sparsity.masks import named_leaves
 
 
 @contextlib.contextmanager
@@ -74,7 +75,6 @@ def load_ticket(path: str) -> dict:
 
 def export_npz(path: str, params, masks) -> None:
   """The masked weights as a plain .npz, one array per leaf name ('hidden_0/kernel')."""
-  from lth_jax.masks import named_leaves  # local: keep this module importable on its own
   masked = jax.tree.map(lambda p, m: np.asarray(p * m), params, masks)
   np.savez(path, **dict(named_leaves(masked)))
 
@@ -145,10 +145,19 @@ class SegmentStore:
 
 def check_compatible(saved_params, model_params, path: str) -> None:
   """Refuse a checkpoint whose parameter tree differs from the model's, naming the first mismatch."""
-  from lth_jax.masks import named_leaves  # local: keep this module importable on its own
   saved = {name: tuple(np.shape(x)) for name, x in named_leaves(saved_params)}
   model = {name: tuple(np.shape(x)) for name, x in named_leaves(model_params)}
   for name in sorted(set(saved) | set(model)):
     if saved.get(name) != model.get(name):
       raise UserError(f"the checkpoint at {path!r} does not fit config.model: {name} is "
                       f"{saved.get(name, 'absent')} there and {model.get(name, 'absent')} in the model")
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Write to a temporary file in the same directory, then rename: readers never see half a file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

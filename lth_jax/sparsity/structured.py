@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import masks as masks_lib
+from lth_jax.sparsity import masks as masks_lib
 from lth_jax.errors import UserError
 
 KINDS = ("vgg", "resnet")

@@ -1,9 +1,9 @@
-"""Unstructured pruning: pure functions from (scores, masks, fraction) to new masks.
+"""Scores -> masks: the one selection every criterion and method shares.
 
 `fraction` is the fraction of the *currently remaining* prunable weights to remove; masks are
 cumulative, so a pruned weight never comes back. The number removed is `round(fraction * remaining)`
 (Python's rounding, as torch.nn.utils.prune computes it) and is exact: ties in the score are broken
-by position (stable sort), never by removing more or fewer weights.
+by position (stable sort), never by removing more or fewer weights. The lowest scores go.
 
 scope="global" ranks all prunable weights together (torch's `global_unstructured`); scope="layerwise"
 removes the fraction from each prunable leaf separately, optionally scaled per layer by
@@ -16,13 +16,13 @@ import fnmatch
 import jax
 import jax.numpy as jnp
 
-from lth_jax import masks as masks_lib
 from lth_jax.errors import UserError
+from lth_jax.sparsity import masks as masks_lib
 
 SCOPES = ("global", "layerwise")
 
 
-def _check(fraction, scope, layer_scale):
+def check(fraction, scope, layer_scale=None) -> None:
   if not 0.0 <= fraction <= 1.0:
     raise UserError(f"pruning fraction {fraction} is outside [0, 1]")
   if scope not in SCOPES:
@@ -49,7 +49,7 @@ def _scale(name, layer_scale):
 def prune_by_score(scores, masks, fraction: float, scope: str = "global", which=None,
                    layer_scale=None):
   """Remove the lowest-scoring `fraction` of the remaining prunable weights."""
-  _check(fraction, scope, layer_scale)
+  check(fraction, scope, layer_scale)
   which = masks_lib.prunable(masks) if which is None else which
   names = [name for name, _ in masks_lib.named_leaves(masks)]
   mask_leaves, treedef = jax.tree.flatten(masks)
@@ -73,20 +73,6 @@ def prune_by_score(scores, masks, fraction: float, scope: str = "global", which=
       alive = _remove_lowest(score_leaves[i].ravel(), alive, round(layer_fraction * int(alive.sum())))
       new_leaves[i] = alive.reshape(mask_leaves[i].shape).astype(mask_leaves[i].dtype)
   return jax.tree.unflatten(treedef, new_leaves)
-
-
-def magnitude(params, masks, fraction: float, scope: str = "global", which=None, layer_scale=None):
-  """Magnitude pruning: remove the remaining weights of smallest |w| (L1Unstructured)."""
-  scores = jax.tree.map(jnp.abs, params)
-  return prune_by_score(scores, masks, fraction, scope, which, layer_scale)
-
-
-def random(key, masks, fraction: float, scope: str = "global", which=None, layer_scale=None):
-  """Random pruning: remove a uniformly random `fraction` of the remaining weights."""
-  leaves, treedef = jax.tree.flatten(masks)
-  keys = jax.random.split(key, len(leaves))
-  scores = jax.tree.unflatten(treedef, [jax.random.uniform(k, m.shape) for k, m in zip(keys, leaves)])
-  return prune_by_score(scores, masks, fraction, scope, which, layer_scale)
 
 
 def rate_per_round(target: float, rounds: int) -> float:

@@ -46,9 +46,9 @@ import numpy as np
 import optax
 
 from lth_jax import config as config_lib
-from lth_jax import masks as masks_lib
+from lth_jax.sparsity import masks as masks_lib
 from lth_jax import models
-from lth_jax import pruning
+from lth_jax.sparsity import pruning
 from lth_jax import train
 
 SPARSITY = 0.8

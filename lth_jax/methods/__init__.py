@@ -1,0 +1,24 @@
+"""The pruning methods as plug-ins, and the cohort that runs them for every seed.
+
+A method is a module that registers its name (`registry.register`), its config check and its program;
+`run` runs the configured method for a cohort of seeds (replicates), training what they share together.
+"""
+
+from lth_jax.methods import cohort, common, registry  # noqa: F401
+from lth_jax.methods import compare, lottery, structured  # noqa: F401  (register their methods)
+from lth_jax.methods.record import RunRecord  # noqa: F401
+from lth_jax.methods.registry import Recorder, get, names, validate  # noqa: F401
+
+
+def run(experiments: list, recorders: list[Recorder]) -> list:
+  """config.method for each experiment (one per seed), recorders[i] recording experiments[i]'s runs.
+
+  With several seeds each one's segments are named `seed{seed}/...`, so its checkpoints stay its own.
+  With config.train.vmap the seeds' jobs that share a schedule train as one program.
+  """
+  config = experiments[0].config
+  method = get(config.method)
+  programs = [method.run(exp, recorder) for exp, recorder in zip(experiments, recorders)]
+  if len(experiments) > 1:
+    programs = [cohort.renamed(p, f"seed{exp.seed}/") for p, exp in zip(programs, experiments)]
+  return cohort.run(programs, config.train.vmap, config.train.log_every)

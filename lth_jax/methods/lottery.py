@@ -1,0 +1,198 @@
+"""The lottery-ticket family: one-shot pruning (fine-tune, rewind, random re-init), iterative magnitude
+pruning with rewinding, and dynamic pruning during one training run.
+
+Each is a cohort program (lth_jax.methods.cohort) for one seed. Every run hands a RunRecord and its
+final train state to the recorder. `accuracy_before_retrain` is always the test accuracy of the
+trained weights the mask was computed from, with the mask applied, before any reset or retraining.
+"""
+
+import time
+
+import ml_collections
+
+from lth_jax.errors import check
+from lth_jax.methods import cohort
+from lth_jax.methods import common
+from lth_jax.methods.common import DenseRun, Ticket
+from lth_jax.methods.registry import Recorder, register
+from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity import pruning
+
+RESETS = ("init", "rewind", "none")
+ONESHOT_METHODS = {"none": "oneshot", "rewind": "oneshot_reinit", "random": "oneshot_random"}
+ONESHOT_RESETS = {method: reset for reset, method in ONESHOT_METHODS.items()}
+
+
+def validate_iterative(config: ml_collections.ConfigDict) -> None:
+  it = config.iterative
+  check(it.rounds >= 1, f"config.iterative.rounds={it.rounds} must be >= 1")
+  check(0.0 <= it.rate < 1.0, f"config.iterative.rate={it.rate} must be in [0, 1) (0 derives it from "
+        "config.prune.sparsity)")
+  check(it.reset in RESETS, f"config.iterative.reset={it.reset!r}; allowed: {', '.join(RESETS)}")
+  if it.reset == "rewind":
+    for key in ("round_epochs", "final_epochs"):
+      check(not it[key] or it[key] > config.prune.rewind_epoch,
+            f"config.iterative.{key}={it[key]} must exceed config.prune.rewind_epoch="
+            f"{config.prune.rewind_epoch}: a rewound round resumes the schedule there")
+
+
+def validate_dynamic(config: ml_collections.ConfigDict) -> None:
+  at = config.dynamic.at
+  check(all(0.0 < a < 1.0 for a in at) and list(at) == sorted(at),
+        f"config.dynamic.at={tuple(at)} must be increasing fractions of training in (0, 1)")
+  check(0.0 <= config.dynamic.fraction < 1.0, f"config.dynamic.fraction={config.dynamic.fraction} must be in [0, 1)")
+
+
+# -- dense and one-shot ------------------------------------------------------------------------------
+
+@register("dense")
+def dense(exp, recorder: Recorder):
+  yield from common.dense(exp, recorder)
+
+
+def oneshot_ticket(exp, dense_run: DenseRun, sparsity: float, reset: str) -> Ticket:
+  """The dense network pruned to `sparsity` at once and reset: "none" keeps the trained weights
+  (fine-tuned by config.finetune), "rewind" rewinds them to theta_0 or the rewind epoch (the lottery
+  ticket), "random" draws a fresh initialisation (the control)."""
+  started, cfg = time.time(), exp.config
+  name = f"{ONESHOT_METHODS[reset]}@{sparsity:g}"
+  trained = dense_run.state
+  masks = common.prune(exp, trained.params, masks_lib.init(trained.params), sparsity, name)
+  before = common.masked_accuracy(exp, trained.params, trained.batch_stats, masks)
+  if reset == "none":
+    params, stats, start, epochs, finetune = trained.params, trained.batch_stats, 0, cfg.finetune.epochs, True
+  elif reset == "rewind":
+    params, stats = dense_run.rewind_params, dense_run.rewind_batch_stats
+    start, epochs, finetune = cfg.prune.rewind_epoch, cfg.train.epochs, False
+  else:
+    params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
+    start, epochs, finetune = 0, cfg.train.epochs, False
+  trainer = exp.trainer(epochs, finetune)
+  state = trainer.init_state(params, stats, masks, exp.key(name), start)
+  return Ticket(ONESHOT_METHODS[reset], name, trainer, state, epochs, params, before, started)
+
+
+def oneshot_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder, reset: str = "none"):
+  """Program: prune each sparsity of the trained dense weights at once, reset, retrain."""
+  tickets = [oneshot_ticket(exp, dense_run, s, reset) for s in sparsities]
+  fitted = yield from common.fit_tickets(exp, tickets)
+  for ticket, (state, history) in zip(tickets, fitted):
+    recorder(exp.record(state, history, ticket.method, 1, dense_run.test_accuracy, ticket.before, ticket.started),
+             state, ticket.rewind_params)
+  return [state for state, _ in fitted]
+
+
+def _register_oneshot(method: str, reset: str) -> None:
+  def sweep(exp, dense_run, sparsities, recorder):
+    return oneshot_sweep(exp, dense_run, sparsities, recorder, reset)
+
+  def run(exp, recorder):
+    dense_run = yield from common.dense(exp, recorder)
+    yield from sweep(exp, dense_run, [exp.config.prune.sparsity], recorder)
+  register(method, sweep=sweep)(run)
+
+
+for _reset, _method in ONESHOT_METHODS.items():
+  _register_oneshot(_method, _reset)
+
+
+# -- iterative ---------------------------------------------------------------------------------------
+
+def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
+  """Program: `rounds` rounds of prune + reset + retrain from the trained dense network, to max(sparsities).
+
+  Each round removes `rate` of the remaining weights (config.iterative.rate, or the rate that reaches
+  the target after `rounds`). reset="init"/"rewind": lottery-ticket rewinding and a full retraining;
+  reset="none": keep training the pruned weights for `round_epochs` with the fine-tuning optimizer.
+  Each round records the accuracy of its mask at the previous round's weights (accuracy_before_retrain)
+  and at the trained dense weights (accuracy_at_dense_weights), the ResNet-20 seed's @w(t-1) and @w0.
+  The last round trains `final_epochs` instead when that is set (the CNN-pruning seed's 5 then 100).
+  Every `random_control_every`-th round also trains its mask from a random initialisation.
+  """
+  cfg = exp.config.iterative
+  rate = cfg.rate or pruning.rate_per_round(max(sparsities), cfg.rounds)
+  state = dense_run.state
+  masks = masks_lib.init(state.params)
+  for round_ in range(1, cfg.rounds + 1):
+    started, name = time.time(), f"iterative round {round_}"
+    masks = common.prune(exp, state.params, masks, rate, name)
+    before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
+    at_dense = common.masked_accuracy(exp, dense_run.state.params, dense_run.state.batch_stats, masks)
+    last = round_ == cfg.rounds
+    if cfg.reset == "none":
+      epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.finetune.epochs
+      params, stats, start, finetune = state.params, state.batch_stats, 0, True
+    else:
+      epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.train.epochs
+      if cfg.reset == "rewind":  # theta_0 itself when rewind_epoch is 0
+        params, stats, start = dense_run.rewind_params, dense_run.rewind_batch_stats, exp.config.prune.rewind_epoch
+      else:
+        params, stats, start = exp.init_params, exp.init_batch_stats, 0
+      finetune = False
+    trainer = exp.trainer(epochs, finetune)
+    tickets = [Ticket("iterative", name, trainer, trainer.init_state(params, stats, masks, exp.key(name), start),
+                      epochs, params, before, started)]
+    if cfg.random_control_every and round_ % cfg.random_control_every == 0:
+      tickets.append(_random_control(exp, masks, epochs, round_, before))
+    fitted = yield from common.fit_tickets(exp, tickets)
+    state = fitted[0][0]
+    for ticket, (trained, history) in zip(tickets, fitted):
+      record = exp.record(trained, history, ticket.method, round_, dense_run.test_accuracy, before, ticket.started)
+      if ticket.method == "iterative":
+        record = record.with_extra(rate_per_round=rate, accuracy_at_dense_weights=at_dense)
+      recorder(record, trained, ticket.rewind_params)
+  return state
+
+
+def _random_control(exp, masks, epochs: int, round_: int, before: float) -> Ticket:
+  """The Lottery Ticket paper's control: this round's mask, trained from a fresh random initialisation."""
+  started, name = time.time(), f"iterative_random round {round_}"
+  params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
+  trainer = exp.trainer(epochs)
+  return Ticket("iterative_random", name, trainer, trainer.init_state(params, stats, masks, exp.key(name)),
+                epochs, params, before, started)
+
+
+@register("iterative", validate=validate_iterative, sweep=iterative_sweep)
+def iterative(exp, recorder: Recorder):
+  dense_run = yield from common.dense(exp, recorder)
+  yield from iterative_sweep(exp, dense_run, [exp.config.prune.sparsity], recorder)
+
+
+# -- dynamic -----------------------------------------------------------------------------------------
+
+def dynamic_run(exp, sparsity: float, recorder: Recorder, dense_accuracy: float | None = None):
+  """Program: one training run from theta_0 that prunes at fractions `config.dynamic.at` of it, no reset.
+
+  Each event removes config.dynamic.fraction of the remaining weights (or the fraction that reaches
+  `sparsity` after all events); the optimizer state and schedule carry on across events.
+  """
+  started, cfg, epochs = time.time(), exp.config.dynamic, exp.config.train.epochs
+  fraction = cfg.fraction or pruning.rate_per_round(sparsity, len(cfg.at))
+  prune_epochs = [int(round(a * epochs)) for a in cfg.at]
+  name = f"dynamic@{sparsity:g}"
+  trainer = exp.trainer(epochs)
+  state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
+                             exp.key(name))
+  history, events, before = [], [], None
+  for epoch in prune_epochs:
+    state, rows = yield from cohort.fit(trainer, state, epoch, name, exp.data)
+    history += rows
+    masks = common.prune(exp, state.params, state.masks, fraction, f"{name}/{epoch}")
+    state = state.replace(masks=masks, params=masks_lib.apply(state.params, masks))
+    before = trainer.evaluate(state, exp.data["test"])["accuracy"]
+    events.append({"epoch": epoch, "sparsity": masks_lib.sparsity(masks, exp.which), "test_accuracy": before})
+  state, rows = yield from cohort.fit(trainer, state, epochs, name, exp.data)
+  record = exp.record(state, history + rows, "dynamic", len(events), dense_accuracy, before, started)
+  recorder(record.with_extra(prune_events=events, fraction_per_event=fraction), state, exp.init_params)
+  return state
+
+
+def dynamic_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
+  """Program: a dynamic run per sparsity, side by side (with train.vmap, one program)."""
+  return (yield from cohort.together(dynamic_run(exp, s, recorder, dense_run.test_accuracy) for s in sparsities))
+
+
+@register("dynamic", validate=validate_dynamic, sweep=dynamic_sweep)
+def dynamic(exp, recorder: Recorder):
+  yield from dynamic_run(exp, exp.config.prune.sparsity, recorder)

@@ -1,0 +1,65 @@
+"""Methods by name. A method registers its per-seed program, its config check and, when it can join
+`compare`, a sweep over sparsities from a shared dense run:
+
+    @registry.register("my_method", validate=validate, sweep=my_sweep)
+    def my_method(exp, recorder):        # a cohort program (lth_jax.methods.cohort)
+      ...
+
+Every registered check runs on every config before anything trains, so a bad value in any method's
+section is refused at once, whichever method runs.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+
+from lth_jax.errors import UserError
+
+# (record, final state, the weights the state was reset to before training) -> None
+Recorder = Callable[[Any, Any, Any], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  run: Callable                        # (exp, recorder) -> program
+  validate: Callable[[ml_collections.ConfigDict], None]
+  sweep: Callable | None = None        # (exp, dense_run, sparsities, recorder) -> program; joins `compare`
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, validate: Callable = lambda config: None, sweep: Callable | None = None):
+  def add(run: Callable) -> Callable:
+    if name in _METHODS:
+      raise ValueError(f"method {name!r} is already registered")
+    _METHODS[name] = Method(name, run, validate, sweep)
+    return run
+  return add
+
+
+def names() -> tuple[str, ...]:
+  return tuple(_METHODS)
+
+
+def comparable() -> tuple[str, ...]:
+  """The methods `compare` can run from its shared dense network."""
+  return tuple(name for name, method in _METHODS.items() if method.sweep is not None)
+
+
+def get(name: str) -> Method:
+  if name not in _METHODS:
+    raise UserError(f"config.method={name!r} is not a method; allowed: {', '.join(_METHODS)}")
+  return _METHODS[name]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The method exists, and every method's section of `config` is valid."""
+  get(config.method)
+  seen = set()
+  for method in _METHODS.values():
+    if method.validate not in seen:   # one check can serve several names (the one-shot family)
+      seen.add(method.validate)
+      method.validate(config)

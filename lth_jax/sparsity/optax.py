@@ -1,0 +1,104 @@
+"""Masked training inside a user's own optax/Flax loop: `keep_pruned` keeps pruned weights exactly 0.
+
+    tx = keep_pruned(optax.sgd(0.1, momentum=0.9), m)
+    state = TrainState.create(apply_fn=model.apply, params=masks.apply(params, m), tx=tx)
+    state = state.apply_gradients(grads=grads)      # pruned weights stay exactly 0.0
+
+Conventions:
+  * `masks` is a mask pytree as in `lth_jax.sparsity.masks`: same structure and shapes as the params;
+    a position is pruned where its mask is 0 (float or bool masks both work).
+  * The masks live in the optimizer state (`MaskedState.masks`), not in the transformation: `update`
+    reads them from there, so they can be swapped between rounds with `with_masks` without building a
+    new transformation (a jitted step keeps its compiled code). The masks given to `keep_pruned` are
+    only the ones `init` puts in.
+  * The inner optimizer never sees a pruned weight: its gradients, and the params it is given (for
+    weight decay), are zero at pruned positions, so its momentum or Adam moments stay zero there.
+  * At pruned positions the update is exactly `-params`, so `optax.apply_updates` (params + updates)
+    gives exactly 0.0 even for params that were not zero; that is why `update` needs `params`.
+  * The wrapper must be the outermost transformation: anything applied after it (a chain, MultiSteps)
+    would change the updates it zeroed. `masks_of` and `with_masks` look for its state at the top
+    level only.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lth_jax.sparsity import masks as masks_lib
+
+
+class MaskedState(NamedTuple):
+  inner_state: optax.OptState
+  masks: Any
+
+
+def _check_shapes(masks, params) -> None:
+  if jax.tree.structure(masks) != jax.tree.structure(params):
+    raise ValueError("keep_pruned: the masks do not have the structure of the params: "
+                     f"{jax.tree.structure(masks)} vs {jax.tree.structure(params)}")
+  for (name, m), p in zip(masks_lib.named_leaves(masks), jax.tree.leaves(params)):
+    if jnp.shape(m) != jnp.shape(p):
+      raise ValueError(f"keep_pruned: mask {name!r} has shape {jnp.shape(m)}, its param {jnp.shape(p)}")
+
+
+def _zero_pruned(tree, masks):
+  # `where`, not `* mask`: a NaN or inf gradient at a pruned position must not leak into the state.
+  return jax.tree.map(lambda x, m: jnp.where(m != 0, x, jnp.zeros_like(x)), tree, masks)
+
+
+def keep_pruned(inner: optax.GradientTransformation, masks) -> optax.GradientTransformation:
+  """Wrap `inner` so that the weights `masks` prunes stay exactly 0.0 after every update."""
+
+  def init_fn(params):
+    _check_shapes(masks, params)
+    return MaskedState(inner.init(_zero_pruned(params, masks)), masks)
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("keep_pruned needs the params in update(grads, state, params): it returns "
+                       "-params at pruned positions so that apply_updates sets them to exactly 0")
+    m = state.masks
+    inner_updates, inner_state = inner.update(_zero_pruned(updates, m), state.inner_state,
+                                              _zero_pruned(params, m))
+    # p + (-p) is exactly 0.0 in floating point, whatever p was.
+    updates = jax.tree.map(lambda u, p, mask: jnp.where(mask != 0, u, -p), inner_updates, params, m)
+    return updates, MaskedState(inner_state, m)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _masked_state(opt_state) -> MaskedState:
+  if not isinstance(opt_state, MaskedState):
+    raise ValueError(f"expected the state of keep_pruned (a MaskedState) at the top level, got "
+                     f"{type(opt_state).__name__}: keep_pruned must be the outermost transformation")
+  return opt_state
+
+
+def masks_of(opt_state):
+  """The masks held in the state of `keep_pruned`."""
+  return _masked_state(opt_state).masks
+
+
+def with_masks(opt_state, new_masks, params=None, tx=None, reset: bool = True) -> MaskedState:
+  """`opt_state` holding `new_masks` instead of its masks.
+
+  reset=True re-initialises the inner state from `params` (fresh momentum and step count, as after a
+  lottery-ticket rewind); it needs `params` and `tx`, the `keep_pruned` transformation (a TrainState's
+  `state.tx`) or its inner one. reset=False keeps the inner state as it is; its moments may be nonzero
+  at newly pruned positions, which is harmless: they are masked out before they reach a weight.
+  """
+  old = _masked_state(opt_state)
+  if jax.tree.structure(new_masks) != jax.tree.structure(old.masks):
+    raise ValueError("with_masks: the new masks do not have the structure of the old ones: "
+                     f"{jax.tree.structure(new_masks)} vs {jax.tree.structure(old.masks)}")
+  if not reset:
+    return MaskedState(old.inner_state, new_masks)
+  if params is None or tx is None:
+    raise ValueError("with_masks(reset=True) re-initialises the inner optimizer: pass params= and "
+                     "tx= (the keep_pruned transformation or its inner one)")
+  fresh = tx.init(_zero_pruned(params, new_masks))
+  # tx is either the wrapper (its init returns a MaskedState) or the inner transformation itself.
+  inner_state = fresh.inner_state if isinstance(fresh, MaskedState) else fresh
+  return MaskedState(inner_state, new_masks)

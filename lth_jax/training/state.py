@@ -1,0 +1,72 @@
+"""The train state and what shapes an update: the optimizers and learning-rate schedules.
+
+The learning rate is a function of the global step stored in the state, so a run rewound to epoch k
+resumes the schedule at epoch k with a fresh optimizer state, as OpenLTH does.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import optax
+
+from lth_jax.errors import UserError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # global step: the learning-rate schedule reads it
+  params: Any
+  batch_stats: Any         # {} for models without BatchNorm
+  masks: Any               # same structure as params
+  opt_state: Any
+  rng: jax.Array
+
+  @property
+  def variables(self):
+    return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
+
+def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The update direction without the learning rate (the train step scales by -lr(step))."""
+  name, wd = config.name, config.weight_decay
+  if name not in OPTIMIZERS:
+    raise UserError(f"config.optimizer.name={name!r} is not an optimizer; allowed: {', '.join(OPTIMIZERS)}")
+  # SGD and Adam take PyTorch's coupled L2 (the seeds' weight_decay); adamw decouples it.
+  coupled = [optax.add_decayed_weights(wd)] if wd and name != "adamw" else []
+  if name == "sgd":
+    core = [optax.trace(decay=config.momentum, nesterov=config.nesterov)] if config.momentum else []
+  elif name == "adam":
+    core = [optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)]
+  else:
+    core = [optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps), optax.add_decayed_weights(wd)]
+  return optax.chain(*coupled, *core) if coupled or core else optax.identity()
+
+
+def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+  """lr(step): optional linear warmup, then constant, step decay at `milestones` (epochs) or cosine."""
+  if config.schedule not in SCHEDULES:
+    raise UserError(f"config.optimizer.schedule={config.schedule!r} is not a schedule; "
+                    f"allowed: {', '.join(SCHEDULES)}")
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  total = epochs * steps_per_epoch
+  if config.schedule == "constant":
+    main = optax.constant_schedule(config.lr)
+  elif config.schedule == "step":
+    main = optax.piecewise_constant_schedule(
+        config.lr, {int(m * steps_per_epoch) - warmup: config.gamma for m in config.milestones})
+  else:
+    main = optax.cosine_decay_schedule(config.lr, max(total - warmup, 1))
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), main], [warmup])
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+  if batch_size < 1 or batch_size > n_train:
+    raise UserError(f"config.train.batch_size={batch_size} must be in [1, {n_train}] (the training set size)")
+  return n_train // batch_size  # the last partial batch is dropped; the next epoch reshuffles

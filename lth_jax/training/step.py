@@ -1,0 +1,123 @@
+"""The train and eval steps as plain functions of (recipe, state, data); `Trainer` compiles them.
+
+One step: gradients -> optax update -> update * mask -> apply -> params * mask, so pruned weights stay
+exactly zero through momentum, Adam and weight decay. An epoch is one shuffle and `steps_per_epoch`
+steps; `epoch` runs them as one `lax.scan`, and a caller may run the same shuffle and steps one by one
+(`shuffle`, `batch_step`): the numbers are the same to float tolerance.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from lth_jax.training.state import TrainState
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Recipe:
+  """Everything a step needs besides the state and the data."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  lr: optax.Schedule
+  batch_size: int
+  steps_per_epoch: int
+  eval_batch_size: int = 1000
+  augment: Callable | None = None          # (key, x) -> x
+  regularizer: Callable | None = None      # params -> scalar added to the loss
+  mesh: jax.sharding.Mesh | None = None    # batches split over its "data" axis
+  compute_dtype: str = "float32"
+
+
+def split_batch(recipe: Recipe, a):
+  """Shard a batch over the mesh; XLA then runs the step data-parallel (params stay replicated)."""
+  if recipe.mesh is None:
+    return a
+  return jax.lax.with_sharding_constraint(a, NamedSharding(recipe.mesh, PartitionSpec("data")))
+
+
+def apply_model(recipe: Recipe, variables, x, train: bool):
+  """model.apply in the compute dtype: params and inputs cast down, logits back to float32.
+
+  Gradients flow through the casts to the float32 params; BatchNorm statistics are left float32
+  (Flax computes them in float32 and their running averages stay there).
+  """
+  dtype = COMPUTE_DTYPES[recipe.compute_dtype]
+  if dtype != jnp.float32:
+    variables = {**variables, "params": jax.tree.map(lambda p: p.astype(dtype), variables["params"])}
+    x = x.astype(dtype)
+  if train and "batch_stats" in variables:
+    logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits.astype(jnp.float32), updates["batch_stats"]
+  return recipe.model.apply(variables, x, train=train).astype(jnp.float32), variables.get("batch_stats", {})
+
+
+def train_step(recipe: Recipe, state: TrainState, batch) -> tuple[TrainState, dict]:
+  x, y = batch
+  rng, step_key = jax.random.split(state.rng)
+  if recipe.augment is not None:
+    x = recipe.augment(step_key, x)
+
+  def loss_fn(params):
+    variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+    logits, new_stats = apply_model(recipe, variables, x, train=True)
+    loss = cross_entropy(logits, y).mean()
+    penalty = recipe.regularizer(params) if recipe.regularizer is not None else 0.0
+    return loss + penalty, (loss, logits, new_stats)
+
+  (_, (loss, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.tree.map(jnp.multiply, grads, state.masks)
+  updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
+  lr = recipe.lr(state.step)
+  params = jax.tree.map(lambda p, u, m: (p - lr * u * m) * m, state.params, updates, state.masks)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                            opt_state=opt_state, rng=rng)
+  return new_state, {"loss": loss, "accuracy": accuracy, "lr": lr}
+
+
+def shuffle(recipe: Recipe, state: TrainState, x) -> tuple[TrainState, Any]:
+  """The epoch's batches as rows of example indices (the last partial batch dropped)."""
+  rng, perm_key = jax.random.split(state.rng)
+  order = jax.random.permutation(perm_key, x.shape[0])[: recipe.steps_per_epoch * recipe.batch_size]
+  return state.replace(rng=rng), order.reshape(recipe.steps_per_epoch, recipe.batch_size)
+
+
+def batch_step(recipe: Recipe, state: TrainState, x, y, order, i):
+  """Step i of the epoch whose batches `order` holds."""
+  idx = order[i]
+  return train_step(recipe, state, (split_batch(recipe, x[idx]), split_batch(recipe, y[idx])))
+
+
+def epoch(recipe: Recipe, state: TrainState, x, y):
+  """One shuffle and every step of an epoch as one lax.scan; metrics are the epoch's means."""
+  state, order = shuffle(recipe, state, x)
+  state, metrics = jax.lax.scan(lambda s, i: batch_step(recipe, s, x, y, order, i), state,
+                                jnp.arange(recipe.steps_per_epoch))
+  return state, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
+
+
+def logits(recipe: Recipe, variables, x):
+  """Logits of `x` in eval mode, computed in fixed-size batches (the last one padded)."""
+  shards = recipe.mesh.size if recipe.mesh is not None else 1
+  n, size = x.shape[0], min(recipe.eval_batch_size, -(-x.shape[0] // shards) * shards)
+  batches = -(-n // size)
+  padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])
+  out = jax.lax.map(lambda b: apply_model(recipe, variables, split_batch(recipe, b), train=False)[0],
+                    padded.reshape(batches, size, *x.shape[1:]))
+  return out.reshape(batches * size, -1)[:n]
+
+
+def evaluate(recipe: Recipe, variables, x, y) -> dict:
+  out = logits(recipe, variables, x)
+  return {"loss": cross_entropy(out, y).mean(), "accuracy": jnp.mean(jnp.argmax(out, -1) == y)}

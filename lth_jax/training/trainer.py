@@ -1,0 +1,171 @@
+"""Masked training of a list of states: the epoch loop, evaluation, checkpoints and resuming.
+
+`Trainer.fit` is the one way to train. It takes a list of states that start at the same epoch: one
+state trains alone; several (different masks, weights, keys) train as one program, vmapped over a
+leading axis, with each member's numbers equal to training it alone to float tolerance. Which states
+train together is decided above it (`lth_jax.methods.cohort`).
+
+The data already lives on the device; an epoch is one `lax.scan` over its batches or, on XLA's CPU
+backend, one jitted step per batch dispatched from Python (see `LOOPS`). Either way the state's
+buffers are donated, so an epoch holds one copy of params and optimizer state.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lth_jax.errors import UserError
+from lth_jax.training import step
+from lth_jax.training.state import TrainState, learning_rate, optimizer
+
+# "scan": an epoch is one compiled lax.scan. "steps": one compiled step per batch, called from Python.
+# "auto": steps on CPU, scan elsewhere -- XLA CPU (jaxlib 0.10) lowers the convolutions' gradients
+# inside any while loop to generic loop kernels, 20-35x slower than the same step compiled alone
+# (results/bench_cpu); dispatching a step costs microseconds next to a batch's work.
+LOOPS = ("auto", "scan", "steps")
+
+
+def _compiled(fn, in_axes, donate: bool = True) -> tuple[Callable, Callable]:
+  """(fn for one state, fn for states stacked along a leading axis), each jitted once."""
+  donate_argnums = 0 if donate else ()
+  return jax.jit(fn, donate_argnums=donate_argnums), jax.jit(jax.vmap(fn, in_axes=in_axes),
+                                                             donate_argnums=donate_argnums)
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Compiled train and eval functions for one model, optimizer and batch size."""
+  model: nn.Module
+  opt_config: ml_collections.ConfigDict
+  batch_size: int
+  steps_per_epoch: int
+  epochs: int                       # length of the schedule
+  eval_batch_size: int = 1000
+  augment: Callable | None = None   # (key, x) -> x, runs inside jit
+  mesh: jax.sharding.Mesh | None = None   # data parallelism: batches split over its "data" axis
+  regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
+  store: Any = None                       # checkpoint.SegmentStore: resume each fit where it stopped
+  eval_every: int = 1                     # epochs between validation/test evaluations (always at the end)
+  loop: str = "auto"                      # one of LOOPS
+  compute_dtype: str = "float32"          # "bfloat16": activations and matmuls in bf16; params, masks,
+                                          # optimizer state and BatchNorm statistics stay float32
+
+  def __post_init__(self):
+    if self.loop not in LOOPS:
+      raise UserError(f"config.train.loop={self.loop!r} is not a loop; allowed: {', '.join(LOOPS)}")
+    if self.compute_dtype not in step.COMPUTE_DTYPES:
+      raise UserError(f"config.train.compute_dtype={self.compute_dtype!r} is not supported; "
+                      f"allowed: {', '.join(step.COMPUTE_DTYPES)}")
+    self.tx = optimizer(self.opt_config)
+    self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs)
+    if self.loop == "auto":
+      self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
+    self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
+                                       self.augment, self.regularizer, self.mesh, self.compute_dtype)
+    # The state is donated: `fit` copies the caller's states once, so states that methods keep to
+    # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
+    self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))
+    self._shuffle = _compiled(functools.partial(step.shuffle, recipe), (0, None))
+    self._batch_step = _compiled(functools.partial(step.batch_step, recipe), (0, None, None, 0, None))
+    self._evaluate = _compiled(functools.partial(step.evaluate, recipe), (0, None, None), donate=False)
+    self._logits = jax.jit(functools.partial(step.logits, recipe))
+
+  def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
+    """A fresh optimizer state; params are masked so the state starts consistent."""
+    params = jax.tree.map(lambda p, m: p * m, params, masks)
+    return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
+                      batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
+
+  def train_epoch(self, state: TrainState, x, y, batched: bool = False):
+    """One epoch on (x, y); `batched`: `state` stacks several tickets along a leading axis. Consumes `state`."""
+    if self.loop == "scan":
+      return self._epoch[batched](state, x, y)
+    state, order = self._shuffle[batched](state, x)   # the scan's epoch, one dispatch per batch
+    metrics = []
+    for i in range(self.steps_per_epoch):
+      state, m = self._batch_step[batched](state, x, y, order, i)
+      metrics.append(m)
+    return state, jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *metrics)
+
+  def logits(self, state: TrainState, x) -> jax.Array:
+    return self._logits(state.variables, x)
+
+  def evaluate(self, state: TrainState, split) -> dict:
+    return {k: float(v) for k, v in self._evaluate[False](state.variables, *split).items()}
+
+  def fit(self, states: list, data, end_epoch: int, names: list, log_every: int = 0):
+    """Train every state until the global epoch `end_epoch`: (states, one history per state).
+
+    The states must start at the same epoch; several train as one vmapped program. names[i] names
+    state i's segment for checkpoints and logs. Each history row: epoch (1-based, global), train
+    loss/accuracy (means over the epoch), validation and test loss/accuracy after the epoch (every
+    `self.eval_every` epochs and at the end; None between), learning rate of its last step.
+    """
+    batched = len(states) > 1
+    start_epoch = int(states[0].step) // self.steps_per_epoch
+    if any(int(s.step) // self.steps_per_epoch != start_epoch for s in states):
+      raise ValueError("Trainer.fit needs states that start at the same epoch")
+    segments = [f"{name}/{start_epoch}-{end_epoch}" for name in names]
+    histories, start = [[] for _ in states], time.time()
+    if self.store is not None and end_epoch > start_epoch:
+      states, histories = self._restore_together(segments, states, histories, end_epoch)
+      if histories[0] and log_every:
+        logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
+    current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
+    for epoch in range(start_epoch + len(histories[0]) + 1, end_epoch + 1):
+      current, metrics = self.train_epoch(current, *data["train"], batched=batched)
+      figures = {"train": metrics}
+      if epoch % self.eval_every == 0 or epoch == end_epoch:   # every member at once, on the device
+        figures.update({split: self._evaluate[batched](current.variables, *data[split]) for split in ("val", "test")})
+      figures = jax.device_get(figures)   # the epoch's one transfer to the host
+      members = _unstack(current, len(states)) if batched else [current]
+      for i, (member, name, history) in enumerate(zip(members, names, histories)):
+        train_metrics, val, test = (
+            {k: float(v[i] if batched else v) for k, v in figures[split].items()} if split in figures
+            else {"loss": None, "accuracy": None} for split in ("train", "val", "test"))
+        history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
+                        "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
+                        "val_accuracy": val["accuracy"], "test_loss": test["loss"],
+                        "test_accuracy": test["accuracy"], "lr": train_metrics["lr"]})
+        if log_every and (epoch % log_every == 0 or epoch == end_epoch):
+          logging.info("%s epoch %d/%d  train loss %.4f  val acc %s  test acc %s  (%.1fs)", name, epoch,
+                       end_epoch, history[-1]["train_loss"], _fmt(val["accuracy"]), _fmt(test["accuracy"]),
+                       time.time() - start)
+        if not np.isfinite(history[-1]["train_loss"]):
+          raise UserError(f"{name}: training loss is not finite at epoch {epoch}; lower config.optimizer.lr or "
+                          "check the data (the last good checkpoint is kept)")
+        if self.store is not None:
+          self.store.save(segments[i], epoch, member, history, final=epoch == end_epoch)
+    return (_unstack(current, len(states)) if batched else [current]), histories
+
+  def _restore_together(self, segments, states, histories, end_epoch):
+    """Every member from its newest checkpoint at one common epoch, or all from the start."""
+    target = end_epoch
+    while True:
+      restored = [self.store.restore(seg, s, target) for seg, s in zip(segments, states)]
+      if any(r is None for r in restored):
+        return states, histories
+      done = [len(history) for _, history in restored]
+      if min(done) == max(done):
+        return [state for state, _ in restored], [history for _, history in restored]
+      target = int(states[0].step) // self.steps_per_epoch + min(done)
+
+
+def _fmt(value) -> str:
+  return "–" if value is None else f"{value:.4f}"
+
+
+def _stack(states: list):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def _unstack(stacked, n: int) -> list:
+  return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
