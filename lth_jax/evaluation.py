@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from lth_jax import data as data_lib
+from lth_jax.data import tfds_source
 from lth_jax.errors import UserError
 from lth_jax.methods.record import RunRecord
 from lth_jax.metrics import calibration
@@ -109,7 +110,6 @@ class Evaluator:
     """A labelled shifted test set: 'tfds:NAME' (e.g. the released CIFAR-10-C) or a data set 'NAME[:DIR]'."""
     exp = self.exp
     if entry.startswith("tfds:"):
-      from lth_jax.data import tfds_source  # imports TFDS only when such a set is asked for
       x, y = tfds_source.test_split(entry[len("tfds:"):], exp.config.data.tfds_dir)
     else:
       name, _, directory = entry.partition(":")

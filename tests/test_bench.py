@@ -3,7 +3,7 @@ import json
 
 import jax
 
-from lth_jax import bench
+from benchmarks import bench
 
 
 def test_quick_lenet_reports_positive_throughputs(tmp_path):

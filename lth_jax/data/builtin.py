@@ -7,7 +7,7 @@ import numpy as np
 import palmerpenguins
 import sklearn.datasets
 
-from lth_jax.data import Dataset, register, split
+from lth_jax.data.registry import Dataset, register, split
 from lth_jax.data.idx import read_idx
 from lth_jax.errors import UserError, check
 

@@ -28,7 +28,8 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
-from lth_jax.data import Dataset, builtin, register, split
+from lth_jax.data import builtin
+from lth_jax.data.registry import Dataset, register, split
 from lth_jax.errors import UserError, check
 
 Config = ml_collections.ConfigDict

@@ -16,7 +16,7 @@ labels are the data set's supervised keys, e.g. ('image', 'label').
 import ml_collections
 import numpy as np
 
-from lth_jax.data import Dataset, register, split
+from lth_jax.data.registry import Dataset, register, split
 from lth_jax.data.files import to_unit_range
 from lth_jax.errors import UserError, check
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from lth_jax.models import register
+from lth_jax.models.registry import register
 
 # Figure 2 of the paper: Gaussian Glorot initialization for every layer.
 _init = nn.initializers.glorot_normal()

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lth_jax.errors import UserError
-from lth_jax.models import register
+from lth_jax.models.registry import register
 
 ACTIVATIONS = {
     "relu": nn.relu,

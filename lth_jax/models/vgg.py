@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import flax.linen as nn
 
 from lth_jax.errors import UserError
-from lth_jax.models import register
+from lth_jax.models.registry import register
 
 # Conv widths; "M" is a 2x2 max-pool. The final pool of the ImageNet configurations is dropped.
 CONFIGS = {

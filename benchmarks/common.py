@@ -1,0 +1,119 @@
+"""What the benchmark's parts share: the specs, the targets, timing under load, figures and synthetic data."""
+
+import dataclasses
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+SPARSITY = 0.8
+K = 8
+LOAD_LIMIT = 1.5       # 1-minute load average above which a measurement is flagged noisy
+MASKED_TARGET = 0.03   # masked at most 3% slower than dense (faster is no shortfall)
+LENET_TORCH_TARGET = 1.5
+LOOP_DIAGNOSTIC_S = 30.0   # the loop diagnostic stops timing more epochs of a loop once they took this long
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One model's benchmark: input shape, batch and how many images an epoch holds."""
+  name: str
+  label: str
+  shape: tuple          # one image, HWC
+  batch_size: int
+  n_train: int          # images per epoch
+  repeats: int          # timed epochs (the figure is their median)
+  warmup: int           # untimed epochs of dense and of masked (at least one: the first compiles)
+  loop_steps: int       # batches in the loop diagnostic's epoch
+
+
+# The loop diagnostic's convnet epochs are 2 batches, the fewest that keep the scan a real loop (XLA
+# removes a one-trip loop): a convnet's scan epoch runs at a few images/s or less on XLA CPU.
+FULL = {
+    "lenet300_100": Spec("lenet300_100", "LeNet-300-100", (28, 28, 1), 60, 6000, 15, 1, 100),
+    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 64, 256, 3, 1, 2),
+    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 64, 640, 3, 1, 2),
+}
+# Smoke mode: the same code paths on tiny epochs; its figures are not comparable.
+QUICK = {
+    "lenet300_100": Spec("lenet300_100", "LeNet-300-100", (28, 28, 1), 60, 600, 3, 1, 10),
+    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 2, 4, 1, 0, 2),
+    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 2, 4, 1, 0, 2),
+}
+QUICK_MODELS = ("lenet300_100",)
+
+
+# -- timing and load ------------------------------------------------------------------------------
+
+
+class Load:
+  """Load average before each measurement, and the CPU share other processes took during it.
+
+  The load average counts this benchmark's own threads too, so it reads high even on an idle machine
+  once a measurement has run a while; the share of CPU time not spent by this process (from
+  /proc/stat) is the better noise indicator, and both are recorded.
+  """
+
+  def __init__(self):
+    self.samples, self.warnings, self._warned = [], [], set()
+
+  @staticmethod
+  def _cpu():
+    try:
+      with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+      return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # not idle, not iowait
+    own = os.times()
+    return time.perf_counter(), busy, own.user + own.system
+
+  def measure(self, what: str, fn: Callable[[], Any]) -> float:
+    """Seconds `fn` takes (it must block until its results are ready)."""
+    load = os.getloadavg()[0]
+    if load > LOAD_LIMIT:
+      message = f"load average {load:.2f} > {LOAD_LIMIT} before {what}: the figure is noisy"
+      self.warnings.append(message)
+      if what not in self._warned:   # once per kind of measurement: repeats of it say the same
+        self._warned.add(what)
+        print(f"  WARNING: {message}", flush=True)
+    before = self._cpu()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    after = self._cpu()
+    others = None
+    wall = after[0] - before[0] if before and after else 0.0
+    if wall > 0.5:   # /proc/stat counts in 10 ms ticks: shorter spans say nothing
+      others = max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / (wall * os.cpu_count()))
+    self.samples.append({"what": what, "load_avg_1m": round(load, 2), "seconds": seconds,
+                         "others_cpu_share": None if others is None else round(others, 3)})
+    return seconds
+
+
+def figure(images: int, seconds: list, **extra) -> dict:
+  """Images/s from the median epoch time."""
+  return {"img_s": images / statistics.median(seconds), "epoch_s": seconds, **extra}
+
+
+def ratio(a, b):
+  """a / b, or None where either is missing (or zero)."""
+  return a / b if a and b else None
+
+
+def paired_ratio(times: dict) -> float:
+  """Masked/dense throughput as the median over back-to-back pairs: a pair shares its background load."""
+  return statistics.median(d / m for d, m in zip(times["dense"], times["masked"]))
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def synthetic_data(spec: Spec, seed: int = 0):
+  """Random images of the spec's shape and labels in 0..9, as numpy arrays (both frameworks take them)."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((spec.n_train, *spec.shape), dtype=np.float32)
+  y = rng.integers(0, 10, spec.n_train).astype(np.int32)
+  return x, y

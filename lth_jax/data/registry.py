@@ -1,0 +1,80 @@
+"""Data sets by name, as numpy arrays split into train / val / test: the registry and the split.
+
+`load(config.data, seed)` returns a `Dataset`. Sources register themselves with `@register(name)` and
+read only the config keys they need. Inputs are only scaled into [0, 1] here: normalising by mean and
+standard deviation is the training code's job.
+"""
+
+import dataclasses
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+from lth_jax.errors import UserError, check
+
+Split = tuple[np.ndarray, np.ndarray]  # x float32 (N, ...features), y int32 (N,)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
+class Dataset:
+  name: str
+  train: Split
+  val: Split
+  test: Split
+  num_classes: int
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    return self.train[0].shape[1:]
+
+
+Source = Callable[[ml_collections.ConfigDict, int], Dataset]
+_REGISTRY: dict[str, Source] = {}
+
+
+def register(name: str):
+  def decorate(source: Source) -> Source:
+    _REGISTRY[name] = source
+    return source
+  return decorate
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
+  """Loads `config.name`, split with `seed`; `config.subset` > 0 keeps that many training examples."""
+  if config.name not in _REGISTRY:
+    raise UserError(f"config.data.name={config.name!r} is not a data set; allowed: {', '.join(names())}")
+  dataset = _REGISTRY[config.name](config, seed)
+  if config.subset:
+    x, y = dataset.train
+    check(0 < config.subset <= len(y),
+          f"config.data.subset={config.subset} must be 0 (all) or in [1, {len(y)}] for {config.name}")
+    # The training split is already shuffled, so its head is a random subset.
+    dataset = dataclasses.replace(dataset, train=(x[:config.subset], y[:config.subset]))
+  if config.test_subset:
+    x, y = dataset.test
+    check(0 < config.test_subset <= len(y),
+          f"config.data.test_subset={config.test_subset} must be 0 (all) or in [1, {len(y)}] for {config.name}")
+    # Test splits are often sorted by class: take a seeded random subset, not the head.
+    keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:config.test_subset])
+    dataset = dataclasses.replace(dataset, test=(x[keep], y[keep]))
+  return dataset
+
+
+def split(x: np.ndarray, y: np.ndarray, seed: int, **fractions: float) -> list[Split]:
+  """Shuffles (x, y) with `seed` and returns [train, *one part per fraction], cast to float32 / int32.
+
+  The keyword names are the config keys (`val_fraction=...`), so that errors can name them.
+  """
+  for key, fraction in fractions.items():
+    check(0 <= fraction < 1, f"config.data.{key}={fraction} must be in [0, 1)")
+  sizes = [round(fraction * len(y)) for fraction in fractions.values()]
+  num_train = len(y) - sum(sizes)
+  check(num_train > 0, f"config.data.{' + '.join(fractions)} leaves no training examples out of {len(y)}")
+  order = np.random.default_rng(seed).permutation(len(y))
+  parts = np.split(order, np.cumsum([num_train, *sizes[:-1]]))
+  return [(x[part].astype(np.float32, copy=False), y[part].astype(np.int32, copy=False)) for part in parts]

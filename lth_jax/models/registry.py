@@ -1,0 +1,38 @@
+"""Flax models by name. `get(name, num_classes=..., **kwargs)` builds one; later modules register more."""
+
+import inspect
+from typing import Callable
+
+import flax.linen as nn
+
+from lth_jax.errors import UserError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+  def decorate(builder):
+    _REGISTRY[name] = builder
+    return builder
+  return decorate
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs) -> nn.Module:
+  if name not in _REGISTRY:
+    raise UserError(f"config.model.name={name!r} is not a model; allowed: {', '.join(names())}")
+  builder = _REGISTRY[name]
+  allowed = set(inspect.signature(builder).parameters) - {"num_classes"}
+  unknown = sorted(set(kwargs) - allowed - {"num_classes"})
+  if unknown:
+    raise UserError(f"config.model.{unknown[0]} does not apply to model {name!r}; "
+                    f"its keys: {', '.join(sorted(allowed)) or 'none'}")
+  return builder(**kwargs)
+
+
+def config_kwargs(model_config) -> dict:
+  """config.model's options for `get`, without the name."""
+  return {k: v for k, v in model_config.to_dict().items() if k != "name"}
