@@ -205,4 +205,15 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)
   if total == 0:
     raise UserError(f"config.prune.exclude={tuple(config.prune.exclude)} leaves no prunable weights")
+  check_ready(exp)
   return exp
+
+
+def check_ready(exp: Experiment) -> None:
+  """Build now what would otherwise first be built after the dense network has trained, so its errors
+  come before any epoch and before the workdir records the config: the trainers (optimizer, schedules,
+  batch size against the training set) and the evaluator's held-out sets (config.metrics)."""
+  exp.trainer(exp.config.train.epochs)
+  exp.trainer(exp.config.train.epochs, finetune=True)
+  exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
+
