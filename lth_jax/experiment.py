@@ -213,7 +213,8 @@ def check_ready(exp: Experiment) -> None:
   """Build now what would otherwise first be built after the dense network has trained, so its errors
   come before any epoch and before the workdir records the config: the trainers (optimizer, schedules,
   batch size against the training set) and the evaluator's held-out sets (config.metrics)."""
-  exp.trainer(exp.config.train.epochs)
-  exp.trainer(exp.config.train.epochs, finetune=True)
+  # Uncached: the trainers a run keeps are made once `exp.store` is set (after the workdir is checked).
+  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs)
+  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs, finetune=True)
   exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
 

@@ -74,3 +74,35 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_finishes(straig
   proc = run(tmp_path)   # the lock went with its holder
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert numbers(tmp_path) == numbers(straight)
+
+
+def flip_a_byte(directory: Path) -> Path:
+  """One bit flipped in the middle of the largest file under `directory` (the arrays' data)."""
+  target = max((f for f in directory.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+  data = bytearray(target.read_bytes())
+  data[len(data) // 2] ^= 0x10
+  target.write_bytes(bytes(data))
+  return target
+
+
+def test_a_flipped_bit_in_the_newest_checkpoint_falls_back_to_the_one_before(straight, tmp_path):
+  proc = run(tmp_path, "--config.checkpoint.every=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  segment = tmp_path / "checkpoints" / "dense_0-3"
+  flip_a_byte(segment / "3")
+  proc = run(tmp_path, "--config.checkpoint.every=1")   # replays the dense segment from its checkpoints
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "checkpoint 3 of dense/0-3 is corrupted" in proc.stderr and "using the one before it" in proc.stderr
+  assert "dense: resumed at epoch 2" in proc.stderr
+  assert numbers(tmp_path) == numbers(straight)
+
+
+def test_a_corrupted_or_foreign_ticket_is_refused_in_one_line(straight, tmp_path):
+  runs = json.loads((straight / "results.json").read_text())["runs"]
+  ticket = tmp_path / "ticket"
+  subprocess.run(["cp", "-r", str(straight / runs[-1]["ticket"]), str(ticket)], check=True)
+  evaluate = lambda path: run(tmp_path / "eval", "--config.mode=eval", f"--config.restore={path}")
+  assert evaluate(ticket).returncode == 0
+  flip_a_byte(ticket)
+  one_line_error(evaluate(ticket), f"the ticket at {str(ticket)!r} is corrupted")
+  one_line_error(evaluate(straight), f"the ticket at {str(straight)!r} cannot be read")   # a workdir
