@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,3 +108,39 @@ def test_a_corrupted_or_foreign_ticket_is_refused_in_one_line(straight, tmp_path
   flip_a_byte(ticket)
   one_line_error(evaluate(ticket), f"the ticket at {str(ticket)!r} is corrupted")
   one_line_error(evaluate(straight), f"the ticket at {str(straight)!r} cannot be read")   # a workdir
+
+
+def npz_config(path):
+  from lth_jax.config import base
+  c = base().data
+  c.name, c.dir = "npz", str(path)
+  return c
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a: a["x_train"].__setitem__((5, 2), np.inf), "inputs hold non-finite values, e.g. inf"),
+    (lambda a: a["x_test"].__setitem__((1, 0), np.nan), "the test inputs hold non-finite values, e.g. nan"),
+    (lambda a: a["y_train"].__setitem__(7, 42), "labels hold 42, outside the 3 classes 0..2"),
+    (lambda a: a.update(y_train=a["y_train"] * 0, y_test=a["y_test"] * 0), "has 1 class(es); classification needs"),
+])
+def test_bad_data_is_refused_naming_the_file_and_the_value(tmp_path, damage, message):
+  from lth_jax import data as data_lib
+  from lth_jax.errors import UserError
+  rng = np.random.default_rng(0)
+  arrays = {"x_train": rng.random((60, 4), np.float32), "y_train": np.arange(60) % 3,
+            "x_test": rng.random((30, 4), np.float32), "y_test": np.arange(30) % 3}
+  np.savez(tmp_path / "good.npz", **arrays)
+  assert data_lib.load(npz_config(tmp_path / "good.npz"), 0).num_classes == 3
+  damage(arrays)
+  np.savez(tmp_path / "bad.npz", **arrays)
+  with pytest.raises(UserError, match=re.escape(message)) as error:
+    data_lib.load(npz_config(tmp_path / "bad.npz"), 0)
+  assert str(tmp_path / "bad.npz") in str(error.value)
+
+
+def test_an_empty_npz_is_refused(tmp_path):
+  from lth_jax import data as data_lib
+  from lth_jax.errors import UserError
+  (tmp_path / "empty.npz").write_bytes(b"")
+  with pytest.raises(UserError, match="not a readable .npz"):
+    data_lib.load(npz_config(tmp_path / "empty.npz"), 0)
