@@ -144,3 +144,29 @@ def test_an_empty_npz_is_refused(tmp_path):
   (tmp_path / "empty.npz").write_bytes(b"")
   with pytest.raises(UserError, match="not a readable .npz"):
     data_lib.load(npz_config(tmp_path / "empty.npz"), 0)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 150 KiB tmpfs (the workdir of a run needs about 500 KiB), where the test may mount one."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(mount)], capture_output=True).returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  yield mount
+  subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_on_a_larger_disk_resumes(straight, small_disk):
+  workdir = small_disk / "w"
+  proc = run(workdir)
+  # Where the disk fills (a checkpoint, a ticket, the report) depends on the file system's accounting;
+  # each ends in one line. An Orbax background thread may still print its traceback above it.
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("lth_jax: error: ") and "No space left on device" in last, last
+  subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+  proc = run(workdir)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "resumed at epoch" in proc.stderr
+  assert numbers(workdir) == numbers(straight)

@@ -21,9 +21,10 @@ from lth_jax.sparsity.masks import named_leaves
 
 @contextlib.contextmanager
 def _quiet():
-  """Orbax logs several INFO lines per save through absl; keep the run's log readable."""
+  """Orbax logs several INFO lines per save through absl, and a failed write or read as ERROR with its
+  traceback; every failure inside is raised to the caller, which reports it in one line."""
   level = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.FATAL)
   try:
     yield
   finally:
@@ -68,12 +69,16 @@ def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -
   """
   tree = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks,
           "rewind_params": rewind_params}
-  with _quiet(), ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(path), tree, force=True)
-  if metadata is not None:  # after the checkpointer has closed: the directory is complete
-    with open(os.path.join(path, METADATA), "w") as f:
-      json.dump(metadata, f, indent=1)
-  write_atomic(os.path.join(path, CHECKSUM), digest(path))
+  try:
+    with _quiet(), ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.abspath(path), tree, force=True)
+    if metadata is not None:  # after the checkpointer has closed: the directory is complete
+      with open(os.path.join(path, METADATA), "w") as f:
+        json.dump(metadata, f, indent=1)
+    write_atomic(os.path.join(path, CHECKSUM), digest(path))
+  except Exception as e:  # noqa: BLE001  -- as in SegmentStore.save
+    raise UserError(f"cannot write the ticket {path!r} ({_reason(e)}); free space and rerun the same command "
+                    "to resume") from None
 
 
 def load_metadata(path: str) -> dict | None:
@@ -114,6 +119,15 @@ def load_ticket(path: str) -> dict:
 
 def _first_line(e: Exception) -> str:
   return str(e).splitlines()[0] if str(e) else ""
+
+
+def _reason(e: Exception) -> str:
+  """'No space left on device' wherever a write failure buries it (tensorstore nests the OS error)."""
+  text = f"{getattr(e, 'strerror', None) or ''} {e}"
+  for known in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied"):
+    if known in text:
+      return known
+  return f"{type(e).__name__}: {_first_line(e)[:200]}"
 
 
 def export_npz(path: str, params, masks) -> None:
@@ -170,8 +184,9 @@ class SegmentStore:
       for stale in os.listdir(self._segment_dir(name)):   # checksums of checkpoints Orbax has dropped
         if stale.endswith(".sha256") and stale[:-len(".sha256")] not in kept:
           os.remove(os.path.join(self._segment_dir(name), stale))
-    except OSError as e:
-      raise UserError(f"cannot write a checkpoint under {self.directory!r}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001  -- a full disk reaches us as OSError or as tensorstore's ValueError
+      raise UserError(f"cannot write a checkpoint under {self.directory!r} ({_reason(e)}); free space and rerun "
+                      "the same command to resume") from None
 
   def restore(self, name: str, template, end_epoch: int):
     """(state, history) from the newest readable checkpoint at or before `end_epoch`, or None.
