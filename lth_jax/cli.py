@@ -51,8 +51,11 @@ def check_config_argv(argv, default: str) -> None:
   """Fail in one line on a missing config file or a `--config.a.b` key the config does not have.
 
   ml_collections reports both with a traceback (the overrides are parsed when the flag is defined),
-  so this runs before `DEFINE_config_file`.
+  so this runs before `DEFINE_config_file`. `--config.help` lists every key with its default and meaning.
   """
+  if "--config.help" in argv:
+    print(config_lib.describe())
+    sys.exit(0)
   path = _config_path(argv, default).split(":", 1)[0]
   if not os.path.isfile(path):
     fail(f"--config={path!r}: no such config file (see configs/ for the experiments)")

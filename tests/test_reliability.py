@@ -170,3 +170,52 @@ def test_a_full_disk_is_one_line_and_the_rerun_on_a_larger_disk_resumes(straight
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "resumed at epoch" in proc.stderr
   assert numbers(workdir) == numbers(straight)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("workdir", "", "config.workdir is empty"),
+    ("compare.methods", (), "config.compare.methods is empty (compare would run only dense)"),
+])
+def test_empty_values_that_would_do_something_else_are_refused(key, value, message):
+  from tests.helpers import small_config
+  from lth_jax import experiment
+  from lth_jax.errors import UserError
+  experiment.validate(small_config(method="compare"))
+  with pytest.raises(UserError, match=re.escape(message)):
+    experiment.validate(small_config(method="compare", **{key: value}))
+
+
+def test_the_model_can_be_switched_from_the_command_line():
+  from lth_jax import experiment, models
+  from lth_jax.config import base
+  from lth_jax.errors import UserError
+  c = base().model
+  c.name = "resnet20"   # model.widths / activation / output_activation are the MLP's, at their defaults
+  assert experiment.model_kwargs(c) == {}
+  c.activation = "tanh"   # set deliberately: still refused
+  with pytest.raises(UserError, match="config.model.activation does not apply to model 'resnet20'"):
+    models.get(c.name, num_classes=10, **experiment.model_kwargs(c))
+
+
+def test_restart_removes_the_old_plots(tmp_path):
+  from tests.helpers import small_config
+  from lth_jax.training import resume
+  config = small_config(workdir=str(tmp_path))
+  resume.prepare(config)
+  (tmp_path / "curves.png").write_bytes(b"old")
+  (tmp_path / "notes.txt").write_text("mine")
+  config.checkpoint.restart = True
+  resume.prepare(config)
+  assert not (tmp_path / "curves.png").exists() and (tmp_path / "notes.txt").exists()
+  assert (tmp_path / "config.json").exists()
+
+
+def test_every_config_key_is_listed_with_its_default_and_meaning():
+  from lth_jax import config
+  listing = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config.help"], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=120)
+  assert listing.returncode == 0 and listing.stdout.strip() == config.describe()
+  lines = {line.split(" = ")[0]: line for line in listing.stdout.splitlines()}
+  assert set(lines) == set(config._flat(config.base()))
+  assert lines["prune.scope"].startswith("prune.scope = 'global'") and lines["prune.scope"].endswith("# global | layerwise")
+  assert "(and always at the end of a segment)" in lines["checkpoint.every"]

@@ -74,8 +74,8 @@ def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
   if config.checkpoint.restart:
     for name in ("checkpoints", "tickets"):
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-    for name in ("config.json", "results.json", "results.md"):
-      if os.path.exists(os.path.join(workdir, name)):
+    for name in os.listdir(workdir):   # the plots too: a restarted run may not draw all of them again
+      if name in ("config.json", "results.json", "results.md") or name.endswith(".png"):
         os.remove(os.path.join(workdir, name))
   elif os.path.exists(saved_path):
     with open(saved_path) as f:
