@@ -51,8 +51,11 @@ def check_config_argv(argv, default: str) -> None:
   """Fail in one line on a missing config file or a `--config.a.b` key the config does not have.
 
   ml_collections reports both with a traceback (the overrides are parsed when the flag is defined),
-  so this runs before `DEFINE_config_file`.
+  so this runs before `DEFINE_config_file`. `--config.help` lists every key with its default and meaning.
   """
+  if "--config.help" in argv:
+    print(config_lib.describe())
+    sys.exit(0)
   path = _config_path(argv, default).split(":", 1)[0]
   if not os.path.isfile(path):
     fail(f"--config={path!r}: no such config file (see configs/ for the experiments)")
@@ -104,7 +107,13 @@ def run(config, command: str = "") -> list[dict]:
   report.environment()   # the commit and devices as the run starts
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
-  exp.store = resume.prepare(config, config_lib.base().to_dict())
+  with resume.lock(config.workdir, _lock_name()):
+    exp.store = resume.prepare(config, config_lib.base().to_dict())
+    return _train(exp, config, command)
+
+
+def _train(exp, config, command: str) -> list[dict]:
+  """The training half of `run`, once the workdir is checked and locked."""
   logging.info("%s on %s (%d train / %d val / %d test) with %s on %s", config.method, config.data.name,
                exp.n_train, len(exp.data["val"][1]), len(exp.data["test"][1]), config.model.name,
                jax.devices()[0].platform)
@@ -152,6 +161,11 @@ def evaluate_ticket(config, command: str) -> list[dict]:
     raise UserError(f"config.restore={config.restore!r} is a ticket for {num_classes} classes; config.data "
                     f"({config.data.name!r}) has {exp.num_classes} classes")
   prepare_workdir(config.workdir)
+  with resume.lock(config.workdir, _lock_name()):
+    return _evaluate(exp, config, command)
+
+
+def _evaluate(exp, config, command: str) -> list[dict]:
   ticket = checkpoint.load_ticket(config.restore)
   checkpoint.check_compatible(ticket["params"], exp.init_params, config.restore)
   trainer = exp.trainer(config.train.epochs)
@@ -184,6 +198,11 @@ def ticket_model(config):
   logging.info("the model comes from the ticket at %s, not config.model: %s", config.restore,
                ", ".join(f"{k}={v}" for k, v in config.model.items()))
   return config, metadata.get("num_classes")
+
+
+def _lock_name() -> str:
+  """Each process of a multi-host run holds its own lock on the shared workdir."""
+  return resume.LOCK if jax.process_count() == 1 else f"{resume.LOCK}.{jax.process_index()}"
 
 
 def _fmt(value) -> str:

@@ -1,4 +1,11 @@
-"""Every knob with its default. Experiment files under configs/ start from `base()` and override."""
+"""Every knob with its default. Experiment files under configs/ start from `base()` and override.
+
+`python -m lth_jax.config` (or `python main.py --config.help`) lists every key, its default and the
+comment beside it here: the listing is read from `base()` and this file, so it cannot drift.
+"""
+
+import inspect
+import re
 
 import ml_collections
 
@@ -128,3 +135,35 @@ def base() -> ml_collections.ConfigDict:
   c.metrics.similarity_eps = (0.0, 0.1, 0.5)   # uniform noise radii, in units of the inputs' std
   c.metrics.potential_delta = 0.005    # prune potential: largest sparsity with error within this of dense
   return c
+
+
+def _flat(config, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def describe() -> str:
+  """One line per key of `base()`: key = default  # its comment in base() (continued comment lines joined)."""
+  meanings, last = {}, None
+  for line in inspect.getsource(base).splitlines():
+    assignment = re.match(r"\s*c\.([\w.]+)\s*=[^#]*(?:#\s*(.*))?$", line)
+    continued = re.match(r"\s*#\s*(.*)$", line)
+    if assignment:
+      last = assignment.group(1)
+      meanings[last] = assignment.group(2) or ""
+    elif continued and last and meanings.get(last):
+      meanings[last] += " " + continued.group(1)
+    else:
+      last = None
+  rows = [(key, repr(value), meanings.get(key, "")) for key, value in _flat(base()).items()]
+  width = min(48, max(len(f"{k} = {v}") for k, v, _ in rows))
+  return "\n".join(f"{f'{k} = {v}':<{width}}  # {m}".rstrip(" #") for k, v, m in rows)
+
+
+if __name__ == "__main__":
+  print(describe())

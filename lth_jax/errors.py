@@ -8,6 +8,7 @@ class UserError(ValueError):
   """
 
 
-def check(condition: bool, message: str) -> None:
+def check(condition: bool, message) -> None:
+  """`message`: the text, or a function returning it when it can only be built once the check failed."""
   if not condition:
-    raise UserError(message)
+    raise UserError(message() if callable(message) else message)

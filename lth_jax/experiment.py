@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import evaluation
 from lth_jax import methods
@@ -26,6 +27,8 @@ from lth_jax.training import step
 def validate(config: ml_collections.ConfigDict) -> None:
   """Reject values no run can use, naming the key and what is allowed; every method checks its own section."""
   parse_layer_scale(config.prune.layer_scale)
+  check(bool(str(config.workdir).strip()), "config.workdir is empty; name a directory for the results, e.g. "
+        "--config.workdir=runs/mine (an empty value would write into the current directory)")
   check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
   check(config.prune.criterion in criteria.names(),
         f"config.prune.criterion={config.prune.criterion!r}; allowed: {', '.join(criteria.names())}")
@@ -46,6 +49,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.finetune.schedule={config.finetune.schedule!r}; allowed: {', '.join(state_lib.SCHEDULES)}"
         " (step uses config.optimizer.milestones)")
   methods.validate(config)
+
+
+def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
+  """config.model's options for models.get. A key the model does not take is dropped while it holds its
+  default (`--config.model.name=resnet20` on a config made for the MLP); set to anything else, it is refused."""
+  defaults, taken = config_lib.base().model, models.keys(model_config.name)
+  return {k: v for k, v in models.config_kwargs(model_config).items() if k in taken or v != defaults.get(k)}
 
 
 def parse_layer_scale(entries) -> dict[str, float]:
@@ -190,7 +200,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   for name, (x, _) in splits.items():
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
   mean, std = input_statistics(dataset.train[0], config.data.standardize)
-  model = models.get(config.model.name, num_classes=dataset.num_classes, **models.config_kwargs(config.model))
+  model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config.model))
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), dataset.test, mean, std)
   exp.mesh = device_mesh(config.train)
@@ -205,4 +215,16 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)
   if total == 0:
     raise UserError(f"config.prune.exclude={tuple(config.prune.exclude)} leaves no prunable weights")
+  check_ready(exp)
   return exp
+
+
+def check_ready(exp: Experiment) -> None:
+  """Build now what would otherwise first be built after the dense network has trained, so its errors
+  come before any epoch and before the workdir records the config: the trainers (optimizer, schedules,
+  batch size against the training set) and the evaluator's held-out sets (config.metrics)."""
+  # Uncached: the trainers a run keeps are made once `exp.store` is set (after the workdir is checked).
+  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs)
+  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs, finetune=True)
+  exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
+

@@ -278,8 +278,8 @@ def plot_curves(runs: list, path: str) -> None:
   for r in next(iter(by_seed(runs).values()), []):
     if r["curve"]:
       rows = [row for row in r["curve"] if row["val_accuracy"] is not None]
-      ax.plot([row["epoch"] for row in rows], [row["val_accuracy"] for row in rows], linewidth=1,
-              label=f"{r['method']} s={r['sparsity']:.2f}")
+      ax.plot([row["epoch"] for row in rows], [row["val_accuracy"] for row in rows], linewidth=1,   # a lone
+              marker="o" if len(rows) == 1 else None, label=f"{r['method']} s={r['sparsity']:.2f}")   # point: no line
   ax.set_xlabel("epoch")
   ax.set_ylabel("validation accuracy")
   ax.legend(fontsize=6, ncol=2)

@@ -252,15 +252,15 @@ def test_npz_pixels_floats_and_given_val(tmp_path):
   assert_train_val_partition(dataset, x, y)
 
   rows = np.random.default_rng(0).normal(size=(10, 5))  # tabular floats are taken as they are
-  np.savez(tmp_path / "table.npz", x_train=rows, y_train=np.arange(10) % 2, x_test=rows[:3], y_test=[0, 1, 4],
+  np.savez(tmp_path / "table.npz", x_train=rows, y_train=np.arange(10) % 2, x_test=rows[:3], y_test=[0, 1, 1],
            x_val=rows[3:5] * 10, y_val=[1, 1])
   dataset = data.load(data_config(dir=str(tmp_path / "table.npz")), seed=0)
-  assert dataset.num_classes == 5 and sizes(dataset) == [10, 2, 3] and dataset.input_shape == (5,)
+  assert dataset.num_classes == 2 and sizes(dataset) == [10, 2, 3] and dataset.input_shape == (5,)
   np.testing.assert_array_equal(dataset.val[0], (rows[3:5] * 10).astype(np.float32))
   np.testing.assert_array_equal(np.sort(dataset.train[0], axis=0), np.sort(rows.astype(np.float32), axis=0))
 
   grey = random_images(8, 5, 5, 1)[..., 0]  # (N, H, W) images get a channel axis
-  np.savez(tmp_path / "grey.npz", x_train=grey, y_train=np.zeros(8, int), x_test=grey[:2], y_test=[0, 0])
+  np.savez(tmp_path / "grey.npz", x_train=grey, y_train=np.arange(8) % 2, x_test=grey[:2], y_test=[0, 1])
   assert data.load(data_config(dir=str(tmp_path / "grey.npz")), seed=0).input_shape == (5, 5, 1)
 
 

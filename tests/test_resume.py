@@ -87,7 +87,7 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(uninterrupted, tm
       f.write_bytes(b"\0" * 7)
   proc = run(workdir)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "unreadable" in proc.stderr and "using the one before it" in proc.stderr
+  assert "is corrupted (its files do not match the checksum" in proc.stderr and "using the one before it" in proc.stderr
   assert numbers(workdir) == numbers(uninterrupted)
 
 

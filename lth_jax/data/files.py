@@ -249,7 +249,10 @@ def npz(config: Config, seed: int) -> Dataset:
   else:
     parts = split(x, y, seed, val_fraction=config.val_fraction)
   parts = to_unit_range([*parts, (arrays["x_test"], arrays["y_test"])], pixels=x.dtype == np.uint8)
-  num_classes = 1 + max(int(labels.max(initial=0)) for _, labels in parts)
+  # The classes are those both train and test reach: a stray label in one split (42 of 10) is refused by
+  # registry.check_sane rather than silently widening the model.
+  train_max = max(int(labels.max(initial=0)) for _, labels in parts[:-1])
+  num_classes = 1 + min(train_max, int(parts[-1][1].max(initial=0)))
   return Dataset("npz", *parts, num_classes=num_classes)
 
 
@@ -257,8 +260,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as file:  # no pickles: loading must not run code
       arrays = {key: file[key] for key in file.files}
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise UserError(f"{path}: not a readable .npz of plain arrays ({e}); check config.data.dir") from e
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:   # EOFError: an empty file
+    raise UserError(f"{path}: not a readable .npz of plain arrays ({e or type(e).__name__}); check config.data.dir") from e
   keys = ["x_train", "y_train", "x_test", "y_test"] + (["x_val", "y_val"] if {"x_val", "y_val"} & set(arrays) else [])
   missing = [key for key in keys if key not in arrays]
   check(not missing, f"{path} lacks {', '.join(missing)}; npz needs {', '.join(keys)} (config.data.dir)")

@@ -49,6 +49,7 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
   if config.name not in _REGISTRY:
     raise UserError(f"config.data.name={config.name!r} is not a data set; allowed: {', '.join(names())}")
   dataset = _REGISTRY[config.name](config, seed)
+  check_sane(dataset, f"config.data.name={config.name!r}" + (f" ({config.dir})" if config.get("dir") else ""))
   if config.subset:
     x, y = dataset.train
     check(0 < config.subset <= len(y),
@@ -63,6 +64,20 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
     keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:config.test_subset])
     dataset = dataclasses.replace(dataset, test=(x[keep], y[keep]))
   return dataset
+
+
+def check_sane(dataset: Dataset, where: str) -> None:
+  """At least 2 classes, finite inputs and every label one of the classes: else a run trains on garbage
+  (a NaN validation loss) or silently builds a model with classes the data do not have."""
+  check(dataset.num_classes >= 2, f"{where} has {dataset.num_classes} class(es); classification needs at least 2")
+  for part, (x, y) in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)):
+    flat = np.asarray(x, np.float32).reshape(len(x), -1)
+    bad = np.argwhere(~np.isfinite(flat))
+    check(len(bad) == 0, lambda: f"{where}: the {part} inputs hold non-finite values, e.g. "
+          f"{flat[tuple(bad[0])]}")
+    outside = np.asarray(y)[(np.asarray(y) < 0) | (np.asarray(y) >= dataset.num_classes)]
+    check(outside.size == 0, lambda: f"{where}: the {part} labels hold {outside[0]}, outside the "
+          f"{dataset.num_classes} classes 0..{dataset.num_classes - 1} that the train and test splits agree on")
 
 
 def split(x: np.ndarray, y: np.ndarray, seed: int, **fractions: float) -> list[Split]:

@@ -21,6 +21,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.method != "compare" or len(config.compare.sparsities) > 0,
         "config.compare.sparsities is empty; list at least one sparsity, e.g. (0.5, 0.8)")
   comparable = registry.comparable()
+  check(config.method != "compare" or len(config.compare.methods) > 0,
+        f"config.compare.methods is empty (compare would run only dense); list some of: {', '.join(comparable)}")
   for m in config.compare.methods:
     check(m in comparable, f"config.compare.methods holds {m!r}; allowed: {', '.join(comparable)}")
 

@@ -21,11 +21,16 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def get(name: str, **kwargs) -> nn.Module:
+def keys(name: str) -> set[str]:
+  """The config.model keys model `name` takes (its builder's arguments but num_classes)."""
   if name not in _REGISTRY:
     raise UserError(f"config.model.name={name!r} is not a model; allowed: {', '.join(names())}")
+  return set(inspect.signature(_REGISTRY[name]).parameters) - {"num_classes"}
+
+
+def get(name: str, **kwargs) -> nn.Module:
+  allowed = keys(name)
   builder = _REGISTRY[name]
-  allowed = set(inspect.signature(builder).parameters) - {"num_classes"}
   unknown = sorted(set(kwargs) - allowed - {"num_classes"})
   if unknown:
     raise UserError(f"config.model.{unknown[0]} does not apply to model {name!r}; "

@@ -1,6 +1,11 @@
-"""Saving and reloading tickets with Orbax: params, BatchNorm statistics, masks and the rewind weights."""
+"""Saving and reloading tickets with Orbax: params, BatchNorm statistics, masks and the rewind weights.
+
+Every saved checkpoint and ticket gets a SHA-256 of its files (`digest`), checked before it is read:
+Orbax notices a truncated file but not a flipped bit in the data, which would resume silently.
+"""
 
 import contextlib
+import hashlib
 import json
 import os
 
@@ -16,9 +21,10 @@ from lth_jax.sparsity.masks import named_leaves
 
 @contextlib.contextmanager
 def _quiet():
-  """Orbax logs several INFO lines per save through absl; keep the run's log readable."""
+  """Orbax logs several INFO lines per save through absl, and a failed write or read as ERROR with its
+  traceback; every failure inside is raised to the caller, which reports it in one line."""
   level = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.FATAL)
   try:
     yield
   finally:
@@ -26,6 +32,33 @@ def _quiet():
 
 
 METADATA = "model.json"
+CHECKSUM = "checksum.sha256"   # inside a ticket; a segment's checkpoint at step k has k.sha256 beside it
+
+
+def digest(directory: str) -> str:
+  """SHA-256 over every file under `directory` (names and contents, in sorted order) but the ticket's checksum."""
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    for name in sorted(files):
+      if name == CHECKSUM:
+        continue
+      path = os.path.join(root, name)
+      h.update(os.path.relpath(path, directory).encode() + b"\0")
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+  return h.hexdigest()
+
+
+def _verify(directory: str, checksum_path: str) -> bool | None:
+  """True: the files match the checksum written with them; False: they do not; None: none was written."""
+  try:
+    with open(checksum_path) as f:
+      expected = f.read().strip()
+  except FileNotFoundError:
+    return None
+  return digest(directory) == expected
 
 
 def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -> None:
@@ -36,11 +69,16 @@ def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -
   """
   tree = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks,
           "rewind_params": rewind_params}
-  with _quiet(), ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(path), tree, force=True)
-  if metadata is not None:  # after the checkpointer has closed: the directory is complete
-    with open(os.path.join(path, METADATA), "w") as f:
-      json.dump(metadata, f, indent=1)
+  try:
+    with _quiet(), ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.abspath(path), tree, force=True)
+    if metadata is not None:  # after the checkpointer has closed: the directory is complete
+      with open(os.path.join(path, METADATA), "w") as f:
+        json.dump(metadata, f, indent=1)
+    write_atomic(os.path.join(path, CHECKSUM), digest(path))
+  except Exception as e:  # noqa: BLE001  -- as in SegmentStore.save
+    raise UserError(f"cannot write the ticket {path!r} ({_reason(e)}); free space and rerun the same command "
+                    "to resume") from None
 
 
 def load_metadata(path: str) -> dict | None:
@@ -66,11 +104,30 @@ def _tuples(value):
 
 
 def load_ticket(path: str) -> dict:
-  """The tree `save_ticket` wrote, as numpy-backed jax arrays."""
+  """The tree `save_ticket` wrote, as numpy-backed jax arrays; a damaged ticket is refused in one line."""
   if not os.path.isdir(path):
     raise UserError(f"no ticket at {path!r}: expected a directory written by lth_jax (workdir/tickets/...)")
-  with _quiet(), ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.abspath(path))
+  if _verify(path, os.path.join(path, CHECKSUM)) is False:
+    raise UserError(f"the ticket at {path!r} is corrupted: its files do not match the checksum saved with them")
+  try:
+    with _quiet(), ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(os.path.abspath(path))
+  except Exception as e:  # noqa: BLE001  -- whatever Orbax raises on a damaged or foreign directory
+    raise UserError(f"the ticket at {path!r} cannot be read ({type(e).__name__}: {_first_line(e)}); expected a "
+                    "directory written by lth_jax (workdir/tickets/...)") from None
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).splitlines()[0] if str(e) else ""
+
+
+def _reason(e: Exception) -> str:
+  """'No space left on device' wherever a write failure buries it (tensorstore nests the OS error)."""
+  text = f"{getattr(e, 'strerror', None) or ''} {e}"
+  for known in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied"):
+    if known in text:
+      return known
+  return f"{type(e).__name__}: {_first_line(e)[:200]}"
 
 
 def export_npz(path: str, params, masks) -> None:
@@ -94,12 +151,20 @@ class SegmentStore:
     self.directory, self.every, self.keep = os.path.abspath(directory), every, keep
     self._managers = {}
 
+  def _segment_dir(self, name: str) -> str:
+    return os.path.join(self.directory, "".join(c if c.isalnum() or c in "-_." else "_" for c in name))
+
+  def _step_dir(self, name: str, step: int) -> str:
+    return os.path.join(self._segment_dir(name), str(step))
+
+  def _checksum(self, name: str, step: int) -> str:
+    return os.path.join(self._segment_dir(name), f"{step}.sha256")
+
   def _manager(self, name: str) -> ocp.CheckpointManager:
     if name not in self._managers:
-      safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
       options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
       with _quiet():
-        self._managers[name] = ocp.CheckpointManager(os.path.join(self.directory, safe), options=options)
+        self._managers[name] = ocp.CheckpointManager(self._segment_dir(name), options=options)
     return self._managers[name]
 
   def save(self, name: str, epoch: int, state, history: list, final: bool) -> None:
@@ -114,8 +179,14 @@ class SegmentStore:
         manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                     history=ocp.args.JsonSave(history)), force=True)
         manager.wait_until_finished()
-    except OSError as e:
-      raise UserError(f"cannot write a checkpoint under {self.directory!r}: {e.strerror or e}") from None
+      write_atomic(self._checksum(name, epoch), digest(self._step_dir(name, epoch)))
+      kept = {str(s) for s in manager.all_steps()}
+      for stale in os.listdir(self._segment_dir(name)):   # checksums of checkpoints Orbax has dropped
+        if stale.endswith(".sha256") and stale[:-len(".sha256")] not in kept:
+          os.remove(os.path.join(self._segment_dir(name), stale))
+    except Exception as e:  # noqa: BLE001  -- a full disk reaches us as OSError or as tensorstore's ValueError
+      raise UserError(f"cannot write a checkpoint under {self.directory!r} ({_reason(e)}); free space and rerun "
+                      "the same command to resume") from None
 
   def restore(self, name: str, template, end_epoch: int):
     """(state, history) from the newest readable checkpoint at or before `end_epoch`, or None.
@@ -126,13 +197,18 @@ class SegmentStore:
     manager = self._manager(name)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.replace(rng=jax.random.key_data(template.rng)))
     for step in sorted((s for s in manager.all_steps() if s <= end_epoch), reverse=True):
+      verified = _verify(self._step_dir(name, step), self._checksum(name, step))
+      if verified is False:
+        logging.warning("checkpoint %s of %s is corrupted (its files do not match the checksum saved with "
+                        "them); using the one before it", step, name)
+        continue
       try:
         with _quiet():
           restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                    history=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  -- any unreadable checkpoint: fall back to the previous one
         logging.warning("checkpoint %s of %s is unreadable (%s: %s); using the one before it", step, name,
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                        type(e).__name__, _first_line(e))
         continue
       state = restored["state"]
       return state.replace(rng=jax.random.wrap_key_data(state.rng)), list(restored["history"])

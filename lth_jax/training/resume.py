@@ -6,6 +6,7 @@ results → resume; different → a one-line error naming the first differing ke
 `config.checkpoint.restart=True`, which deletes the old checkpoints, tickets and results first.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -41,6 +42,28 @@ def differences(saved: dict, current: dict, defaults: dict | None = None) -> lis
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 
 
+LOCK = ".lock"
+
+
+def lock(workdir: str, name: str = LOCK):
+  """An exclusive lock on `workdir` for as long as the returned file stays open (the kernel drops it when
+  the process dies, however it dies); a second run on the same workdir is refused, naming the holder."""
+  handle = open(os.path.join(workdir, name), "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise UserError(f"config.workdir={workdir!r} is in use by {holder}; wait for it to finish or use "
+                    "another workdir") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"process {os.getpid()}")
+  handle.flush()
+  return handle
+
+
 def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
   """Check the workdir against `config` (restarting it if asked) and return its checkpoint store.
 
@@ -51,8 +74,8 @@ def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
   if config.checkpoint.restart:
     for name in ("checkpoints", "tickets"):
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-    for name in ("config.json", "results.json", "results.md"):
-      if os.path.exists(os.path.join(workdir, name)):
+    for name in os.listdir(workdir):   # the plots too: a restarted run may not draw all of them again
+      if name in ("config.json", "results.json", "results.md") or name.endswith(".png"):
         os.remove(os.path.join(workdir, name))
   elif os.path.exists(saved_path):
     with open(saved_path) as f:
