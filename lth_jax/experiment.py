@@ -15,7 +15,7 @@ from lth_jax import evaluation
 from lth_jax import methods
 from lth_jax import models
 from lth_jax import training
-from lth_jax.data import augment
+from lth_jax.data import augment, download
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import masks as masks_lib
@@ -45,6 +45,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.finetune.schedule in state_lib.SCHEDULES,
         f"config.finetune.schedule={config.finetune.schedule!r}; allowed: {', '.join(state_lib.SCHEDULES)}"
         " (step uses config.optimizer.milestones)")
+  download.validate(config.data)
   methods.validate(config)
 
 
