@@ -148,7 +148,8 @@ class Experiment:
                             training.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
                             self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
                             store=self.store, eval_every=self.config.train.eval_every,
-                            loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype)
+                            loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
+                            which=self.which if model is None else None, progress=self.config.log.progress)
 
   # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
   def __hash__(self):
