@@ -37,8 +37,8 @@ class Files:
 
 
 # MNIST and Fashion-MNIST: the sha256 sums TFDS publishes (tensorflow_datasets/url_checksums/*.txt, checked
-# offline against the installed package). CIFAR: the md5 sums on https://www.cs.toronto.edu/~kriz/cifar.html
-# that torchvision also uses, from the authors' page; they could not be checked offline here.
+# offline against the installed package). CIFAR: the md5 sums of https://www.cs.toronto.edu/~kriz/cifar.html as
+# torchvision's datasets/cifar.py has them (checked against that source offline; no CIFAR archive was at hand).
 CATALOG = {
     "mnist": Files(
         ("https://storage.googleapis.com/cvdf-datasets/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"),

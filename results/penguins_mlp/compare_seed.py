@@ -1,8 +1,9 @@
-"""The seed's test losses beside ours: mean, sample std and range over the seeds of results.json.
+"""The seed's test losses beside ours: mean, sample std and range over the seeds of results.json(.gz).
 
 python results/penguins_mlp/compare_seed.py results/penguins_mlp
 """
 
+import gzip
 import json
 import statistics
 import sys
@@ -13,7 +14,9 @@ OURS = {"unpruned": "dense", "pruned": "oneshot", "lottery ticket": "oneshot_rei
 
 
 def main(workdir):
-  runs = json.loads((Path(workdir) / "results.json").read_text())["runs"]
+  path = Path(workdir) / "results.json"
+  text = path.read_text() if path.is_file() else gzip.decompress(path.with_suffix(".json.gz").read_bytes())
+  runs = json.loads(text)["runs"]
   by_trial = {trial: sorted((r["seed"], r["nll"], r["test_accuracy"], r["sparsity"]) for r in runs
                             if r["method"] == method) for trial, method in OURS.items()}
   print("| trial | method | sparsity | seed's test loss | our test loss, mean ± std (5 seeds) | min – max | "
