@@ -15,8 +15,7 @@ from lth_jax.config import base
 def get_config():
   c = base()
   c.method = "iterative"
-  c.data.name = "tfds"
-  c.data.tfds_name = "cifar10"
+  c.data.name = "cifar10"        # fetched and verified on first use, or --config.data.dir=local files
   c.data.val_fraction = 0.1
   c.model = ml_collections.ConfigDict({"name": "conv6"})
   c.train.epochs = 40

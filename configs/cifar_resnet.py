@@ -7,9 +7,8 @@ Experiment 2: the same masks with the weights rewound to their initialisation (`
 4 iterative rounds of 1-(1-pr)^(1/4) each with rewinding (`iterative`); each round records its mask's
 accuracy at the dense weights (@w0) and at the previous round's weights (@w(t-1)).
 
-Data: CIFAR-10 through TFDS by default; for files on disk use e.g.
-  --config.data.name=cifar10 --config.data.dir=/path/to/cifar-10-python.tar.gz
-  --config.data.name=image_folder --config.data.dir=/path/to/cifar10-images.tar.gz
+Data: CIFAR-10 is fetched into ~/.cache/lth_jax on first use and verified; or files on disk with
+  --config.data.dir=/path/to/cifar-10-python.tar.gz  (or cifar-10-batches-py/, or an image-folder tree / .tar.gz)
 """
 
 import ml_collections
@@ -20,8 +19,7 @@ from lth_jax.config import base
 def get_config():
   c = base()
   c.method = "compare"
-  c.data.name = "tfds"
-  c.data.tfds_name = "cifar10"
+  c.data.name = "cifar10"
   c.data.val_fraction = 0.1
   c.data.augment = "crop_flip"
   c.model = ml_collections.ConfigDict({"name": "resnet20", "width": 16, "bottleneck": True})

@@ -11,9 +11,8 @@ ResNet-20, and retrain it for the full 160-epoch schedule from the kept weights 
 the schedule resumed at the pruning epoch, so a branch trains 160 epochs in all). For the 50% ratio:
 --config.slimming.ratio=0.5. Early-Bird tickets on the same network: --config.method=early_bird.
 
-Data: CIFAR-10 through TFDS by default; for files on disk use e.g.
-  --config.data.name=cifar10 --config.data.dir=/path/to/cifar-10-python.tar.gz
-  --config.data.name=image_folder --config.data.dir=/path/to/cifar10-images.tar.gz
+Data: CIFAR-10 is fetched into ~/.cache/lth_jax on first use and verified; or files on disk with
+  --config.data.dir=/path/to/cifar-10-python.tar.gz  (or cifar-10-batches-py/, or an image-folder tree / .tar.gz)
 """
 
 import importlib.util

@@ -2,8 +2,8 @@
 
 Pruned: 30% of the trained weights removed, evaluated without retraining; lottery ticket: the same
 mask rewound to theta_0 and retrained; dynamic: 17% removed at 1/3 and 2/3 of one training run.
-Data through TFDS by default; for the IDX files on disk use
-  --config.data.name=fashion_mnist --config.data.dir=/path/to/fashion-mnist
+Data: fetched into ~/.cache/lth_jax on first use and verified; for the IDX files on disk use
+  --config.data.dir=/path/to/fashion-mnist
 """
 
 from lth_jax.config import base
@@ -12,8 +12,7 @@ from lth_jax.config import base
 def get_config():
   c = base()
   c.method = "compare"
-  c.data.name = "tfds"
-  c.data.tfds_name = "fashion_mnist"
+  c.data.name = "fashion_mnist"
   c.data.val_fraction = 1 / 12
   c.model.name = "mlp"
   c.model.widths = (512, 256)

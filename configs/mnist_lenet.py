@@ -3,7 +3,8 @@
 Adam at 1.2e-3, batch 60, 50K iterations (~55 epochs of the 55K training images), 5K of the training
 images held out for validation; iterative magnitude pruning layer-wise, 20% per round of each hidden
 layer and 10% of the output layer, rewinding to theta_0 after every round; every third round, the
-control trains the same mask from a random initialisation. Point config.data.dir at a directory holding the four IDX files.
+control trains the same mask from a random initialisation. MNIST is fetched into ~/.cache/lth_jax on first use
+and verified; or point config.data.dir at a directory holding the four IDX files.
 """
 
 import ml_collections
@@ -14,7 +15,6 @@ from lth_jax.config import base
 def get_config():
   c = base()
   c.data.name = "mnist"
-  c.data.dir = "../shared/data/mnist"
   c.data.val_fraction = 5000 / 60000
   c.model = ml_collections.ConfigDict({"name": "lenet300_100", "activation": "relu"})
   c.train.epochs = 55

@@ -23,6 +23,7 @@ from lth_jax import report
 from lth_jax.errors import UserError
 from lth_jax.training import checkpoint
 from lth_jax.training import resume
+from lth_jax.training import tensorboard
 
 
 def fail(message: str):
@@ -131,6 +132,8 @@ def _train(exp, config, command: str) -> list[dict]:
       checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
                              run.extra.get("model_kwargs"))
       mine.append(run.as_dict())
+      if config.log.tensorboard:   # the curve again, for TensorBoard: workdir/tensorboard/<ticket name>
+        tensorboard.write_run(os.path.join(config.workdir, "tensorboard", name), run.curve)
       report.write_json(config.workdir, config, sum(by_replicate, []), complete=False, command=command)
       logging.info("%s%-15s round %d  sparsity %.3f  test acc %.4f  (before retrain %s)  best epoch %s  ECE %.4f",
                    f"seed {seed}: " if prefix else "", run.method, run.round, run.sparsity, run.test_accuracy,

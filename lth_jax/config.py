@@ -29,7 +29,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"        # moons | penguins | digits | mnist
-  c.data.dir = ""               # directory of files for sources that read them (mnist)
+  c.data.dir = ""               # files for sources that read them; "" = fetch (mnist, fashion_mnist, cifar10/100)
   c.data.val_fraction = 0.15
   c.data.test_fraction = 0.15   # for sources without a test split of their own
   c.data.n_samples = 1000       # moons
@@ -40,6 +40,16 @@ def base() -> ml_collections.ConfigDict:
   c.data.augment = "none"       # none | crop_flip (random crop with 4 pixels of padding, horizontal flip)
   c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
   c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default)
+
+  # Fetching (issue 15): mnist, fashion_mnist, cifar10 and cifar100 with an empty data.dir are downloaded once,
+  # verified against their published checksums and read from the cache afterwards.
+  c.data.cache_dir = ""         # where fetched files are kept ("" = $XDG_CACHE_HOME/lth_jax or ~/.cache/lth_jax)
+  c.data.mirror = ""            # base URL serving the same file names, replacing the canonical hosts ("" = $LTH_JAX_DATA_MIRROR)
+  c.data.checksums = ""         # a file of "sha256  name" lines replacing the published sums ("" = $LTH_JAX_DATA_CHECKSUMS)
+
+  c.log = ml_collections.ConfigDict()
+  c.log.tensorboard = True      # event files (per-epoch losses, accuracies, lr, sparsity) under workdir/tensorboard/<run>
+  c.log.progress = True         # a progress bar over the whole experiment (runs x epochs, ETA); only on a terminal
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"

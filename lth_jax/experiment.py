@@ -16,7 +16,7 @@ from lth_jax import evaluation
 from lth_jax import methods
 from lth_jax import models
 from lth_jax import training
-from lth_jax.data import augment
+from lth_jax.data import augment, download
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import masks as masks_lib
@@ -48,6 +48,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.finetune.schedule in state_lib.SCHEDULES,
         f"config.finetune.schedule={config.finetune.schedule!r}; allowed: {', '.join(state_lib.SCHEDULES)}"
         " (step uses config.optimizer.milestones)")
+  download.validate(config.data)
   methods.validate(config)
 
 
@@ -157,7 +158,8 @@ class Experiment:
                             training.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
                             self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
                             store=self.store, eval_every=self.config.train.eval_every,
-                            loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype)
+                            loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
+                            which=self.which if model is None else None, progress=self.config.log.progress)
 
   # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
   def __hash__(self):

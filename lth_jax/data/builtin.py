@@ -1,4 +1,4 @@
-"""The data sets that need no network: two moons, Palmer penguins, sklearn's digits, MNIST from IDX files."""
+"""Two moons, Palmer penguins and sklearn's digits (no network); MNIST from IDX files (fetched when no dir)."""
 
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import numpy as np
 import palmerpenguins
 import sklearn.datasets
 
+from lth_jax.data import download
 from lth_jax.data.registry import Dataset, register, split
 from lth_jax.data.idx import read_idx
 from lth_jax.errors import UserError, check
@@ -65,9 +66,9 @@ def mnist(config: Config, seed: int) -> Dataset:
 
 
 def idx_images(name: str, config: Config, seed: int) -> Dataset:
-  """MNIST's four IDX files in `config.dir`; Fashion-MNIST ships the same file names, so it loads here too."""
-  directory = Path(config.dir)
-  check(config.dir and directory.is_dir(),
+  """MNIST's four IDX files in `config.dir` (empty: fetched into the cache); Fashion-MNIST has the same names."""
+  directory = Path(config.dir).expanduser() if config.dir else download.fetch(name, config)
+  check(directory.is_dir(),
         f"config.data.dir={config.dir!r} is not a directory; {name} expects {', '.join(MNIST_FILES)} "
         "(raw or .gz) there; set it with --config.data.dir")
   x, y = _mnist_part(name, directory, "train")

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
-from lth_jax.data import builtin
+from lth_jax.data import builtin, download
 from lth_jax.data.registry import Dataset, register, split
 from lth_jax.errors import UserError, check
 
@@ -68,13 +68,16 @@ def _cifar_source(name: str) -> Callable[[Config, int], Dataset]:
   layout = CIFAR[name]
 
   def source(config: Config, seed: int) -> Dataset:
-    pickles = _read_cifar_pickles(_cifar_location(config.dir, name, layout), layout)
+    path = _cifar_location(config.dir or str(download.fetch(name, config)), name, layout)
+    if path is None:  # an image-folder tree of the same data set (e.g. CIFAR-10 as JPEGs)
+      return dataclasses.replace(_image_folder(Path(config.dir).expanduser(), seed, config.val_fraction), name=name)
+    pickles = _read_cifar_pickles(path, layout)
     x, y = _cifar_arrays([pickles[member] for member in layout.train], layout)
     x_test, y_test = _cifar_arrays([pickles[member] for member in layout.test], layout)
     train, val, test = _pixel_splits(x, y, x_test, y_test, seed, config.val_fraction)
     return Dataset(name, train, val, test, num_classes=layout.num_classes)
 
-  source.__doc__ = f"{name} from `{layout.folder}/`, a directory holding it, or `{layout.archive}`."
+  source.__doc__ = f"{name} from `{layout.folder}/`, a directory holding it, `{layout.archive}`, or an image folder."
   return source
 
 
@@ -82,18 +85,21 @@ for _name in CIFAR:
   register(_name)(_cifar_source(_name))
 
 
-def _cifar_location(value: str, name: str, layout: CifarLayout) -> Path:
-  """The pickles' directory or the archive, from any of the three places `config.data.dir` may point to."""
+def _cifar_location(value: str, name: str, layout: CifarLayout) -> Path | None:
+  """The pickles' directory or archive that `config.data.dir` points to or holds; None for an image-folder tree."""
   expected = f"{name} expects config.data.dir to be the directory {layout.folder}/, a directory holding it, " \
-             f"or the archive {layout.archive}"
+             f"the archive {layout.archive}, or an image folder (<root>/train/<class>/*.png|jpg) or its archive"
   path = _existing_path(value, expected)
-  if path.is_file():
-    return path
+  if path.is_file():  # the format from the archive's first member: the pickles' folder, or images
+    first = next(_archive_files(path, lambda member: True), ("", b""))[0]
+    return path if _cifar_member(first, layout) else None
   for candidate in (path, path / layout.folder):
     if (candidate / layout.train[0]).is_file():
       return candidate
   if (path / layout.archive).is_file():
     return path / layout.archive
+  if next(_files(path, _is_image), None):
+    return None
   raise UserError(f"{path} holds neither {layout.train[0]} nor {layout.folder}/ nor {layout.archive}; {expected}")
 
 
@@ -162,9 +168,13 @@ def image_folder(config: Config, seed: int) -> Dataset:
   """`<root>/{train,test}/<class>/*.png|jpg|jpeg` in a directory or an archive; classes are train's sorted names."""
   path = _existing_path(config.dir, "image_folder expects config.data.dir to be a directory or a .tar.gz "
                         "holding <root>/train/<class>/*.png|jpg|jpeg and <root>/test/<class>/...")
+  return _image_folder(path, seed, config.val_fraction)
+
+
+def _image_folder(path: Path, seed: int, val_fraction: float) -> Dataset:
   arrays = _cached(path, _decode_image_tree)
   train, val, test = _pixel_splits(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                                   seed, config.val_fraction)
+                                   seed, val_fraction)
   return Dataset("image_folder", train, val, test, num_classes=len(arrays["classes"]))
 
 
@@ -339,7 +349,7 @@ def _archive_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[
 
 def _cached(path: Path, build: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   """`build(path)`, kept as an .npz in the cache directory under a digest of the files' names, sizes and times."""
-  cache = _cache_dir() / f"{_fingerprint(path)}.npz"
+  cache = download.cache_root() / f"{_fingerprint(path)}.npz"
   if cache.is_file():
     try:
       with np.load(cache, allow_pickle=False) as file:
@@ -360,10 +370,6 @@ def _cached(path: Path, build: Callable[[Path], dict[str, np.ndarray]]) -> dict[
   except OSError as e:  # a read-only home only costs the next run the decoding time
     logging.warning("Could not cache the decoded images at %s: %s", cache, e)
   return arrays
-
-
-def _cache_dir() -> Path:
-  return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lth_jax"
 
 
 def _fingerprint(path: Path) -> str:

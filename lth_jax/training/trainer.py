@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 
 from lth_jax.errors import UserError
+from lth_jax.sparsity import masks as masks_lib
 from lth_jax.training import step
 from lth_jax.training.state import TrainState, learning_rate, optimizer
 
@@ -57,6 +59,8 @@ class Trainer:
   loop: str = "auto"                      # one of LOOPS
   compute_dtype: str = "float32"          # "bfloat16": activations and matmuls in bf16; params, masks,
                                           # optimizer state and BatchNorm statistics stay float32
+  which: Any = None                       # prunable leaves for the history's sparsity (None: masks.prunable's)
+  progress: bool = True                   # a progress bar per fit, on a terminal only
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -107,7 +111,8 @@ class Trainer:
     The states must start at the same epoch; several train as one vmapped program. names[i] names
     state i's segment for checkpoints and logs. Each history row: epoch (1-based, global), train
     loss/accuracy (means over the epoch), validation and test loss/accuracy after the epoch (every
-    `self.eval_every` epochs and at the end; None between), learning rate of its last step.
+    `self.eval_every` epochs and at the end; None between), learning rate of its last step, sparsity
+    of the prunable weights (masks do not change within a fit).
     """
     batched = len(states) > 1
     start_epoch = int(states[0].step) // self.steps_per_epoch
@@ -119,8 +124,13 @@ class Trainer:
       states, histories = self._restore_together(segments, states, histories, end_epoch)
       if histories[0] and log_every:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
+    sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]
     current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
-    for epoch in range(start_epoch + len(histories[0]) + 1, end_epoch + 1):
+    first = start_epoch + len(histories[0]) + 1
+    # disable=None: tqdm stays quiet unless stderr is a terminal (CI, log files)
+    bar = tqdm.tqdm(total=end_epoch - first + 1, desc=_describe(names), unit="epoch", leave=False,
+                    disable=None if self.progress else True)
+    for epoch in range(first, end_epoch + 1):
       current, metrics = self.train_epoch(current, *data["train"], batched=batched)
       figures = {"train": metrics}
       if epoch % self.eval_every == 0 or epoch == end_epoch:   # every member at once, on the device
@@ -134,7 +144,7 @@ class Trainer:
         history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
                         "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "test_loss": test["loss"],
-                        "test_accuracy": test["accuracy"], "lr": train_metrics["lr"]})
+                        "test_accuracy": test["accuracy"], "lr": train_metrics["lr"], "sparsity": sparsities[i]})
         if log_every and (epoch % log_every == 0 or epoch == end_epoch):
           logging.info("%s epoch %d/%d  train loss %.4f  val acc %s  test acc %s  (%.1fs)", name, epoch,
                        end_epoch, history[-1]["train_loss"], _fmt(val["accuracy"]), _fmt(test["accuracy"]),
@@ -144,6 +154,8 @@ class Trainer:
                           "check the data (the last good checkpoint is kept)")
         if self.store is not None:
           self.store.save(segments[i], epoch, member, history, final=epoch == end_epoch)
+      bar.update()
+    bar.close()
     return (_unstack(current, len(states)) if batched else [current]), histories
 
   def _restore_together(self, segments, states, histories, end_epoch):
@@ -169,3 +181,7 @@ def _stack(states: list):
 
 def _unstack(stacked, n: int) -> list:
   return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
+
+
+def _describe(names: list) -> str:
+  return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"

@@ -1,0 +1,73 @@
+"""TensorBoard event files: the format (CRC-32C, framing) and a run's curves read back as results.json has them."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lth_jax.training import tensorboard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_crc32c_matches_the_standard_check_value():
+  assert tensorboard.crc32c(b"123456789") == 0xE3069283   # the CRC-32C (Castagnoli) check value
+  assert tensorboard.crc32c(b"") == 0
+
+
+def test_a_curve_round_trips_and_none_values_are_left_out(tmp_path):
+  curve = [{"epoch": 1, "train_loss": 0.5, "val_loss": None, "lr": 0.1, "sparsity": 0.0},
+           {"epoch": 2, "train_loss": 0.25, "val_loss": 0.75, "lr": 0.1, "sparsity": 0.0}]
+  tensorboard.write_run(tmp_path, curve, wall_time=1.0)
+  scalars = tensorboard.read_scalars(tmp_path)
+  lr = struct.unpack("<f", struct.pack("<f", 0.1))[0]   # simple_value is a float32
+  assert scalars == {"train/loss": [(1, 0.5), (2, 0.25)], "val/loss": [(2, 0.75)], "learning_rate": [(1, lr), (2, lr)],
+                     "sparsity": [(1, 0.0), (2, 0.0)]}
+
+
+def test_writing_again_replaces_the_run_and_a_flipped_byte_is_caught(tmp_path):
+  tensorboard.write_run(tmp_path, [{"epoch": 1, "train_loss": 1.0}], wall_time=1.0)
+  path = tensorboard.write_run(tmp_path, [{"epoch": 1, "train_loss": 2.0}], wall_time=2.0)
+  assert [p.name for p in tmp_path.iterdir()] == [path.name]
+  assert tensorboard.read_scalars(tmp_path) == {"train/loss": [(1, 2.0)]}
+  data = bytearray(path.read_bytes())
+  data[-6] ^= 1
+  path.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="checksum"):
+    tensorboard.read_scalars(tmp_path)
+
+
+def test_every_run_of_the_cli_writes_its_per_epoch_values(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config=configs/default.py", "--config.method=dynamic",
+                         "--config.data.name=moons", "--config.model.widths=(8,)", "--config.train.epochs=6",
+                         "--config.prune.sparsity=0.5", f"--config.workdir={tmp_path}"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "epoch/s" not in proc.stderr and "s/epoch" not in proc.stderr   # no progress bar off a terminal
+  runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+  folders = sorted((tmp_path / "tensorboard").iterdir())
+  assert [f.name for f in folders] == [Path(r["ticket"]).name for r in runs]
+  as_float32 = lambda x: struct.unpack("<f", struct.pack("<f", x))[0]
+  for run, folder in zip(runs, folders):
+    scalars = tensorboard.read_scalars(folder)
+    for key, tag in tensorboard.TAGS.items():
+      assert scalars[tag] == [(row["epoch"], as_float32(row[key])) for row in run["curve"]], tag
+  # dynamic pruning: sparsity steps up during the one run, to the record's final sparsity
+  sparsity = [value for _, value in tensorboard.read_scalars(folders[-1])["sparsity"]]
+  assert sparsity[0] == 0.0 and sparsity == sorted(sparsity) and sparsity[-1] == pytest.approx(runs[-1]["sparsity"])
+  assert len(set(sparsity)) == 3   # before, between and after the two pruning events
+
+
+def test_tensorboard_off_writes_nothing(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config=configs/default.py", "--config.method=dense",
+                         "--config.data.name=moons", "--config.model.widths=(8,)", "--config.train.epochs=2",
+                         "--config.log.tensorboard=False", f"--config.workdir={tmp_path}"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not (tmp_path / "tensorboard").exists()
