@@ -73,8 +73,15 @@ def _plain(value):
   return str(value)
 
 
+def label(run: dict) -> str:
+  """Method, then prune_at_init's criterion and the control the run carries (tables and legends)."""
+  criterion = [run.get("criterion")] if run["method"] == "prune_at_init" else []
+  control = [f"+{run['control']}"] if run.get("control") not in (None, "none") else []
+  return " ".join([run["method"], *filter(None, criterion), *control])
+
+
 def _cell(run: dict, field: str, fmt) -> str:
-  value = run.get(field)
+  value = label(run) if field == "method" else run.get(field)
   return "–" if value is None else fmt(value) if callable(fmt) else fmt.format(value)
 
 
@@ -212,7 +219,7 @@ def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
   for group in replicate_groups(runs):
     values = [value(r) for r in group if value(r) is not None]
     if values:
-      points.append((group[0]["method"], (1 - np.mean([r["sparsity"] for r in group])) * 100, np.mean(values),
+      points.append((label(group[0]), (1 - np.mean([r["sparsity"] for r in group])) * 100, np.mean(values),
                      np.std(values, ddof=1) if len(values) > 1 else 0.0))   # as summary.replicates
   dense = [p for p in points if p[0] == "dense"]
   for method in dict.fromkeys(p[0] for p in points if p[0] != "dense"):

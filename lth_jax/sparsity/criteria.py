@@ -56,6 +56,11 @@ def get(name: str) -> Criterion:
   return _REGISTRY[name]
 
 
+def inverted(criterion: Criterion) -> Criterion:
+  """The opposite ranking: the lowest-scoring weights are kept (the `invert` control)."""
+  return lambda params, masks, context: jax.tree.map(jnp.negative, criterion(params, masks, context))
+
+
 @register("magnitude")
 def magnitude(params, masks, context: Context):
   """|w| (torch's L1Unstructured)."""

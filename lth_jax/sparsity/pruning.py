@@ -11,10 +11,12 @@ from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity.select import SCOPES, prune_by_score, rate_per_round  # noqa: F401  (public)
 
 
-def prune(criterion: str, params, masks, fraction: float, scope: str = "global", which=None,
+def prune(criterion: str | criteria.Criterion, params, masks, fraction: float, scope: str = "global", which=None,
           layer_scale=None, context: criteria.Context = criteria.Context()):
-  """Remove the `fraction` of the remaining prunable weights that `criterion` scores lowest."""
-  scores = criteria.get(criterion)(params, masks, context)
+  """Remove the `fraction` of the remaining prunable weights that `criterion` (a name or a function)
+  scores lowest."""
+  score = criteria.get(criterion) if isinstance(criterion, str) else criterion
+  scores = score(params, masks, context)
   return prune_by_score(scores, masks, fraction, scope, which, layer_scale)
 
 
@@ -28,7 +30,7 @@ def random(key: jax.Array, masks, fraction: float, scope: str = "global", which=
   return prune("random", masks, masks, fraction, scope, which, layer_scale, criteria.Context(key=key))
 
 
-def prune_iteratively(criterion: str, params, masks, fraction: float, iterations: int, scope: str = "global",
+def prune_iteratively(criterion: str | criteria.Criterion, params, masks, fraction: float, iterations: int, scope: str = "global",
                       which=None, layer_scale=None, context: criteria.Context = criteria.Context()):
   """Remove `fraction` of the remaining weights in `iterations` rescorings, exponentially spaced.
 
@@ -36,6 +38,8 @@ def prune_iteratively(criterion: str, params, masks, fraction: float, iterations
   weights remain, and after the last exactly as many as one global `prune(..., fraction)` leaves,
   counted over `which` (scope="layerwise" removes each step's fraction from every leaf, to rounding).
   """
+  if iterations == 1:   # exactly `prune`, whatever the scope
+    return prune(criterion, params, masks, fraction, scope, which, layer_scale, context)
   start, _ = masks_lib.count(masks, which)
   final = start - round(fraction * start)
   for i in range(1, iterations + 1):
