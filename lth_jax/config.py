@@ -103,6 +103,11 @@ def base() -> ml_collections.ConfigDict:
   c.prune.rewind_step = 0           # k>0: rewind to the dense run's weights after exactly k iterations (not with rewind_epoch)
   c.at_init = ml_collections.ConfigDict()
   c.at_init.rounds = 1              # prune_at_init: prune theta_0 in this many rescorings (synflow: its iterations)
+  # Instability analysis (Frankle et al. 2020, linear mode connectivity): method "instability".
+  c.stability = ml_collections.ConfigDict()
+  c.stability.rewind_steps = (0, 100, 500)   # iterations of the dense run the copies start from
+  c.stability.points = 30                    # interpolation points on the line between the two copies
+  c.stability.bn_examples = 1000             # training examples BatchNorm statistics are recomputed on
 
   # Network slimming (Liu et al. 2017): train with lambda * sum|gamma| over the prunable BatchNorm scales,
   # remove channels at each of `epochs` (one branch each), rebuild the narrower network and retrain it.
