@@ -16,7 +16,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lth_jax import report_sanity  # noqa: E402
 from lth_jax.metrics import potential  # noqa: E402
+from lth_jax.report_sanity import label  # noqa: E402
 from lth_jax.training.checkpoint import write_atomic  # noqa: E402
 
 COLUMNS = [  # (header, field, format)
@@ -71,13 +73,6 @@ def _plain(value):
   if hasattr(value, "tolist"):
     return value.tolist()
   return str(value)
-
-
-def label(run: dict) -> str:
-  """Method, then prune_at_init's criterion and the control the run carries (tables and legends)."""
-  criterion = [run.get("criterion")] if run["method"] == "prune_at_init" else []
-  control = [f"+{run['control']}"] if run.get("control") not in (None, "none") else []
-  return " ".join([run["method"], *filter(None, criterion), *control])
 
 
 def _cell(run: dict, field: str, fmt) -> str:
@@ -351,6 +346,7 @@ def write_all(workdir: str, config, runs: list, command: str, env: dict | None =
   if any(r.get("distance_curve") for r in runs):
     plot_distance_curve(runs, path("distance_curve.png"))
   write_markdown(workdir, config, runs, command, summary, env)
+  report_sanity.write(workdir, runs)   # after results.md: appends its sections
   write_json(workdir, config, runs, complete=True, command=command, summary=summary, env=env)
 
 

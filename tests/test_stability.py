@@ -67,3 +67,17 @@ def test_batch_norm_statistics_are_the_batch_statistics():
 def test_bad_stability_values_are_refused(overrides, message):
   with pytest.raises(UserError, match=message):
     experiment.validate(small_config(**overrides))
+
+
+def test_report_labels_and_instability_section(tmp_path):
+  from lth_jax import report_sanity
+  assert report_sanity.label({"method": "prune_at_init", "criterion": "snip", "control": "shuffle"}) == \
+      "prune_at_init snip +shuffle"
+  assert report_sanity.label({"method": "iterative", "control": "none"}) == "iterative"
+  run = {"method": "instability", "network": "dense", "rewind_step": 5, "sparsity": 0.0, "alphas": [0.0, 0.5, 1.0],
+         "error_curve": [0.1, 0.4, 0.2], "error_barrier": 0.25, "copy_test_errors": [0.1, 0.2]}
+  (tmp_path / "results.md").write_text("# runs\n")
+  report_sanity.write(str(tmp_path), [{"method": "dense"}, run])
+  text = (tmp_path / "results.md").read_text()
+  assert "| 0 | dense | 5 | 0.000 | 0.1000 / 0.2000 | 0.4000 | +0.2500 |" in text
+  assert (tmp_path / "instability_paths.png").exists() and (tmp_path / "instability_barrier.png").exists()
