@@ -62,3 +62,32 @@ def test_rewind_step_beyond_training_or_beside_rewind_epoch_is_refused():
   exp = experiment.build(small_config(**{"prune.rewind_step": 10_000}))
   with pytest.raises(UserError, match="config.prune.rewind_step=10000 must be below"):
     drive(common.dense(exp, Collect()))
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_a_ticket_rewound_inside_an_epoch_resumes_bit_identically(tmp_path, monkeypatch):
+  from lth_jax.training import checkpoint
+
+  def ticket_params(directory, crash_at=None):
+    exp = experiment.build(small_config(**{"prune.rewind_step": 13}))
+    exp.store = checkpoint.SegmentStore(str(directory), every=1, keep=5)
+    exp.trainer.cache_clear()
+    out = Collect()
+    dense = drive(common.dense(exp, out))
+    return oneshot(exp, dense, 0.8, out, reset="rewind").params
+
+  expected = ticket_params(tmp_path / "whole")
+  save = checkpoint.SegmentStore.save
+
+  def crashing(self, name, epoch, state, history, final):
+    save(self, name, epoch, state, history, final)
+    if name.startswith("oneshot_reinit") and epoch == 3:   # the ticket's first epoch was the partial one
+      raise Interrupted
+  monkeypatch.setattr(checkpoint.SegmentStore, "save", crashing)
+  with pytest.raises(Interrupted):
+    ticket_params(tmp_path / "killed")
+  monkeypatch.setattr(checkpoint.SegmentStore, "save", save)
+  assert leaves_equal(ticket_params(tmp_path / "killed"), expected)
