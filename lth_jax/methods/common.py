@@ -99,9 +99,11 @@ def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, i
   """
   p = exp.config.prune
   context = criterion_context(exp, purpose, batch_stats)
-  criterion = criteria.get(p.criterion)
+  score = criteria.get(p.criterion)
   if p.control == "invert":
-    criterion = criteria.inverted(criterion)
+    score = criteria.inverted(score)
+  jitted = jax.jit(lambda params_, masks_: score(params_, masks_, context))   # SynFlow rescores 100 times
+  criterion = lambda params_, masks_, _: jitted(params_, masks_)   # noqa: E731
   iterations = p.synflow_iterations if p.criterion == "synflow" else iterations
   pruned = pruning.prune_iteratively(criterion, params, masks, fraction, iterations, p.scope, exp.which,
                                      exp.layer_scale, context)

@@ -13,7 +13,7 @@ nice -n 10 python main.py --config=configs/mnist_lenet.py --config.data.dir=../s
 # ResNet-20 at width 4 (BatchNorm), 1000 CIFAR-10 training images, 10 epochs of 20 iterations, SGD 0.1 momentum 0.9
 nice -n 10 python main.py --config=configs/cifar_resnet.py --config.data.name=image_folder \
   --config.data.dir=../shared/data/cifar10/cifar10-images.tar.gz $COMMON --config.model.name=resnet20 \
-  --config.model.width=4 --config.metrics.corruptions=() --config.data.subset=1000 --config.train.batch_size=50 --config.train.epochs=10 \
+  --config.model.width=4 '--config.metrics.corruptions=()' --config.data.subset=1000 --config.train.batch_size=50 --config.train.epochs=10 \
   --config.train.eval_every=10 '--config.optimizer.milestones=()' --config.optimizer.schedule=constant \
   --config.optimizer.lr=0.1 '--config.stability.rewind_steps=(0,20,100)' --config.stability.points=7 \
   --config.stability.bn_examples=500 --config.workdir=$R/resnet20_w4
