@@ -16,6 +16,7 @@ def base() -> ml_collections.ConfigDict:
   c.replicates = 1              # n > 1: the whole run under seeds seed .. seed+n-1 (own init, data order and
   #                               keys; the data split stays seed's), summarised as mean and std over seeds
   c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
+  #                               | prune_at_init (snip / grasp / synflow / magnitude / random at theta_0)
   #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
   c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
   c.mode = "train"              # train | eval (evaluate the ticket at `restore` without training)
@@ -110,6 +111,20 @@ def base() -> ml_collections.ConfigDict:
   c.dynamic = ml_collections.ConfigDict()
   c.dynamic.at = (1 / 3, 2 / 3)   # fractions of training at which to prune
   c.dynamic.fraction = 0.0        # per event; 0 = reach the sparsity after all events
+
+  # Pruning at initialization and the sanity checks of "Missing the Mark" (Frankle et al. 2021).
+  c.prune.control = "none"          # none | shuffle (permute each layer's mask) | reinit (fresh weights) | invert
+  #                                   (keep the lowest scores): applied to every unstructured method's mask
+  c.prune.synflow_iterations = 100  # criterion=synflow: rescorings on the exponential schedule (Tanaka et al.)
+  c.prune.score_examples = 256      # training examples the data-driven criteria (snip, grasp) score on
+  c.prune.rewind_step = 0           # k>0: rewind to the dense run's weights after exactly k iterations (not with rewind_epoch)
+  c.at_init = ml_collections.ConfigDict()
+  c.at_init.rounds = 1              # prune_at_init: prune theta_0 in this many rescorings (synflow: its iterations)
+  # Instability analysis (Frankle et al. 2020, linear mode connectivity): method "instability".
+  c.stability = ml_collections.ConfigDict()
+  c.stability.rewind_steps = (0, 100, 500)   # iterations of the dense run the copies start from
+  c.stability.points = 30                    # interpolation points on the line between the two copies
+  c.stability.bn_examples = 1000             # training examples BatchNorm statistics are recomputed on
 
   # Network slimming (Liu et al. 2017): train with lambda * sum|gamma| over the prunable BatchNorm scales,
   # remove channels at each of `epochs` (one branch each), rebuild the narrower network and retrain it.

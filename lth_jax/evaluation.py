@@ -183,12 +183,16 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
   """One run's entry of results.json (DESIGN.md's fields; names are stable once written).
 
   `trainer` evaluates the state; pass the one that trained it when its model differs from exp.model
-  (a network rebuilt narrower). Compression figures (params, nonzero_params, flops, nonzero_flops,
+  (a network rebuilt narrower). `layer_sparsity` is {leaf: {"remaining", "total"}} per prunable leaf.
+  Compression figures (params, nonzero_params, flops, nonzero_flops,
   compression_ratio, theoretical_speedup) compare with exp.model at full width.
   """
   trainer = trainer or exp.trainer(exp.config.train.epochs)
   figures = exp.evaluator.figures(trainer, state)
   remaining_all, total_all = masks_lib.count(state.masks, jax.tree.map(lambda _: True, state.masks))
+  # a network rebuilt narrower keeps exp.model's leaf names, so exp.which still marks its prunable leaves
+  same_leaves = jax.tree.structure(state.masks) == jax.tree.structure(exp.which)
+  layer_sparsity = masks_lib.layer_counts(state.masks, exp.which if same_leaves else None)
   evaluated = [row for row in history if row["val_accuracy"] is not None]
   best = max(evaluated, key=lambda row: row["val_accuracy"]) if evaluated else None
   return RunRecord(
@@ -207,4 +211,5 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
       curve=history,
       figures={**compression.figures(trainer.model, state.params, exp.data["train"][0].shape[1:], state.masks,
                                      exp.model, exp.init_params),
+               "layer_sparsity": layer_sparsity,
                **{k: v for k, v in figures.items() if k != "accuracy"}})

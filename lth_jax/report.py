@@ -16,7 +16,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lth_jax import report_sanity  # noqa: E402
 from lth_jax.metrics import potential  # noqa: E402
+from lth_jax.report_sanity import label  # noqa: E402
 from lth_jax.training.checkpoint import write_atomic  # noqa: E402
 
 COLUMNS = [  # (header, field, format)
@@ -74,7 +76,7 @@ def _plain(value):
 
 
 def _cell(run: dict, field: str, fmt) -> str:
-  value = run.get(field)
+  value = label(run) if field == "method" else run.get(field)
   return "–" if value is None else fmt(value) if callable(fmt) else fmt.format(value)
 
 
@@ -212,7 +214,7 @@ def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
   for group in replicate_groups(runs):
     values = [value(r) for r in group if value(r) is not None]
     if values:
-      points.append((group[0]["method"], (1 - np.mean([r["sparsity"] for r in group])) * 100, np.mean(values),
+      points.append((label(group[0]), (1 - np.mean([r["sparsity"] for r in group])) * 100, np.mean(values),
                      np.std(values, ddof=1) if len(values) > 1 else 0.0))   # as summary.replicates
   dense = [p for p in points if p[0] == "dense"]
   for method in dict.fromkeys(p[0] for p in points if p[0] != "dense"):
@@ -344,6 +346,7 @@ def write_all(workdir: str, config, runs: list, command: str, env: dict | None =
   if any(r.get("distance_curve") for r in runs):
     plot_distance_curve(runs, path("distance_curve.png"))
   write_markdown(workdir, config, runs, command, summary, env)
+  report_sanity.write(workdir, runs)   # after results.md: appends its sections
   write_json(workdir, config, runs, complete=True, command=command, summary=summary, env=env)
 
 

@@ -8,8 +8,8 @@ train) whenever it needs training, and receives one (state, history) per job bac
 
 `run` advances the programs of every seed in lock step, without threads: each round it collects the
 jobs every live program has yielded, in seed order, trains them and sends each program its results.
-With `vmap`, the jobs that share a trainer (one model, optimizer and schedule), data and start and end
-epochs train as one vmapped `Trainer.fit` call -- the seeds of `replicates`, the sparsities of a sweep,
+With `vmap`, the jobs that share a trainer (one model, optimizer and schedule), data, start step and end
+epoch train as one vmapped `Trainer.fit` call -- the seeds of `replicates`, the sparsities of a sweep,
 the reinit and random tickets of `compare`; without it every job trains alone. Either way the
 grouping is a function of the programs alone, never of timing, and each job's numbers are those of
 training it alone (to float tolerance when vmapped): keys are per purpose, not per order.
@@ -33,8 +33,8 @@ class Job:
   name: str
   data: dict
 
-  def start_epoch(self) -> int:
-    return int(self.state.step) // self.trainer.steps_per_epoch
+  def start_step(self) -> int:
+    return int(self.state.step)   # a ticket rewound inside an epoch trains apart from one at its start
 
 
 def fit(trainer: Trainer, state: TrainState, end_epoch: int, name: str, data: dict) -> Program:
@@ -88,7 +88,7 @@ def groups(jobs: list[Job], vmap: bool) -> list[list[int]]:
     return [[i] for i in range(len(jobs))]
   by_key = {}
   for i, job in enumerate(jobs):
-    by_key.setdefault((id(job.trainer), id(job.data), job.start_epoch(), job.end_epoch), []).append(i)
+    by_key.setdefault((id(job.trainer), id(job.data), job.start_step(), job.end_epoch), []).append(i)
   return list(by_key.values())
 
 

@@ -8,20 +8,40 @@ import dataclasses
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lth_jax.errors import check
 from lth_jax.methods import cohort
 from lth_jax.methods.registry import Recorder
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import pruning
 from lth_jax.training import Trainer, TrainState
+from lth_jax.training import step
+
+# The sanity checks of "Missing the Mark" (Frankle et al. 2021), on any method's mask before retraining.
+CONTROLS = ("none", "shuffle", "reinit", "invert")
+
+
+def validate_prune(config: ml_collections.ConfigDict) -> None:
+  p = config.prune
+  check(p.control in CONTROLS, f"config.prune.control={p.control!r}; allowed: {', '.join(CONTROLS)}")
+  check(p.synflow_iterations >= 1, f"config.prune.synflow_iterations={p.synflow_iterations} must be >= 1")
+  check(p.score_examples >= 1, f"config.prune.score_examples={p.score_examples} must be >= 1")
+  check(p.rewind_step >= 0, f"config.prune.rewind_step={p.rewind_step} must be >= 0")
+  check(not (p.rewind_step and p.rewind_epoch), f"config.prune.rewind_step={p.rewind_step} and "
+        f"config.prune.rewind_epoch={p.rewind_epoch} are both set; set one (0 = theta_0)")
 
 
 @dataclasses.dataclass
 class DenseRun:
   state: TrainState          # trained dense network
-  rewind_params: Any         # weights at config.prune.rewind_epoch (theta_0 when it is 0)
+  rewind_params: Any         # weights at config.prune.rewind_epoch or rewind_step (theta_0 when both are 0)
   rewind_batch_stats: Any
   test_accuracy: float
+  rewind_step: int = 0       # the iteration the rewind weights are at: a rewound ticket's schedule resumes there
 
 
 @dataclasses.dataclass
@@ -44,30 +64,102 @@ def masked_accuracy(exp, params, batch_stats, masks) -> float:
   return trainer.evaluate(state, exp.data["test"])["accuracy"]
 
 
-def prune(exp, params, masks, fraction: float, purpose: str):
-  """config.prune's criterion, scope, exclusions and layer scales, applied to the remaining weights.
+def criterion_context(exp, purpose: str, batch_stats=None) -> criteria.Context:
+  """What any criterion may read: a key for `purpose`, `config.prune.score_examples` training examples
+  (drawn once per seed), the mean cross-entropy on them (BatchNorm on the batch's statistics, as in
+  training) and the logits with BatchNorm in eval mode on `batch_stats` (default: theta_0's)."""
+  recipe = exp.trainer(exp.config.train.epochs).recipe
+  stats = exp.init_batch_stats if batch_stats is None else batch_stats
+  x, y = exp.data["train"]
+  n = min(exp.config.prune.score_examples, int(x.shape[0]))
+  chosen = jax.random.permutation(exp.key("prune/score_batch"), x.shape[0])[:n]
 
-  `purpose` names this pruning event: a random criterion draws from its own key.
+  def variables(params):
+    return {"params": params, **({"batch_stats": stats} if stats else {})}
+
+  def loss_fn(params, batch):
+    logits, _ = step.apply_model(recipe, variables(params), batch[0], train=True)
+    return jnp.mean(step.cross_entropy(logits, batch[1]))
+
+  def logits_fn(params, inputs):
+    return step.apply_model(recipe, variables(params), inputs, train=False)[0]
+
+  return criteria.Context(key=exp.key(f"prune/{purpose}"), batch=(x[chosen], y[chosen]), loss_fn=loss_fn,
+                          logits_fn=logits_fn)
+
+
+def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, iterations: int = 1):
+  """config.prune's criterion, scope, exclusions and layer scales, applied to the remaining weights,
+  then config.prune.control's change to the mask (shuffle: permuted within each layer; invert: the
+  lowest scores kept; reinit acts on the weights, `control_weights`).
+
+  `purpose` names this pruning event: random criteria and the shuffle draw from its own keys. The
+  criterion rescores `iterations` times on the exponential schedule (`pruning.prune_iteratively`);
+  SynFlow always `config.prune.synflow_iterations` times.
   """
   p = exp.config.prune
-  context = criteria.Context(key=exp.key(f"prune/{purpose}"))
-  return pruning.prune(p.criterion, params, masks, fraction, p.scope, exp.which, exp.layer_scale, context)
+  context = criterion_context(exp, purpose, batch_stats)
+  score = criteria.get(p.criterion)
+  if p.control == "invert":
+    score = criteria.inverted(score)
+  jitted = jax.jit(lambda params_, masks_: score(params_, masks_, context))   # SynFlow rescores 100 times
+  criterion = lambda params_, masks_, _: jitted(params_, masks_)   # noqa: E731
+  iterations = p.synflow_iterations if p.criterion == "synflow" else iterations
+  pruned = pruning.prune_iteratively(criterion, params, masks, fraction, iterations, p.scope, exp.which,
+                                     exp.layer_scale, context)
+  if p.control == "shuffle":
+    pruned = masks_lib.shuffle(exp.key(f"shuffle/{purpose}"), pruned, exp.which)
+  return pruned
+
+
+def control_weights(exp, params, batch_stats, name: str):
+  """The weights a ticket trains from: fresh random ones under config.prune.control="reinit"."""
+  if exp.config.prune.control == "reinit":
+    return exp.init_variables(exp.key(f"reinit/{name}"))
+  return params, batch_stats
+
+
+def with_control(exp, record):
+  """The run's record, naming the control its mask or weights carry."""
+  return record.with_extra(control=exp.config.prune.control)
+
+
+def rewind_step(exp) -> int:
+  """The dense run's iteration tickets rewind to: config.prune.rewind_step, or rewind_epoch's first step."""
+  p, spe = exp.config.prune, exp.trainer(exp.config.train.epochs).steps_per_epoch
+  step = p.rewind_step or p.rewind_epoch * spe
+  check(step < exp.config.train.epochs * spe, f"config.prune.rewind_step={p.rewind_step} must be below the "
+        f"dense run's {exp.config.train.epochs * spe} steps (config.train.epochs x {spe} steps per epoch)")
+  return step
+
+
+def start_state(trainer: Trainer, params, batch_stats, masks, key, step: int) -> TrainState:
+  """A ticket's fresh train state at global iteration `step`: the schedule (and Trainer.fit) resume there."""
+  state = trainer.init_state(params, batch_stats, masks, key)
+  return state.replace(step=jnp.asarray(step, jnp.int32))
 
 
 def dense(exp, recorder: Recorder):
-  """Program: train from theta_0 for config.train.epochs, keeping the weights at the rewind epoch."""
-  started, epochs, rewind_epoch = time.time(), exp.config.train.epochs, exp.config.prune.rewind_epoch
+  """Program: train from theta_0 for config.train.epochs, keeping the weights at the rewind iteration.
+
+  The epochs before it train as segments of the one dense run; the rewind weights inside an epoch are
+  that epoch's first steps replayed from its start (`Trainer.advance`), the very steps the dense run
+  takes next, so they are the dense run's weights after exactly `rewind_step` iterations.
+  """
+  started, epochs = time.time(), exp.config.train.epochs
   trainer = exp.trainer(epochs)
+  rewind_epoch, within = divmod(rewind_step(exp), trainer.steps_per_epoch)
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
                              exp.key("dense"))
   state, history = yield from cohort.fit(trainer, state, rewind_epoch, "dense", exp.data)
-  rewind_params, rewind_stats = state.params, state.batch_stats
+  rewound = trainer.advance(state, exp.data, within) if within else state
+  rewind_params, rewind_stats = rewound.params, rewound.batch_stats
   state, rest = yield from cohort.fit(trainer, state, epochs, "dense", exp.data)
   exp.evaluator.set_reference(trainer, state)
   record = exp.record(state, history + rest, "dense", 0, None, None, started)
   record = dataclasses.replace(record, accuracy_drop=0.0)
   recorder(record, state, rewind_params)
-  return DenseRun(state, rewind_params, rewind_stats, record.test_accuracy)
+  return DenseRun(state, rewind_params, rewind_stats, record.test_accuracy, int(rewound.step))
 
 
 def fit_tickets(exp, tickets: list[Ticket]):

@@ -57,18 +57,20 @@ def oneshot_ticket(exp, dense_run: DenseRun, sparsity: float, reset: str) -> Tic
   started, cfg = time.time(), exp.config
   name = f"{ONESHOT_METHODS[reset]}@{sparsity:g}"
   trained = dense_run.state
-  masks = common.prune(exp, trained.params, masks_lib.init(trained.params), sparsity, name)
+  masks = common.prune(exp, trained.params, masks_lib.init(trained.params), sparsity, name, trained.batch_stats)
   before = common.masked_accuracy(exp, trained.params, trained.batch_stats, masks)
   if reset == "none":
     params, stats, start, epochs, finetune = trained.params, trained.batch_stats, 0, cfg.finetune.epochs, True
   elif reset == "rewind":
     params, stats = dense_run.rewind_params, dense_run.rewind_batch_stats
-    start, epochs, finetune = cfg.prune.rewind_epoch, cfg.train.epochs, False
+    start, epochs, finetune = dense_run.rewind_step, cfg.train.epochs, False
   else:
     params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
     start, epochs, finetune = 0, cfg.train.epochs, False
+  if reset != "random":
+    params, stats = common.control_weights(exp, params, stats, name)
   trainer = exp.trainer(epochs, finetune)
-  state = trainer.init_state(params, stats, masks, exp.key(name), start)
+  state = common.start_state(trainer, params, stats, masks, exp.key(name), start)
   return Ticket(ONESHOT_METHODS[reset], name, trainer, state, epochs, params, before, started)
 
 
@@ -77,8 +79,8 @@ def oneshot_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder, rese
   tickets = [oneshot_ticket(exp, dense_run, s, reset) for s in sparsities]
   fitted = yield from common.fit_tickets(exp, tickets)
   for ticket, (state, history) in zip(tickets, fitted):
-    recorder(exp.record(state, history, ticket.method, 1, dense_run.test_accuracy, ticket.before, ticket.started),
-             state, ticket.rewind_params)
+    record = exp.record(state, history, ticket.method, 1, dense_run.test_accuracy, ticket.before, ticket.started)
+    recorder(common.with_control(exp, record), state, ticket.rewind_params)
   return [state for state, _ in fitted]
 
 
@@ -115,7 +117,7 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   masks = masks_lib.init(state.params)
   for round_ in range(1, cfg.rounds + 1):
     started, name = time.time(), f"iterative round {round_}"
-    masks = common.prune(exp, state.params, masks, rate, name)
+    masks = common.prune(exp, state.params, masks, rate, name, state.batch_stats)
     before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
     at_dense = common.masked_accuracy(exp, dense_run.state.params, dense_run.state.batch_stats, masks)
     last = round_ == cfg.rounds
@@ -125,12 +127,13 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
     else:
       epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.train.epochs
       if cfg.reset == "rewind":  # theta_0 itself when rewind_epoch is 0
-        params, stats, start = dense_run.rewind_params, dense_run.rewind_batch_stats, exp.config.prune.rewind_epoch
+        params, stats, start = dense_run.rewind_params, dense_run.rewind_batch_stats, dense_run.rewind_step
       else:
         params, stats, start = exp.init_params, exp.init_batch_stats, 0
       finetune = False
+    params, stats = common.control_weights(exp, params, stats, name)
     trainer = exp.trainer(epochs, finetune)
-    tickets = [Ticket("iterative", name, trainer, trainer.init_state(params, stats, masks, exp.key(name), start),
+    tickets = [Ticket("iterative", name, trainer, common.start_state(trainer, params, stats, masks, exp.key(name), start),
                       epochs, params, before, started)]
     if cfg.random_control_every and round_ % cfg.random_control_every == 0:
       tickets.append(_random_control(exp, masks, epochs, round_, before))
@@ -138,6 +141,7 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
     state = fitted[0][0]
     for ticket, (trained, history) in zip(tickets, fitted):
       record = exp.record(trained, history, ticket.method, round_, dense_run.test_accuracy, before, ticket.started)
+      record = common.with_control(exp, record)
       if ticket.method == "iterative":
         record = record.with_extra(rate_per_round=rate, accuracy_at_dense_weights=at_dense)
       recorder(record, trained, ticket.rewind_params)
@@ -178,13 +182,14 @@ def dynamic_run(exp, sparsity: float, recorder: Recorder, dense_accuracy: float 
   for epoch in prune_epochs:
     state, rows = yield from cohort.fit(trainer, state, epoch, name, exp.data)
     history += rows
-    masks = common.prune(exp, state.params, state.masks, fraction, f"{name}/{epoch}")
+    masks = common.prune(exp, state.params, state.masks, fraction, f"{name}/{epoch}", state.batch_stats)
     state = state.replace(masks=masks, params=masks_lib.apply(state.params, masks))
     before = trainer.evaluate(state, exp.data["test"])["accuracy"]
     events.append({"epoch": epoch, "sparsity": masks_lib.sparsity(masks, exp.which), "test_accuracy": before})
   state, rows = yield from cohort.fit(trainer, state, epochs, name, exp.data)
   record = exp.record(state, history + rows, "dynamic", len(events), dense_accuracy, before, started)
-  recorder(record.with_extra(prune_events=events, fraction_per_event=fraction), state, exp.init_params)
+  record = common.with_control(exp, record).with_extra(prune_events=events, fraction_per_event=fraction)
+  recorder(record, state, exp.init_params)
   return state
 
 

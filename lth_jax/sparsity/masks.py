@@ -88,3 +88,22 @@ def hamming(masks_a, masks_b, which=None) -> float:
   differ = sum(int(jnp.count_nonzero((a != 0) != (b != 0))) for a, b in pairs)
   total = sum(int(a.size) for a, _ in pairs)
   return differ / total if total else 0.0
+
+
+def shuffle(key: jax.Array, masks, which=None):
+  """Each leaf `which` marks with its entries randomly permuted: the same count per layer, new positions.
+
+  The layer-wise shuffle control of "Pruning Neural Networks at Initialization: Why are We Missing
+  the Mark?" (Frankle et al. 2021); other leaves are returned unchanged.
+  """
+  which = _default(masks, which)
+  leaves, treedef = jax.tree.flatten(masks)
+  keys = jax.random.split(key, len(leaves))
+  out = [jax.random.permutation(k, m.ravel()).reshape(m.shape) if w else m
+         for k, m, w in zip(keys, leaves, jax.tree.leaves(which))]
+  return jax.tree.unflatten(treedef, out)
+
+
+def layer_counts(masks, which=None) -> dict[str, dict]:
+  """{leaf name: {"remaining": int, "total": int}} for each leaf `which` marks."""
+  return {row["layer"]: {"remaining": row["remaining"], "total": row["total"]} for row in layer_report(masks, which)}

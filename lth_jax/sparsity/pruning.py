@@ -7,13 +7,16 @@ cumulative (see `select` for the exact counting and tie rule).
 import jax
 
 from lth_jax.sparsity import criteria
+from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity.select import SCOPES, prune_by_score, rate_per_round  # noqa: F401  (public)
 
 
-def prune(criterion: str, params, masks, fraction: float, scope: str = "global", which=None,
+def prune(criterion: str | criteria.Criterion, params, masks, fraction: float, scope: str = "global", which=None,
           layer_scale=None, context: criteria.Context = criteria.Context()):
-  """Remove the `fraction` of the remaining prunable weights that `criterion` scores lowest."""
-  scores = criteria.get(criterion)(params, masks, context)
+  """Remove the `fraction` of the remaining prunable weights that `criterion` (a name or a function)
+  scores lowest."""
+  score = criteria.get(criterion) if isinstance(criterion, str) else criterion
+  scores = score(params, masks, context)
   return prune_by_score(scores, masks, fraction, scope, which, layer_scale)
 
 
@@ -25,3 +28,23 @@ def magnitude(params, masks, fraction: float, scope: str = "global", which=None,
 def random(key: jax.Array, masks, fraction: float, scope: str = "global", which=None, layer_scale=None):
   """Random pruning: remove a uniformly random `fraction` of the remaining weights."""
   return prune("random", masks, masks, fraction, scope, which, layer_scale, criteria.Context(key=key))
+
+
+def prune_iteratively(criterion: str | criteria.Criterion, params, masks, fraction: float, iterations: int, scope: str = "global",
+                      which=None, layer_scale=None, context: criteria.Context = criteria.Context()):
+  """Remove `fraction` of the remaining weights in `iterations` rescorings, exponentially spaced.
+
+  SynFlow's schedule (Tanaka et al. 2020): after iteration i of k, round(remaining * (1 - fraction)^(i/k))
+  weights remain, and after the last exactly as many as one global `prune(..., fraction)` leaves,
+  counted over `which` (scope="layerwise" removes each step's fraction from every leaf, to rounding).
+  """
+  if iterations == 1:   # exactly `prune`, whatever the scope
+    return prune(criterion, params, masks, fraction, scope, which, layer_scale, context)
+  start, _ = masks_lib.count(masks, which)
+  final = start - round(fraction * start)
+  for i in range(1, iterations + 1):
+    remaining, _ = masks_lib.count(masks, which)
+    target = final if i == iterations else round(start * (1.0 - fraction) ** (i / iterations))
+    step_fraction = (remaining - target) / remaining if remaining else 0.0
+    masks = prune(criterion, params, masks, step_fraction, scope, which, layer_scale, context)
+  return masks

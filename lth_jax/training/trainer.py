@@ -88,16 +88,29 @@ class Trainer:
     return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
                       batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
 
-  def train_epoch(self, state: TrainState, x, y, batched: bool = False):
-    """One epoch on (x, y); `batched`: `state` stacks several tickets along a leading axis. Consumes `state`."""
-    if self.loop == "scan":
+  def train_epoch(self, state: TrainState, x, y, batched: bool = False, first: int = 0, last: int | None = None):
+    """One epoch on (x, y); `batched`: `state` stacks several tickets along a leading axis. Consumes `state`.
+
+    Steps `first` .. `last`-1 of the epoch only, when given: a state rewound to an iteration inside an
+    epoch finishes it, and the dense run's first steps of an epoch give that iteration's weights.
+    """
+    last = self.steps_per_epoch if last is None else last
+    if self.loop == "scan" and (first, last) == (0, self.steps_per_epoch):
       return self._epoch[batched](state, x, y)
     state, order = self._shuffle[batched](state, x)   # the scan's epoch, one dispatch per batch
     metrics = []
-    for i in range(self.steps_per_epoch):
+    for i in range(first, last):
       state, m = self._batch_step[batched](state, x, y, order, i)
       metrics.append(m)
     return state, jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *metrics)
+
+  def advance(self, state: TrainState, data, steps: int) -> TrainState:
+    """The first `steps` steps of the next epoch of a state at an epoch boundary (`state` is kept): its
+    weights after exactly that many more iterations, as training through the epoch would have them."""
+    if int(state.step) % self.steps_per_epoch:
+      raise ValueError("Trainer.advance needs a state at an epoch boundary")
+    copy = jax.tree.map(lambda a: a.copy(), state)   # the compiled steps donate their input
+    return self.train_epoch(copy, *data["train"], last=steps)[0]
 
   def logits(self, state: TrainState, x) -> jax.Array:
     return self._logits(state.variables, x)
@@ -115,9 +128,10 @@ class Trainer:
     of the prunable weights (masks do not change within a fit).
     """
     batched = len(states) > 1
-    start_epoch = int(states[0].step) // self.steps_per_epoch
-    if any(int(s.step) // self.steps_per_epoch != start_epoch for s in states):
-      raise ValueError("Trainer.fit needs states that start at the same epoch")
+    start_step = int(states[0].step)
+    start_epoch = start_step // self.steps_per_epoch
+    if any(int(s.step) != start_step for s in states):
+      raise ValueError("Trainer.fit needs states that start at the same step")
     segments = [f"{name}/{start_epoch}-{end_epoch}" for name in names]
     histories, start = [[] for _ in states], time.time()
     if self.store is not None and end_epoch > start_epoch:
@@ -126,12 +140,14 @@ class Trainer:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
     sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]
     current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
-    first = start_epoch + len(histories[0]) + 1
+    first_epoch = start_epoch + len(histories[0]) + 1
     # disable=None: tqdm stays quiet unless stderr is a terminal (CI, log files)
-    bar = tqdm.tqdm(total=end_epoch - first + 1, desc=_describe(names), unit="epoch", leave=False,
+    bar = tqdm.tqdm(total=end_epoch - first_epoch + 1, desc=_describe(names), unit="epoch", leave=False,
                     disable=None if self.progress else True)
-    for epoch in range(first, end_epoch + 1):
-      current, metrics = self.train_epoch(current, *data["train"], batched=batched)
+    for epoch in range(first_epoch, end_epoch + 1):
+      # a state rewound inside an epoch (prune.rewind_step) first finishes that epoch's remaining steps
+      first = start_step % self.steps_per_epoch if epoch == start_epoch + 1 else 0
+      current, metrics = self.train_epoch(current, *data["train"], batched=batched, first=first)
       figures = {"train": metrics}
       if epoch % self.eval_every == 0 or epoch == end_epoch:   # every member at once, on the device
         figures.update({split: self._evaluate[batched](current.variables, *data[split]) for split in ("val", "test")})

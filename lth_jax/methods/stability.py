@@ -1,0 +1,103 @@
+"""`instability`: linear mode connectivity of the dense network and of a ticket (Frankle, Dziugaite, Roy,
+Carbin 2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis").
+
+For each k in `config.stability.rewind_steps`, two copies start from the dense run's exact weights after
+k iterations (their schedule resumes at k) and train to the end with different data orders and
+augmentation (each copy its own key: different SGD noise, same everything else); then the test error is
+evaluated at `config.stability.points` points of the straight line between their final weights, BatchNorm
+statistics recomputed at each point on `config.stability.bn_examples` training examples. The same for a
+ticket: the dense network magnitude-pruned (config.prune) to `config.prune.sparsity`, its copies trained
+from the rewound weights under the mask. With train.vmap each pair trains as one vmapped program.
+Each copy pair is one record (method "instability", round = k) holding `network` (dense | ticket),
+`rewind_step`, the path's `alphas` and `error_curve`, and the `error_barrier`.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lth_jax.errors import check
+from lth_jax.methods import cohort
+from lth_jax.methods import common
+from lth_jax.methods.registry import Recorder, register
+from lth_jax.metrics import connectivity
+from lth_jax.sparsity import masks as masks_lib
+from lth_jax.training import step
+
+NETWORKS = ("dense", "ticket")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  s = config.stability
+  steps = list(s.rewind_steps)
+  check(len(steps) > 0 and steps[0] >= 0 and steps == sorted(set(steps)),
+        f"config.stability.rewind_steps={tuple(s.rewind_steps)} must be increasing iteration counts >= 0")
+  check(s.points >= 2, f"config.stability.points={s.points} must be >= 2 (the path's two ends)")
+  check(s.bn_examples >= 1, f"config.stability.bn_examples={s.bn_examples} must be >= 1")
+
+
+def recomputed_stats(exp, params, batch_stats):
+  """BatchNorm statistics of `params` on the first bn_examples training examples (unchanged without BN).
+
+  One training-mode pass from running averages of 0 and of 1 gives new = m * old + (1 - m) * batch for
+  each; their difference is the momentum m, whatever the model sets it to, and so the batch's own mean
+  and variance follow, with no running average mixed in."""
+  if not batch_stats:
+    return batch_stats
+  recipe = exp.trainer(exp.config.train.epochs).recipe
+  x = exp.data["train"][0][:exp.config.stability.bn_examples]
+  def updated(fill):
+    old = jax.tree.map(lambda a: jnp.full_like(a, fill), batch_stats)
+    return step.apply_model(recipe, {"params": params, "batch_stats": old}, x, train=True)[1]
+  from_zero, from_one = updated(0.0), updated(1.0)
+  return jax.tree.map(lambda z, o: z / (1.0 - (o - z)), from_zero, from_one)
+
+
+def path_errors(exp, trainer, state_a, state_b) -> list[float]:
+  """Test error at each point of the line between the two states' weights (their shared mask applied)."""
+  def error(params):
+    stats = recomputed_stats(exp, params, state_a.batch_stats)
+    return 1.0 - trainer.evaluate(state_a.replace(params=params, batch_stats=stats), exp.data["test"])["accuracy"]
+  return connectivity.error_curve(error, state_a.params, state_b.params, exp.config.stability.points)
+
+
+def dense_with_snapshots(exp, recorder: Recorder):
+  """Program: the dense run, keeping (params, batch_stats) after exactly k iterations for every k."""
+  started, epochs = time.time(), exp.config.train.epochs
+  trainer = exp.trainer(epochs)
+  state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params), exp.key("dense"))
+  history, snapshots = [], {}
+  for k in exp.config.stability.rewind_steps:
+    check(k < epochs * trainer.steps_per_epoch, f"config.stability.rewind_steps holds {k}: the dense run has only "
+          f"{epochs * trainer.steps_per_epoch} iterations")
+    epoch, within = divmod(k, trainer.steps_per_epoch)
+    state, rows = yield from cohort.fit(trainer, state, epoch, "dense", exp.data)
+    history += rows
+    snapshot = trainer.advance(state, exp.data, within) if within else state
+    snapshots[k] = (snapshot.params, snapshot.batch_stats)
+  state, rows = yield from cohort.fit(trainer, state, epochs, "dense", exp.data)
+  record = exp.record(state, history + rows, "dense", 0, None, None, started)
+  recorder(record, state, exp.init_params)
+  return state, snapshots, record.test_accuracy
+
+
+@register("instability", validate=validate)
+def instability(exp, recorder: Recorder):
+  dense_state, snapshots, dense_accuracy = yield from dense_with_snapshots(exp, recorder)
+  trainer, epochs = exp.trainer(exp.config.train.epochs), exp.config.train.epochs
+  ticket_masks = common.prune(exp, dense_state.params, masks_lib.init(dense_state.params), exp.config.prune.sparsity,
+                              "instability/ticket", dense_state.batch_stats)
+  for k, (params, stats) in snapshots.items():
+    for network, masks in zip(NETWORKS, (masks_lib.init(params), ticket_masks)):
+      started, name = time.time(), f"instability/{network}/k{k}"
+      pair = [common.start_state(trainer, params, stats, masks, exp.key(f"{name}/copy{i}"), k) for i in (0, 1)]
+      (a, history), (b, _) = yield [cohort.Job(trainer, s, epochs, f"{name}/copy{i}", exp.data)
+                                    for i, s in enumerate(pair)]
+      errors = path_errors(exp, trainer, a, b)
+      record = exp.record(a, history, "instability", k, dense_accuracy, None, started).with_extra(
+          network=network, rewind_step=k, alphas=[float(x) for x in connectivity.alphas(len(errors))],
+          error_curve=errors, error_barrier=connectivity.barrier(errors),
+          copy_test_errors=[errors[0], errors[-1]])
+      recorder(record, a, params)

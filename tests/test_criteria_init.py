@@ -1,0 +1,156 @@
+"""Pruning at initialization: SNIP, GraSP and SynFlow against their definitions on tiny networks.
+
+Gradients and Hessian-gradient products are checked against central finite differences in float64;
+SynFlow against its conservation law (Tanaka et al. 2020, Theorem 1) and its exact final count.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lth_jax.sparsity import criteria, pruning
+from lth_jax.sparsity import masks as masks_lib
+from lth_jax.training.step import cross_entropy
+
+
+def tiny_params(dtype, seed=0, sizes=(4, 5, 3)):
+  """A bias-free MLP's weights: {"layer_i": {"kernel": (in, out)}}."""
+  rng = np.random.default_rng(seed)
+  return {f"layer_{i}": {"kernel": jnp.asarray(rng.normal(size=(a, b)), dtype)}
+          for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+
+
+def logits_fn(params, x):
+  """tanh hidden layers (smooth: the Hessian exists everywhere), linear output."""
+  names = sorted(params)
+  for name in names[:-1]:
+    x = jnp.tanh(x @ params[name]["kernel"])
+  return x @ params[names[-1]]["kernel"]
+
+
+def relu_logits_fn(params, x):
+  names = sorted(params)
+  for name in names[:-1]:
+    x = jax.nn.relu(x @ params[name]["kernel"])
+  return x @ params[names[-1]]["kernel"]
+
+
+def loss_fn(params, batch):
+  x, y = batch
+  return jnp.mean(cross_entropy(logits_fn(params, x), y))
+
+
+def batch(dtype, n=6, features=4, classes=3):
+  rng = np.random.default_rng(1)
+  return jnp.asarray(rng.normal(size=(n, features)), dtype), jnp.asarray(rng.integers(0, classes, n))
+
+
+def finite_difference(f, params, direction_fn, eps=1e-5):
+  """d/dw_i f(params) for every weight i, by central differences: a pytree like params."""
+  leaves, treedef = jax.tree.flatten(params)
+  out = []
+  for li, leaf in enumerate(leaves):
+    flat = np.zeros(leaf.size)
+    for j in range(leaf.size):
+      bump = np.zeros(leaf.size)
+      bump[j] = eps
+      def shifted(sign):
+        moved = list(leaves)
+        moved[li] = leaf + sign * bump.reshape(leaf.shape)
+        return direction_fn(f(jax.tree.unflatten(treedef, moved)))
+      flat[j] = (shifted(1) - shifted(-1)) / (2 * eps)
+    out.append(flat.reshape(leaf.shape))
+  return jax.tree.unflatten(treedef, out)
+
+
+def test_snip_is_abs_gradient_times_weight_by_finite_differences():
+  with jax.enable_x64(True):
+    params, data = tiny_params(jnp.float64), batch(jnp.float64)
+    masks = masks_lib.init(params)
+    masks["layer_0"]["kernel"] = masks["layer_0"]["kernel"].at[0, 0].set(0)
+    scores = criteria.get("snip")(params, masks, criteria.Context(batch=data, loss_fn=loss_fn))
+    masked = masks_lib.apply(params, masks)
+    grads = finite_difference(lambda p: loss_fn(p, data), masked, float)
+    for s, g, w in zip(jax.tree.leaves(scores), jax.tree.leaves(grads), jax.tree.leaves(masked)):
+      np.testing.assert_allclose(np.asarray(s), np.abs(g * np.asarray(w)), rtol=1e-6, atol=1e-9)
+    assert float(scores["layer_0"]["kernel"][0, 0]) == 0.0   # a pruned weight scores nothing
+
+
+def test_grasp_hessian_gradient_is_a_finite_difference_of_gradients():
+  with jax.enable_x64(True):
+    params, data = tiny_params(jnp.float64), batch(jnp.float64)
+    g = jax.grad(loss_fn)(params, data)
+    hg = criteria.hessian_gradient(loss_fn, params, data)
+    # H g = d/dt grad(w + t g) at t = 0
+    eps = 1e-5
+    def grad_at(t):
+      return jax.grad(loss_fn)(jax.tree.map(lambda w, d: w + t * d, params, g), data)
+    expected = jax.tree.map(lambda a, b: (a - b) / (2 * eps), grad_at(eps), grad_at(-eps))
+    for a, b in zip(jax.tree.leaves(hg), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-9)
+    scores = criteria.get("grasp")(params, masks_lib.init(params), criteria.Context(batch=data, loss_fn=loss_fn))
+    for s, w, h in zip(jax.tree.leaves(scores), jax.tree.leaves(params), jax.tree.leaves(hg)):
+      np.testing.assert_allclose(np.asarray(s), np.asarray(w * h), rtol=1e-12)
+    # higher is kept: pruning removes the paper's highest -w*(Hg) first
+    m = pruning.prune("grasp", params, masks_lib.init(params), 0.25, which=masks_lib.prunable(params),
+                      context=criteria.Context(batch=data, loss_fn=loss_fn))
+    paper = np.concatenate([-np.asarray(s).ravel() for s in jax.tree.leaves(scores)])
+    kept = np.concatenate([np.asarray(k).ravel() for k in jax.tree.leaves(m)])
+    assert paper[kept == 0].min() >= paper[kept == 1].max()
+
+
+def test_synflow_conserves_flow_between_consecutive_layers():
+  with jax.enable_x64(True):
+    params = tiny_params(jnp.float64, sizes=(6, 5, 4, 3))
+    context = criteria.Context(batch=batch(jnp.float64, features=6), logits_fn=relu_logits_fn)
+    scores = criteria.get("synflow")(params, masks_lib.init(params), context)
+    sums = [float(jnp.sum(scores[f"layer_{i}"]["kernel"])) for i in range(3)]
+    assert sums[0] > 0
+    np.testing.assert_allclose(sums, [sums[0]] * 3, rtol=1e-10)
+    # and each equals R itself: the summed output of the all-ones input through |w|
+    r = float(jnp.sum(relu_logits_fn(jax.tree.map(jnp.abs, params), jnp.ones((1, 6)))))
+    assert sums[0] == pytest.approx(r, rel=1e-10)
+
+
+def test_synflow_per_neuron_conservation_incoming_equals_outgoing():
+  with jax.enable_x64(True):
+    params = tiny_params(jnp.float64, sizes=(6, 5, 3))
+    context = criteria.Context(batch=batch(jnp.float64, features=6), logits_fn=relu_logits_fn)
+    scores = criteria.get("synflow")(params, masks_lib.init(params), context)
+    incoming = np.asarray(scores["layer_0"]["kernel"]).sum(0)   # into each hidden neuron
+    outgoing = np.asarray(scores["layer_1"]["kernel"]).sum(1)   # out of it
+    np.testing.assert_allclose(incoming, outgoing, rtol=1e-10)
+
+
+@pytest.mark.parametrize("fraction,iterations", [(0.9, 7), (0.995, 100), (0.5, 1)])
+def test_iterative_synflow_reaches_the_exact_target_count(fraction, iterations):
+  params = tiny_params(jnp.float32, sizes=(20, 30, 10))
+  which = masks_lib.prunable(params)
+  context = criteria.Context(batch=batch(jnp.float32, features=20), logits_fn=relu_logits_fn)
+  m = pruning.prune_iteratively("synflow", params, masks_lib.init(params), fraction, iterations, which=which,
+                                context=context)
+  remaining, total = masks_lib.count(m, which)
+  assert total == 20 * 30 + 30 * 10
+  assert remaining == total - round(fraction * total)
+
+
+def test_iterative_synflow_differs_from_one_shot_and_rescores():
+  params = tiny_params(jnp.float32, seed=3, sizes=(20, 30, 10))
+  which = masks_lib.prunable(params)
+  context = criteria.Context(batch=batch(jnp.float32, features=20), logits_fn=relu_logits_fn)
+  once = pruning.prune("synflow", params, masks_lib.init(params), 0.98, which=which, context=context)
+  many = pruning.prune_iteratively("synflow", params, masks_lib.init(params), 0.98, 20, which=which,
+                                   context=context)
+  assert masks_lib.count(once, which) == masks_lib.count(many, which)
+  # one-shot SynFlow at high sparsity disconnects layers (layer collapse); the iterated one keeps flow
+  flow = lambda m: float(jnp.sum(relu_logits_fn(jax.tree.map(jnp.abs, masks_lib.apply(params, m)),
+                                                jnp.ones((1, 20)))))
+  assert flow(many) > 0
+  assert masks_lib.hamming(once, many, which) > 0
+
+
+def test_data_criteria_refuse_a_missing_batch():
+  params = tiny_params(jnp.float32)
+  with pytest.raises(ValueError, match="snip criterion needs context.batch"):
+    criteria.get("snip")(params, masks_lib.init(params), criteria.Context(loss_fn=loss_fn))
