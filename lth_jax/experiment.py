@@ -18,6 +18,7 @@ from lth_jax import training
 from lth_jax.data import augment
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
+from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import select
 from lth_jax.training import state as state_lib
@@ -26,6 +27,12 @@ from lth_jax.training import step
 def validate(config: ml_collections.ConfigDict) -> None:
   """Reject values no run can use, naming the key and what is allowed; every method checks its own section."""
   parse_layer_scale(config.prune.layer_scale)
+  kinds = ("scope",) + distribution.KINDS
+  check(config.prune.distribution in kinds,
+        f"config.prune.distribution={config.prune.distribution!r}; allowed: {', '.join(kinds)}")
+  check(config.prune.distribution == "scope" or not config.prune.layer_scale,
+        "config.prune.layer_scale needs config.prune.distribution='scope' (use prune.layer_sparsity with 'map')")
+  distribution.parse_map(config.prune.layer_sparsity)
   check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
   check(config.prune.criterion in criteria.names(),
         f"config.prune.criterion={config.prune.criterion!r}; allowed: {', '.join(criteria.names())}")

@@ -11,6 +11,7 @@ from typing import Any
 from lth_jax.methods import cohort
 from lth_jax.methods.registry import Recorder
 from lth_jax.sparsity import criteria
+from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import pruning
 from lth_jax.training import Trainer, TrainState
@@ -45,12 +46,16 @@ def masked_accuracy(exp, params, batch_stats, masks) -> float:
 
 
 def prune(exp, params, masks, fraction: float, purpose: str):
-  """config.prune's criterion, scope, exclusions and layer scales, applied to the remaining weights.
+  """config.prune's criterion, scope (or distribution), exclusions and layer scales, applied to the
+  remaining weights.
 
   `purpose` names this pruning event: a random criterion draws from its own key.
   """
   p = exp.config.prune
   context = criteria.Context(key=exp.key(f"prune/{purpose}"))
+  if p.distribution != "scope":
+    return pruning.prune_distributed(p.criterion, params, masks, fraction, p.distribution, exp.which,
+                                     distribution.parse_map(p.layer_sparsity), context)
   return pruning.prune(p.criterion, params, masks, fraction, p.scope, exp.which, exp.layer_scale, context)
 
 
