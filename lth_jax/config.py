@@ -10,6 +10,7 @@ def base() -> ml_collections.ConfigDict:
   #                               keys; the data split stays seed's), summarised as mean and std over seeds
   c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
   #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
+  #                               | gradual | static | set | rigl (pruning during / sparse training from scratch)
   c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
   c.mode = "train"              # train | eval (evaluate the ticket at `restore` without training)
   c.restore = ""                # mode=eval: a ticket directory, e.g. workdir/tickets/05_iterative_r3_s0.488

@@ -141,10 +141,11 @@ class Experiment:
     return evaluation.record(self, state, history, method, round_, dense_accuracy, before, started, trainer)
 
   @functools.cache
-  def trainer(self, epochs: int, finetune: bool = False, model=None) -> training.Trainer:
+  def trainer(self, epochs: int, finetune: bool = False, model=None, mask_update=None) -> training.Trainer:
     """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule.
 
     `model` (default: exp.model) trains another network on the same data, e.g. one rebuilt narrower.
+    `mask_update` (hashable; equal ones share the trainer): see lth_jax.training.step.Recipe.
     """
     opt = ml_collections.ConfigDict(self.config.optimizer.to_dict())
     if finetune:
@@ -154,7 +155,8 @@ class Experiment:
                             training.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
                             self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
                             store=self.store, eval_every=self.config.train.eval_every,
-                            loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype)
+                            loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
+                            mask_update=mask_update)
 
   # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
   def __hash__(self):

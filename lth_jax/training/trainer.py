@@ -57,6 +57,7 @@ class Trainer:
   loop: str = "auto"                      # one of LOOPS
   compute_dtype: str = "float32"          # "bfloat16": activations and matmuls in bf16; params, masks,
                                           # optimizer state and BatchNorm statistics stay float32
+  mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -69,7 +70,8 @@ class Trainer:
     if self.loop == "auto":
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
-                                       self.augment, self.regularizer, self.mesh, self.compute_dtype)
+                                       self.augment, self.regularizer, self.mesh, self.compute_dtype,
+                                       self.mask_update)
     # The state is donated: `fit` copies the caller's states once, so states that methods keep to
     # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
     self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))
