@@ -33,7 +33,7 @@ def cosine_drop(t, alpha: float, t_end: int):
 
 
 def drop_and_grow(params, masks, grow_scores, fraction, which):
-  """(new masks, kept): each prunable leaf drops the k = floor(fraction * alive) alive weights of
+  """(new masks, kept): each prunable leaf drops the k = round(fraction * alive) alive weights of
   smallest |w| and grows k at the highest `grow_scores` among the positions inactive after the drop (a
   weight just dropped may come back), so every leaf keeps its count. `kept` marks the weights alive
   before and after; the others (dropped or grown) start from zero. Other leaves are left as they are.
@@ -46,7 +46,7 @@ def drop_and_grow(params, masks, grow_scores, fraction, which):
       continue
     alive = m.ravel() != 0
     n = jnp.sum(alive)
-    k = jnp.floor(fraction * n).astype(jnp.int32)
+    k = jnp.round(fraction * n).astype(jnp.int32)   # half to even, as Python rounds in `select`
     stay = select.keep_highest(jnp.abs(p).ravel(), alive, n - k)
     grow = select.keep_highest(g.ravel(), ~stay, k)
     new.append((stay | grow).reshape(m.shape).astype(m.dtype))
