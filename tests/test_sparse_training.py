@@ -166,3 +166,27 @@ def test_rigl_killed_mid_training_resumes_to_identical_numbers(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed at epoch" in resumed.stderr
   assert _numbers(killed) == _numbers(tmp_path / "straight")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("prune.distribution", "erdos", "config.prune.distribution='erdos'; allowed: scope, global, uniform, erk, map"),
+    ("gradual.every", 0, "config.gradual.every=0 must be >= 1"),
+    ("sparse.drop_fraction", 1.5, "config.sparse.drop_fraction=1.5 must be in [0, 1]"),
+    ("sparse.end", 0.0, "config.sparse.end=0.0 must be in (0, 1]"),
+    ("prune.layer_sparsity", ("output/*",), "config.prune.layer_sparsity entry 'output/*' must read"),
+])
+def test_bad_values_are_refused_naming_the_key(key, value, message):
+  from lth_jax.errors import UserError
+  with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                     .replace("]", r"\]").replace("*", r"\*")):
+    experiment.validate(small_config(**{key: value}))
+
+
+def test_methods_common_prune_follows_the_distribution():
+  exp = experiment.build(small_config(**{"prune.distribution": "uniform"}))
+  masks = common.prune(exp, exp.init_params, masks_lib.init(exp.init_params), 0.75, "test")
+  rows = masks_lib.layer_report(masks, exp.which)
+  remaining, total = masks_lib.count(masks, exp.which)
+  assert remaining == total - round(0.75 * total)
+  for row in rows:   # every layer within one weight of a quarter of it
+    assert abs(row["remaining"] - row["total"] / 4) < 1
