@@ -54,6 +54,7 @@ from benchmarks.common import (FULL, K, LOAD_LIMIT, LOOP_DIAGNOSTIC_S, QUICK, QU
                                Load, Spec, figure, paired_ratio, ratio, synthetic_data)
 from lth_jax import config as lth_config  # noqa: E402
 from lth_jax import experiment, masks, methods, models, pruning, training  # noqa: E402
+from lth_jax.methods import sparse_training  # noqa: E402
 
 if importlib.util.find_spec("torch"):   # the PyTorch peer is optional: pip install 'lth_jax[bench]'
   from benchmarks import torch_peer  # noqa: E402
@@ -136,6 +137,24 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
   epoch_s = statistics.median(times["masked"])
   print(f"  lth_jax (loop: {trainer.loop}) dense {out['dense']['img_s']:,.1f} img/s, masked "
         f"{out['masked']['img_s']:,.1f} img/s (first epoch, compiling, {out['first_epoch_s']:.1f}s)", flush=True)
+
+  # 1b. RigL against a dense step, side by side: a drop-and-grow update (lax.cond in the compiled step)
+  # at every step -- the cost of one update -- and every 100 steps, RigL's cadence.
+  out["rigl"] = {}
+  for every in (1, 100):
+    hook = sparse_training.DropAndGrow("gradient", every, 0.3, 10 * steps, tuple(jax.tree.leaves(which)))
+    rigl = training.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10, loop="auto", mask_update=hook)
+    rigl_state = rigl.init_state(params, batch_stats, mask, jax.random.key(1))
+    load.measure(f"{spec.name} lth_jax rigl every {every} warm-up epoch", _epochs(rigl.train_epoch, x, y, rigl_state))
+    paired = {"dense": [], "masked": []}   # paired_ratio's names: "masked" is the RigL epoch here
+    for r in range(spec.repeats):
+      for kind in (("dense", "masked") if r % 2 == 0 else ("masked", "dense")):
+        run_epoch = epoch(states["dense"]) if kind == "dense" else _epochs(rigl.train_epoch, x, y, rigl_state)
+        paired[kind].append(load.measure(f"{spec.name} lth_jax {kind} epoch (rigl pair)", run_epoch))
+    out["rigl"][f"every_{every}"] = {**figure(spec.n_train, paired["masked"]), "over_dense": paired_ratio(paired),
+                                     "dense_img_s": figure(spec.n_train, paired["dense"])["img_s"]}
+  print("  rigl/dense throughput: " + ", ".join(f"update every {k[6:]} step(s) {v['over_dense']:.2f}"
+                                                for k, v in out["rigl"].items()), flush=True)
 
   # 2. K tickets (own init, own mask): one vmapped epoch vs K single-ticket epochs one after another.
   tickets = [_ticket(init, x, jax.random.key(100 + i)) for i in range(K)]

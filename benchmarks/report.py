@@ -209,6 +209,18 @@ def write_markdown(results: dict, path: str) -> None:
     else:
       cells += ["–"] * 4 + [f"{j['params']:,} / –"]
     lines.append("| " + " | ".join(cells) + " |")
+  if any("rigl" in m["lth_jax"] for m in models_.values()):
+    lines += ["", "RigL step vs dense step (the 80% global magnitude mask, SGD): the same batches, epochs timed in "
+              "back-to-back pairs; rigl/dense is the median pair's throughput ratio. Every 1: a drop-and-grow "
+              "update at every step (the cost of an update); every 100: RigL's cadence (lax.cond skips it between).",
+              "", "| model | dense img/s | RigL every 1 img/s | rigl/dense | RigL every 100 img/s | rigl/dense |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, m in models_.items():
+      r = m["lth_jax"].get("rigl")
+      if r:
+        lines.append(f"| {FULL[name].label} | {_num(r['every_1']['dense_img_s'])} | {_num(r['every_1']['img_s'])} | "
+                     f"{_num(r['every_1']['over_dense'], True)} | {_num(r['every_100']['img_s'])} | "
+                     f"{_num(r['every_100']['over_dense'], True)} |")
   e2e = results.get("end_to_end")
   if e2e:
     lines += ["", f"End to end: {e2e['config']}: {e2e['runs']} runs, {e2e['wall_s']:.1f}s wall."]

@@ -18,6 +18,7 @@ def base() -> ml_collections.ConfigDict:
   c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
   #                               | prune_at_init (snip / grasp / synflow / magnitude / random at theta_0)
   #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
+  #                               | gradual | static | set | rigl (pruning during / sparse training from scratch)
   c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
   c.mode = "train"              # train | eval (evaluate the ticket at `restore` without training)
   c.restore = ""                # mode=eval: a ticket directory, e.g. workdir/tickets/05_iterative_r3_s0.488
@@ -145,6 +146,21 @@ def base() -> ml_collections.ConfigDict:
   c.early_bird.window = 5           # earlier masks each new one is compared with
   c.early_bird.epsilon = 0.1        # the ticket is drawn when every distance is below this
   c.early_bird.max_epochs = 0       # no ticket by this epoch: prune there (recorded detected=false); 0 = train.epochs
+
+  # Per-layer sparsity distributions, gradual magnitude pruning and dynamic sparse training (README:
+  # "Prune during training and sparse training").
+  c.prune.distribution = "scope"   # scope (prune.scope, prune.layer_scale) | global | uniform | erk
+  #                                  | map (prune.layer_sparsity): how a pruning target is shared among layers
+  c.prune.layer_sparsity = ()      # distribution=map: ("output/*=0.2",) per-layer sparsity; the rest prune.sparsity
+  c.gradual = ml_collections.ConfigDict()   # Zhu & Gupta 2017: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3
+  c.gradual.start = 0.1            # t0 as a fraction of training
+  c.gradual.end = 0.6              # the last pruning step (t0 + n dt) as a fraction of training
+  c.gradual.every = 50             # dt: steps between pruning steps
+  c.gradual.initial_sparsity = 0.0   # s_i
+  c.sparse = ml_collections.ConfigDict()    # static | set | rigl: sparse from scratch, mask per prune.distribution
+  c.sparse.every = 100             # dt: steps between drop-and-grow updates
+  c.sparse.drop_fraction = 0.3     # alpha: fraction of each layer's weights dropped at step 0, cosine-decayed
+  c.sparse.end = 0.75              # t_end as a fraction of training: no updates after it
 
   c.compare = ml_collections.ConfigDict()
   c.compare.methods = ("oneshot", "oneshot_reinit", "oneshot_random", "iterative", "dynamic")

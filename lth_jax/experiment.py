@@ -19,6 +19,7 @@ from lth_jax import training
 from lth_jax.data import augment, download
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
+from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import select
 from lth_jax.training import state as state_lib
@@ -29,6 +30,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   parse_layer_scale(config.prune.layer_scale)
   check(bool(str(config.workdir).strip()), "config.workdir is empty; name a directory for the results, e.g. "
         "--config.workdir=runs/mine (an empty value would write into the current directory)")
+  kinds = ("scope",) + distribution.KINDS
+  check(config.prune.distribution in kinds,
+        f"config.prune.distribution={config.prune.distribution!r}; allowed: {', '.join(kinds)}")
+  check(config.prune.distribution == "scope" or not config.prune.layer_scale,
+        "config.prune.layer_scale needs config.prune.distribution='scope' (use prune.layer_sparsity with 'map')")
+  distribution.parse_map(config.prune.layer_sparsity)
   check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
   check(config.prune.criterion in criteria.names(),
         f"config.prune.criterion={config.prune.criterion!r}; allowed: {', '.join(criteria.names())}")
@@ -145,10 +152,11 @@ class Experiment:
     return evaluation.record(self, state, history, method, round_, dense_accuracy, before, started, trainer)
 
   @functools.cache
-  def trainer(self, epochs: int, finetune: bool = False, model=None) -> training.Trainer:
+  def trainer(self, epochs: int, finetune: bool = False, model=None, mask_update=None) -> training.Trainer:
     """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule.
 
     `model` (default: exp.model) trains another network on the same data, e.g. one rebuilt narrower.
+    `mask_update` (hashable; equal ones share the trainer): see lth_jax.training.step.Recipe.
     """
     opt = ml_collections.ConfigDict(self.config.optimizer.to_dict())
     if finetune:
@@ -159,7 +167,8 @@ class Experiment:
                             self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
                             store=self.store, eval_every=self.config.train.eval_every,
                             loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
-                            which=self.which if model is None else None, progress=self.config.log.progress)
+                            which=self.which if model is None else None, progress=self.config.log.progress,
+                            mask_update=mask_update)
 
   # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
   def __hash__(self):

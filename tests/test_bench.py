@@ -21,6 +21,8 @@ def test_quick_lenet_reports_positive_throughputs(tmp_path):
   assert len(jax_part["dense"]["epoch_s"]) == len(jax_part["masked"]["epoch_s"]) == bench.QUICK["lenet300_100"].repeats
   assert not jax_part["sequential"]["derived"]   # the quick LeNet epochs fit under --cap_s: measured, not derived
   assert jax_part["masked_over_dense"] > 0 and jax_part["vmap_speedup"] > 0 and jax_part["first_epoch_s"] > 0
+  for every in ("every_1", "every_100"):   # RigL's step beside a dense one
+    assert jax_part["rigl"][every]["img_s"] > 0 and jax_part["rigl"][every]["over_dense"] > 0
   loops = jax_part["loops"]
   assert loops["scan"]["img_s"] > 0 and loops["steps"]["img_s"] > 0 and loops["scan"]["compile_s"] > 0
   assert loops["scan_over_steps"] == loops["scan"]["img_s"] / loops["steps"]["img_s"]
@@ -35,3 +37,4 @@ def test_quick_lenet_reports_positive_throughputs(tmp_path):
   assert written["models"]["lenet300_100"]["lth_jax"]["loop"] == loop
   markdown = (tmp_path / "results.md").read_text()
   assert "| LeNet-300-100 |" in markdown and f"loop: {loop}" in markdown and "## What limits it" in markdown
+  assert "RigL step vs dense step" in markdown

@@ -6,7 +6,7 @@ A method is a module that registers its name (`registry.register`), its config c
 
 from lth_jax.methods import cohort, common, registry  # noqa: F401
 # registered in this order, the order the command line lists them in
-from lth_jax.methods import lottery, structured, at_init, stability  # noqa: F401,I001
+from lth_jax.methods import lottery, structured, at_init, stability, sparse_training  # noqa: F401,I001
 from lth_jax.methods import compare  # noqa: F401,I001
 from lth_jax.methods.record import RunRecord  # noqa: F401
 from lth_jax.methods.registry import Recorder, get, names, validate  # noqa: F401

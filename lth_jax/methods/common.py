@@ -16,6 +16,7 @@ from lth_jax.errors import check
 from lth_jax.methods import cohort
 from lth_jax.methods.registry import Recorder
 from lth_jax.sparsity import criteria
+from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import pruning
 from lth_jax.training import Trainer, TrainState
@@ -104,9 +105,13 @@ def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, i
     score = criteria.inverted(score)
   jitted = jax.jit(lambda params_, masks_: score(params_, masks_, context))   # SynFlow rescores 100 times
   criterion = lambda params_, masks_, _: jitted(params_, masks_)   # noqa: E731
-  iterations = p.synflow_iterations if p.criterion == "synflow" else iterations
-  pruned = pruning.prune_iteratively(criterion, params, masks, fraction, iterations, p.scope, exp.which,
-                                     exp.layer_scale, context)
+  if p.distribution != "scope":   # per-layer counts fixed by the distribution: one scoring
+    pruned = pruning.prune_distributed(criterion, params, masks, fraction, p.distribution, exp.which,
+                                       distribution.parse_map(p.layer_sparsity), context)
+  else:
+    iterations = p.synflow_iterations if p.criterion == "synflow" else iterations
+    pruned = pruning.prune_iteratively(criterion, params, masks, fraction, iterations, p.scope, exp.which,
+                                       exp.layer_scale, context)
   if p.control == "shuffle":
     pruned = masks_lib.shuffle(exp.key(f"shuffle/{purpose}"), pruned, exp.which)
   return pruned

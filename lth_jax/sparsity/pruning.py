@@ -7,8 +7,9 @@ cumulative (see `select` for the exact counting and tie rule).
 import jax
 
 from lth_jax.sparsity import criteria
+from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
-from lth_jax.sparsity.select import SCOPES, prune_by_score, rate_per_round  # noqa: F401  (public)
+from lth_jax.sparsity.select import SCOPES, keep_counts, prune_by_score, rate_per_round  # noqa: F401  (public)
 
 
 def prune(criterion: str | criteria.Criterion, params, masks, fraction: float, scope: str = "global", which=None,
@@ -48,3 +49,22 @@ def prune_iteratively(criterion: str | criteria.Criterion, params, masks, fracti
     step_fraction = (remaining - target) / remaining if remaining else 0.0
     masks = prune(criterion, params, masks, step_fraction, scope, which, layer_scale, context)
   return masks
+
+
+def target_counts(masks, which, kind: str, keep: int, layer_map=None):
+  """`distribution.layer_counts` for the prunable leaves of `masks`: per-leaf counts, or `keep` (global)."""
+  leaves = [(name, m.shape) for (name, m), w in zip(masks_lib.named_leaves(masks), jax.tree.leaves(which)) if w]
+  counts = distribution.layer_counts(kind, [s for _, s in leaves], [n for n, _ in leaves], keep, layer_map)
+  return keep if counts is None else counts
+
+
+def prune_distributed(criterion: str | criteria.Criterion, params, masks, fraction: float, kind: str, which=None, layer_map=None,
+                      context: criteria.Context = criteria.Context()):
+  """Remove round(fraction * remaining) of the remaining prunable weights in all, shared among the layers
+  as the distribution `kind` says for the sparsity reached (see `lth_jax.sparsity.distribution`)."""
+  which = masks_lib.prunable(masks) if which is None else which
+  remaining, _ = masks_lib.count(masks, which)
+  keep = remaining - round(fraction * remaining)
+  score = criteria.get(criterion) if isinstance(criterion, str) else criterion
+  scores = score(params, masks, context)
+  return keep_counts(scores, masks, target_counts(masks, which, kind, keep, layer_map), which)

@@ -15,6 +15,7 @@ import fnmatch
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lth_jax.errors import UserError
 from lth_jax.sparsity import masks as masks_lib
@@ -72,6 +73,39 @@ def prune_by_score(scores, masks, fraction: float, scope: str = "global", which=
       alive = mask_leaves[i].ravel() != 0
       alive = _remove_lowest(score_leaves[i].ravel(), alive, round(layer_fraction * int(alive.sum())))
       new_leaves[i] = alive.reshape(mask_leaves[i].shape).astype(mask_leaves[i].dtype)
+  return jax.tree.unflatten(treedef, new_leaves)
+
+
+def keep_highest(scores, alive, k):
+  """Flat bool array: the k alive entries of highest score (all of them when fewer are alive).
+
+  Jit-able with a traced `k`. Ties go as in `prune_by_score`: the earlier position is removed first.
+  """
+  order = jnp.argsort(jnp.where(alive, scores, -jnp.inf), stable=True)
+  ranks = jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
+  return alive & (ranks >= order.size - k)
+
+
+def keep_counts(scores, masks, counts, which=None):
+  """Masks that keep, among the alive prunable weights, the highest scores: `counts[j]` in the j-th
+  prunable leaf, or, when `counts` is one number, that many over all prunable leaves together.
+
+  Jit-able (counts may be traced); a leaf keeps at most what is alive in it, so masks stay cumulative.
+  """
+  which = masks_lib.prunable(masks) if which is None else which
+  mask_leaves, treedef = jax.tree.flatten(masks)
+  score_leaves = jax.tree.leaves(scores)
+  chosen = [i for i, w in enumerate(jax.tree.leaves(which)) if w]
+  new_leaves = list(mask_leaves)
+  if np.ndim(counts) == 0:
+    kept = keep_highest(jnp.concatenate([score_leaves[i].ravel() for i in chosen]),
+                        jnp.concatenate([mask_leaves[i].ravel() != 0 for i in chosen]), counts)
+    pieces = jnp.split(kept, np.cumsum([mask_leaves[i].size for i in chosen])[:-1])
+  else:
+    pieces = [keep_highest(score_leaves[i].ravel(), mask_leaves[i].ravel() != 0, counts[j])
+              for j, i in enumerate(chosen)]
+  for i, piece in zip(chosen, pieces):
+    new_leaves[i] = piece.reshape(mask_leaves[i].shape).astype(mask_leaves[i].dtype)
   return jax.tree.unflatten(treedef, new_leaves)
 
 

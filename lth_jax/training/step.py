@@ -1,7 +1,9 @@
 """The train and eval steps as plain functions of (recipe, state, data); `Trainer` compiles them.
 
 One step: gradients -> optax update -> update * mask -> apply -> params * mask, so pruned weights stay
-exactly zero through momentum, Adam and weight decay. An epoch is one shuffle and `steps_per_epoch`
+exactly zero through momentum, Adam and weight decay; then the recipe's optional `mask_update`. The
+gradients are taken at the masked params for every weight, pruned ones included (the dense gradient
+RigL grows by), and masked before the optimizer sees them. An epoch is one shuffle and `steps_per_epoch`
 steps; `epoch` runs them as one `lax.scan`, and a caller may run the same shuffle and steps one by one
 (`shuffle`, `batch_step`): the numbers are the same to float tolerance.
 """
@@ -37,6 +39,9 @@ class Recipe:
   regularizer: Callable | None = None      # params -> scalar added to the loss
   mesh: jax.sharding.Mesh | None = None    # batches split over its "data" axis
   compute_dtype: str = "float32"
+  # (state after the step, the step's dense gradients, tx) -> state: mask updates on the device, inside
+  # the compiled step (gradual pruning, SET, RigL); it decides with lax.cond on state.step when to act.
+  mask_update: Callable | None = None
 
 
 def split_batch(recipe: Recipe, a):
@@ -75,14 +80,16 @@ def train_step(recipe: Recipe, state: TrainState, batch) -> tuple[TrainState, di
     penalty = recipe.regularizer(params) if recipe.regularizer is not None else 0.0
     return loss + penalty, (loss, logits, new_stats)
 
-  (_, (loss, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.tree.map(jnp.multiply, grads, state.masks)
+  (_, (loss, logits, new_stats)), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.tree.map(jnp.multiply, dense_grads, state.masks)
   updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
   lr = recipe.lr(state.step)
   params = jax.tree.map(lambda p, u, m: (p - lr * u * m) * m, state.params, updates, state.masks)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                             opt_state=opt_state, rng=rng)
+  if recipe.mask_update is not None:
+    new_state = recipe.mask_update(new_state, dense_grads, recipe.tx)
   return new_state, {"loss": loss, "accuracy": accuracy, "lr": lr}
 
 

@@ -61,6 +61,7 @@ class Trainer:
                                           # optimizer state and BatchNorm statistics stay float32
   which: Any = None                       # prunable leaves for the history's sparsity (None: masks.prunable's)
   progress: bool = True                   # a progress bar per fit, on a terminal only
+  mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -73,7 +74,8 @@ class Trainer:
     if self.loop == "auto":
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
-                                       self.augment, self.regularizer, self.mesh, self.compute_dtype)
+                                       self.augment, self.regularizer, self.mesh, self.compute_dtype,
+                                       self.mask_update)
     # The state is donated: `fit` copies the caller's states once, so states that methods keep to
     # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
     self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))

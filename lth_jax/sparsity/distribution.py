@@ -1,0 +1,84 @@
+"""Per-layer sparsity distributions: how many weights each prunable layer keeps for an overall target.
+
+Kinds:
+  * "global": one threshold over all prunable weights; no per-layer counts (`None`).
+  * "uniform": every prunable layer keeps the same fraction.
+  * "erk": Erdős–Rényi-Kernel (Evci et al. 2020, RigL's `get_sparsities_erdos_renyi`): the density of a
+    layer is eps * sum(shape) / prod(shape), eps chosen so the kept weights add up to the target; a
+    layer whose density would exceed 1 is kept dense and eps is solved again for the rest.
+  * "map": each layer's sparsity from {glob pattern: sparsity} (the first match); other layers take the
+    overall target.
+
+Counts are exact: "uniform" and "erk" keep exactly `keep` weights in all, the real-valued per-layer
+counts rounded by largest remainder (ties: the earlier layer), so a layer differs from its real count
+by less than one weight. "map" rounds each layer on its own (Python's rounding).
+"""
+
+import fnmatch
+import math
+
+import numpy as np
+
+from lth_jax.errors import check
+
+KINDS = ("global", "uniform", "erk", "map")
+
+
+def parse_map(entries, key: str = "config.prune.layer_sparsity") -> dict[str, float]:
+  """("output/*=0.5",) -> {"output/*": 0.5}; every sparsity in [0, 1]."""
+  out = {}
+  for entry in entries:
+    pattern, _, value = str(entry).rpartition("=")
+    try:
+      out[pattern] = float(value)
+    except ValueError:
+      pattern = ""
+    check(bool(pattern) and 0.0 <= out.get(pattern, -1) <= 1.0,
+          f"{key} entry {entry!r} must read 'PATTERN=SPARSITY' with SPARSITY in [0, 1], e.g. 'output/*=0.5'")
+  return out
+
+
+def erk_densities(shapes, density: float) -> list[float]:
+  """Per-layer densities whose weighted mean is `density`; layers that would exceed 1 are set to 1."""
+  sizes = [math.prod(s) for s in shapes]
+  raw = [sum(s) / n for s, n in zip(shapes, sizes)]
+  dense: set[int] = set()
+  while True:
+    rest = [i for i in range(len(shapes)) if i not in dense]
+    target = density * sum(sizes) - sum(sizes[i] for i in dense)
+    eps = target / sum(raw[i] * sizes[i] for i in rest) if rest else 0.0
+    over = [i for i in rest if eps * raw[i] > 1.0]
+    if not over:
+      return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
+    top = max(raw[i] for i in over)   # RigL: the layers of the largest raw density go dense first
+    dense.update(i for i in over if raw[i] == top)
+
+
+def apportion(real_counts, keep: int, sizes) -> list[int]:
+  """Integers within [0, size] summing to `keep`: floors, plus one for the largest remainders."""
+  floors = [min(int(math.floor(c)), n) for c, n in zip(real_counts, sizes)]
+  short = keep - sum(floors)
+  remainders = np.array([c - f for c, f in zip(real_counts, floors)])
+  for i in np.argsort(-remainders, kind="stable")[:max(short, 0)]:
+    floors[i] += 1
+  return floors
+
+
+def layer_counts(kind: str, shapes, names, keep: int, layer_map=None):
+  """Weights each prunable layer (shapes, names in order) keeps when `keep` of them stay in all.
+
+  None for "global" (one threshold: the caller keeps the `keep` best scores overall).
+  """
+  check(kind in KINDS, f"config.prune.distribution={kind!r}; allowed: {', '.join(KINDS)}")
+  sizes = [math.prod(s) for s in shapes]
+  total = sum(sizes)
+  if kind == "global":
+    return None
+  if kind == "map":
+    target = 1.0 - keep / total
+    def sparsity_of(name):
+      return next((s for p, s in (layer_map or {}).items() if fnmatch.fnmatch(name, p)), target)
+    return [round((1.0 - sparsity_of(name)) * n) for name, n in zip(names, sizes)]
+  density = keep / total
+  densities = [density] * len(shapes) if kind == "uniform" else erk_densities(shapes, density)
+  return apportion([d * n for d, n in zip(densities, sizes)], keep, sizes)

@@ -1,0 +1,72 @@
+"""Per-layer sparsity distributions (lth_jax.sparsity.distribution) and exact-count selection, checked
+against hand computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lth_jax.errors import UserError
+from lth_jax.sparsity import distribution, pruning, select
+from lth_jax.sparsity import masks as masks_lib
+
+SHAPES = [(4, 8), (8, 8), (8, 2)]   # sizes 32, 64, 16 (112); raw ERK densities 12/32, 16/64, 10/16
+NAMES = ["a/kernel", "b/kernel", "output/kernel"]
+
+
+def test_erk_half_density_equals_the_formula():
+  # eps = 56 / (12 + 16 + 10) ; densities eps * (sum dims / prod dims)
+  eps = 56 / 38
+  assert distribution.erk_densities(SHAPES, 0.5) == pytest.approx([eps * 12 / 32, eps * 16 / 64, eps * 10 / 16])
+  # real counts 17.68, 23.58, 14.74: floors 17, 23, 14 (54); the two largest remainders get one more
+  assert distribution.layer_counts("erk", SHAPES, NAMES, 56) == [18, 23, 15]
+
+
+def test_erk_layer_over_density_one_is_kept_dense_and_the_rest_rescaled():
+  # keep 90: eps = 90/38 would give the output layer 1.48 > 1, so it is dense (16) and
+  # eps = (90 - 16) / (12 + 16) for the others: real counts 31.71, 42.29
+  eps = 74 / 28
+  assert distribution.erk_densities(SHAPES, 90 / 112) == pytest.approx([eps * 12 / 32, eps * 16 / 64, 1.0])
+  assert distribution.layer_counts("erk", SHAPES, NAMES, 90) == [32, 42, 16]
+
+
+def test_uniform_map_and_global_counts():
+  # density 0.25: 8, 16, 4 exactly; keep 29 adds the one extra weight to the largest remainder
+  assert distribution.layer_counts("uniform", SHAPES, NAMES, 28) == [8, 16, 4]
+  assert sum(distribution.layer_counts("uniform", SHAPES, NAMES, 29)) == 29
+  assert distribution.layer_counts("global", SHAPES, NAMES, 28) is None
+  # output at sparsity 0.5 (8 of 16), the others at the overall target 1 - 28/112 = 0.75
+  layer_map = distribution.parse_map(("output/*=0.5",))
+  assert distribution.layer_counts("map", SHAPES, NAMES, 28, layer_map) == [8, 16, 8]
+  with pytest.raises(UserError, match="layer_sparsity"):
+    distribution.parse_map(("output/*=1.5",))
+
+
+def test_keep_counts_keeps_exactly_the_highest_alive_scores_per_layer_and_globally():
+  scores = {"a": jnp.array([[5., 1., 3.], [2., 2., 9.]]), "b": jnp.array([[4., 8.], [0., 7.]])}
+  masks = {"a": jnp.array([[1., 1., 1.], [1., 1., 0.]]), "b": jnp.ones((2, 2))}
+  which = {"a": True, "b": True}
+  per_layer = select.keep_counts(scores, masks, [3, 1], which)
+  # a: alive scores 5 1 3 2 2 (the 9 is pruned); the 3 highest are 5, 3 and the later 2 (ties: earlier goes)
+  np.testing.assert_array_equal(per_layer["a"], [[1, 0, 1], [0, 1, 0]])
+  np.testing.assert_array_equal(per_layer["b"], [[0, 1], [0, 0]])
+  together = select.keep_counts(scores, masks, 4, which)   # 8 7 5 4 over both
+  np.testing.assert_array_equal(together["a"], [[1, 0, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(together["b"], [[1, 1], [0, 1]])
+  traced = jax.jit(lambda k: select.keep_counts(scores, masks, k, which))(jnp.array([3, 1]))
+  assert masks_lib.count(traced, which) == masks_lib.count(per_layer, which)
+
+
+def test_prune_distributed_erk_reaches_the_exact_counts():
+  params = {name.split("/")[0]: {"kernel": jnp.arange(np.prod(s), dtype=jnp.float32).reshape(s) + 1.0}
+            for name, s in zip(NAMES, SHAPES)}
+  masks = masks_lib.init(params)
+  pruned = pruning.prune_distributed("magnitude", params, masks, 0.5, "erk")
+  assert [row["remaining"] for row in masks_lib.layer_report(pruned)] == [18, 23, 15]
+  # magnitude within each layer: the largest |w| stay (the last positions, as the weights increase)
+  assert np.asarray(pruned["a"]["kernel"]).ravel().tolist() == [0] * 14 + [1] * 18
+  # a second event removes round(0.5 * 56) = 28 more: ERK of keep 28, within the survivors
+  again = pruning.prune_distributed("magnitude", params, pruned, 0.5, "erk")
+  assert masks_lib.count(again) == (28, 112)
+  assert [row["remaining"] for row in masks_lib.layer_report(again)] == distribution.layer_counts(
+      "erk", SHAPES, NAMES, 28)
