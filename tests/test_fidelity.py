@@ -62,3 +62,50 @@ def test_evaluator_draws_its_held_out_subset_stratified_and_records_it():
   figures = evaluator.figures(FixedLogits(np.eye(2)), state=None)
   assert figures["heldout_subset"] == {"examples": 20, "of": len(y), "selection": "stratified random",
                                        "seed": cfg.seed}
+
+
+def conv_reference(x: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
+  """PyTorch's conv2d with padding=k//2 on every side, by loops: x (H, W, Cin), kernel (k, k, Cin, Cout)."""
+  k = kernel.shape[0]
+  xp = np.pad(x, ((k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  rows = (xp.shape[0] - k) // stride + 1
+  cols = (xp.shape[1] - k) // stride + 1
+  out = np.zeros((rows, cols, kernel.shape[-1]))
+  for i in range(rows):
+    for j in range(cols):
+      window = xp[i * stride:i * stride + k, j * stride:j * stride + k, :]
+      out[i, j] = np.tensordot(window, kernel, axes=3)
+  return out
+
+
+def test_resnet_stride_two_block_pads_symmetrically_as_the_torch_resnets():
+  import functools
+  import flax.linen as nn
+  from lth_jax.models import resnet
+  norm = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.9, epsilon=1e-5)
+  block = resnet.BasicBlock(3, resnet.conv, norm, strides=2)
+  x = np.asarray(jax.random.normal(jax.random.key(0), (1, 6, 6, 2)))
+  variables = block.init(jax.random.key(1), x)
+  p = jax.tree.map(np.asarray, variables["params"])
+  bn = 1 / np.sqrt(1 + 1e-5)       # fresh BatchNorm in eval mode: mean 0, var 1, scale 1, bias 0
+  relu = lambda v: np.maximum(v, 0)
+  y = relu(bn * conv_reference(x[0], p["conv1"]["kernel"], 2))
+  y = bn * conv_reference(y, p["conv2"]["kernel"], 1)
+  expected = relu(y + bn * conv_reference(x[0], p["shortcut_conv"]["kernel"], 2))
+  got = np.asarray(block.apply(variables, x))[0]
+  assert got.shape == (3, 3, 3)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gaussian_blur_repeats_the_edge_at_the_border_as_cifar10c():
+  from lth_jax.metrics import corruptions
+  x = np.zeros((1, 5, 5, 1))
+  x[0, 0, :, 0] = 1.0                     # a bright top row: the border pixel below it sees the edge
+  sigma = 0.6
+  k = corruptions.gaussian_kernel(sigma)  # radius int(4 * 0.6 + 0.5) = 2: taps at -2..2
+  assert len(k) == 5
+  # columns are constant, so the horizontal pass leaves them; vertically, pixel (0, c) sees rows
+  # -2, -1 (both the edge row 0 repeated), 0, 1, 2 -> k[0] + k[1] + k[2]; reflect (row -2 = row 1) gives k[1] + k[2]
+  got = corruptions.gaussian_blur(x, sigma)
+  assert got[0, 0, 2, 0] == pytest.approx(k[0] + k[1] + k[2], abs=1e-12)
+  assert got[0, 1, 2, 0] == pytest.approx(k[1] + k[0], abs=1e-12)     # row 1 sees rows -1 (edge) and 0
