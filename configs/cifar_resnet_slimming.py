@@ -39,6 +39,6 @@ def get_config():
   c.slimming.retrain_from = "pruned"
   c.slimming.retrain_epochs = 160
   c.early_bird.ratio = 0.3
-  c.early_bird.window = 5
+  c.early_bird.window = 4           # the paper: a queue of 5 masks, the new one and 4 earlier
   c.early_bird.epsilon = 0.1
   return c

@@ -110,7 +110,7 @@ def base() -> ml_collections.ConfigDict:
   # `window` masks; prune and rebuild there, retrain as slimming.retrain_from / slimming.retrain_epochs say.
   c.early_bird = ml_collections.ConfigDict()
   c.early_bird.ratio = 0.5          # fraction of the prunable channels removed
-  c.early_bird.window = 5           # earlier masks each new one is compared with
+  c.early_bird.window = 4           # earlier masks each new one is compared with (4: the paper's queue of 5)
   c.early_bird.epsilon = 0.1        # the ticket is drawn when every distance is below this
   c.early_bird.max_epochs = 0       # no ticket by this epoch: prune there (recorded detected=false); 0 = train.epochs
 

@@ -109,3 +109,14 @@ def test_gaussian_blur_repeats_the_edge_at_the_border_as_cifar10c():
   got = corruptions.gaussian_blur(x, sigma)
   assert got[0, 0, 2, 0] == pytest.approx(k[0] + k[1] + k[2], abs=1e-12)
   assert got[0, 1, 2, 0] == pytest.approx(k[1] + k[0], abs=1e-12)     # row 1 sees rows -1 (edge) and 0
+
+
+def test_early_bird_default_window_is_the_papers_queue_of_five_masks():
+  from lth_jax import config as config_lib
+  from lth_jax.sparsity import early_bird
+  far, near = {"bn": np.array([True, True, False, False])}, {"bn": np.array([False, False, True, True])}
+  # masks alternate up to epoch 3 and stay put from epoch 4: the queue (the new mask and 4 earlier) first
+  # holds only equal masks at epoch 8 (a window of 5 earlier masks would wait for epoch 9)
+  masks = [far, near, far, near] + [far] * 6
+  assert early_bird.first_ticket(masks)[0] == 8
+  assert early_bird.EarlyBird().window == 4 == config_lib.base().early_bird.window
