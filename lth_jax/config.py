@@ -127,4 +127,7 @@ def base() -> ml_collections.ConfigDict:
   c.metrics.max_examples = 2000        # test examples for OOD, corruption and similarity figures; 0 = all
   c.metrics.similarity_eps = (0.0, 0.1, 0.5)   # uniform noise radii, in units of the inputs' std
   c.metrics.potential_delta = 0.005    # prune potential: largest sparsity with error within this of dense
+
+  # -- issue 17: fidelity to the seeds -------------------------------------------------------------
+  c.prune.from_best = False     # prune the weights of the best validation accuracy (among evaluated epochs), not the last
   return c

@@ -120,3 +120,26 @@ def test_early_bird_default_window_is_the_papers_queue_of_five_masks():
   masks = [far, near, far, near] + [far] * 6
   assert early_bird.first_ticket(masks)[0] == 8
   assert early_bird.EarlyBird().window == 4 == config_lib.base().early_bird.window
+
+
+def test_prune_from_best_prunes_the_weights_of_the_best_validation_epoch():
+  from lth_jax.methods import common, lottery
+  from lth_jax.sparsity import masks as masks_lib
+  from tests.helpers import Collect, drive, fit, leaves_equal
+  # with this seed and lr, validation accuracy first peaks at epoch 4 of 8 (then stays level or drops)
+  cfg = small_config(**{"train.epochs": 8, "prune.from_best": True, "metrics.ood": (),
+                        "metrics.similarity_eps": ()})
+  exp = experiment.build(cfg)
+  out = Collect()
+  dense = drive(common.dense(exp, out))
+  assert dense.prune_epoch == out.records[0]["best_epoch"] == 4 < cfg.train.epochs
+  trainer = exp.trainer(8)
+  state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params), exp.key("dense"))
+  at_four, _ = fit(trainer, state, exp.data, 4)
+  assert leaves_equal(dense.prune_state.params, at_four.params)
+  assert leaves_equal(dense.state.params, out.states[0].params) and not leaves_equal(dense.state.params, at_four.params)
+  ticket = lottery.oneshot_ticket(exp, dense, 0.5, "rewind")
+  expected = common.prune(exp, at_four.params, masks_lib.init(at_four.params), 0.5, "oneshot_reinit@0.5")
+  assert leaves_equal(ticket.state.masks, expected)
+  drive(lottery.oneshot_sweep(exp, dense, [0.5], out, "rewind"))
+  assert out.records[-1]["pruned_from_epoch"] == 4
