@@ -39,6 +39,7 @@ def get_config():
   c.prune.scope = "global"
   c.prune.exclude = ("output/*",)  # conv weights only
   c.prune.sparsity = 0.9
+  c.prune.from_best = True         # "pruning is done in one step based on the weights achieved in the best model state"
   c.iterative.rounds = 4
   c.iterative.reset = "init"
   c.compare.methods = ("oneshot", "oneshot_reinit", "iterative")

@@ -37,7 +37,8 @@ def get_config():
   c.slimming.criterion = "bn_scale"
   c.slimming.retrain_from = "pruned"
   c.slimming.retrain_epochs = 160
+  c.prune.from_best = True         # Experiment 3: the best weights within the first 10/30/50/100/160 epochs
   c.early_bird.ratio = 0.3
-  c.early_bird.window = 5
+  c.early_bird.window = 4           # the paper: a queue of 5 masks, the new one and 4 earlier
   c.early_bird.epsilon = 0.1
   return c

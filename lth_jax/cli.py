@@ -19,8 +19,10 @@ from lth_jax import config as config_lib
 from lth_jax import evaluation
 from lth_jax import experiment
 from lth_jax import methods
+from lth_jax import models
 from lth_jax import report
 from lth_jax.errors import UserError
+from lth_jax.methods import structured
 from lth_jax.training import checkpoint
 from lth_jax.training import resume
 from lth_jax.training import tensorboard
@@ -130,7 +132,7 @@ def _train(exp, config, command: str) -> list[dict]:
       run = dataclasses.replace(run, seed=seed, ticket=os.path.join("tickets", name))
       # a rebuilt network's widths go beside its ticket: it reloads without the config
       checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
-                             run.extra.get("model_kwargs"))
+                             ticket_metadata(run.extra))
       mine.append(run.as_dict())
       if config.log.tensorboard:   # the curve again, for TensorBoard: workdir/tensorboard/<ticket name>
         tensorboard.write_run(os.path.join(config.workdir, "tensorboard", name), run.curve)
@@ -158,8 +160,10 @@ def evaluate_ticket(config, command: str) -> list[dict]:
   if not config.restore:
     raise UserError("config.mode=eval needs --config.restore=PATH, a ticket directory (workdir/tickets/...)")
   report.environment()   # the commit and devices as the run starts
-  config, num_classes = ticket_model(config)
-  exp = experiment.build(config)
+  config, num_classes, full_width = ticket_model(config)
+  # A rebuilt ticket is measured against the network it was cut from, as its training record was.
+  exp = experiment.build(config if full_width is None else _with_model(config, full_width))
+  model = exp.model if full_width is None else models.get(**config.model, num_classes=exp.num_classes)
   if num_classes is not None and num_classes != exp.num_classes:   # else: a shape mismatch in `output` below
     raise UserError(f"config.restore={config.restore!r} is a ticket for {num_classes} classes; config.data "
                     f"({config.data.name!r}) has {exp.num_classes} classes")
@@ -170,11 +174,15 @@ def evaluate_ticket(config, command: str) -> list[dict]:
 
 def _evaluate(exp, config, command: str) -> list[dict]:
   ticket = checkpoint.load_ticket(config.restore)
-  checkpoint.check_compatible(ticket["params"], exp.init_params, config.restore)
-  trainer = exp.trainer(config.train.epochs)
+  variables = jax.eval_shape(lambda: model.init(exp.key("eval"), exp.data["train"][0][:1], train=False))
+  checkpoint.check_compatible(ticket["params"], variables["params"], config.restore)
+  trainer = exp.trainer(config.train.epochs, model=None if full_width is None else model)
   state = trainer.init_state(ticket["params"], ticket["batch_stats"] or exp.init_batch_stats, ticket["masks"],
                              exp.key("eval"))
-  run = evaluation.record(exp, state, [], "eval", 0, None, None, time.time())
+  run = evaluation.record(exp, state, [], "eval", 0, None, None, time.time(), trainer=trainer)
+  if full_width is not None:
+    run = dataclasses.replace(run, **structured.rebuilt_counts(exp, state)).with_extra(
+        model_kwargs={**config.model, "num_classes": exp.num_classes}, full_width_model=full_width)
   runs = [dataclasses.replace(run, ticket=config.restore).as_dict()]
   checkpoint.export_npz(os.path.join(config.workdir, "ticket.npz"), state.params, state.masks)
   report.write_all(config.workdir, config, runs, command)
@@ -185,22 +193,38 @@ def _evaluate(exp, config, command: str) -> list[dict]:
 
 
 def ticket_model(config):
-  """(config, num_classes): config.model replaced by the model saved beside the ticket at config.restore.
+  """(config, num_classes, full_width): config.model replaced by the model saved beside the ticket at config.restore.
 
   A rebuilt ticket is narrower than its config's model, and its metadata holds every models.get argument
   of its network (name, widths / block_widths, the other model keys of the config that made it). So no key
   of config.model is kept: one the ticket's model leaves at its default, or another model's key, would
   build a network the ticket does not fit. The data stay the config's; results.json records this model.
-  An ordinary ticket (no metadata) returns the config unchanged and num_classes None.
+  `full_width` is the models.get arguments of the network the ticket was cut from (None for a ticket saved
+  before they were). An ordinary ticket (no metadata) returns the config unchanged and two Nones.
   """
   metadata = checkpoint.load_metadata(config.restore)
   if metadata is None:
-    return config, None
+    return config, None, None
   config = config.copy_and_resolve_references()   # the caller's config stays as given
-  config.model = ml_collections.ConfigDict({k: v for k, v in metadata.items() if k != "num_classes"})
+  config.model = ml_collections.ConfigDict({k: v for k, v in metadata.items() if k not in ("num_classes",
+                                                                                           "full_width")})
   logging.info("the model comes from the ticket at %s, not config.model: %s", config.restore,
                ", ".join(f"{k}={v}" for k, v in config.model.items()))
-  return config, metadata.get("num_classes")
+  return config, metadata.get("num_classes"), metadata.get("full_width")
+
+
+def ticket_metadata(fields: dict) -> dict | None:
+  """What goes beside a rebuilt ticket (model.json): its models.get arguments and, under "full_width",
+  those of the network it was cut from; None for a ticket of the config's own model."""
+  if fields.get("model_kwargs") is None:
+    return None
+  return {**fields["model_kwargs"], "full_width": fields.get("full_width_model")}
+
+
+def _with_model(config, model_kwargs: dict):
+  config = config.copy_and_resolve_references()
+  config.model = ml_collections.ConfigDict({k: v for k, v in model_kwargs.items() if k != "num_classes"})
+  return config
 
 
 def _lock_name() -> str:

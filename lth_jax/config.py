@@ -143,7 +143,7 @@ def base() -> ml_collections.ConfigDict:
   # `window` masks; prune and rebuild there, retrain as slimming.retrain_from / slimming.retrain_epochs say.
   c.early_bird = ml_collections.ConfigDict()
   c.early_bird.ratio = 0.5          # fraction of the prunable channels removed
-  c.early_bird.window = 5           # earlier masks each new one is compared with
+  c.early_bird.window = 4           # earlier masks each new one is compared with (4: the paper's queue of 5)
   c.early_bird.epsilon = 0.1        # the ticket is drawn when every distance is below this
   c.early_bird.max_epochs = 0       # no ticket by this epoch: prune there (recorded detected=false); 0 = train.epochs
 
@@ -175,6 +175,9 @@ def base() -> ml_collections.ConfigDict:
   c.metrics.max_examples = 2000        # test examples for OOD, corruption and similarity figures; 0 = all
   c.metrics.similarity_eps = (0.0, 0.1, 0.5)   # uniform noise radii, in units of the inputs' std
   c.metrics.potential_delta = 0.005    # prune potential: largest sparsity with error within this of dense
+
+  # -- issue 17: fidelity to the seeds -------------------------------------------------------------
+  c.prune.from_best = False     # prune the weights of the best validation accuracy (among evaluated epochs), not the last
   return c
 
 

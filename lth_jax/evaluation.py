@@ -6,8 +6,11 @@ the same after temperature scaling fitted on the validation split); OOD detectio
 `config.metrics.corruptions` and on each labelled shifted set in `config.metrics.shifted` (e.g. the
 released CIFAR-10-C through TFDS); and functional similarity to the dense network under uniform input noise
 of each radius in `config.metrics.similarity_eps` (Lost in Pruning's eps-ball). The held-out sets are
-built once per experiment; OOD, corruption and similarity figures use the first
-`config.metrics.max_examples` test examples.
+built once per experiment; OOD, corruption and similarity figures use `config.metrics.max_examples` test
+examples drawn at random, stratified by class, with config.seed (the same for every run of an experiment;
+test splits are often sorted by class, so their head would be one or two classes). Both sides of every
+OOD figure are float64 softmaxes: a float32 softmax saturates to exactly 1.0 once the top logit leads by
+~16.6 (float64: ~36.7), which would rank OOD inputs above in-distribution ones with the same logits.
 """
 
 import copy
@@ -57,7 +60,25 @@ def _finite(values) -> list:
 
 
 def _probs(logits) -> np.ndarray:
-  return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), -1), np.float64)
+  return calibration.softmax(np.asarray(logits, np.float64))
+
+
+def stratified(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+  """Sorted indices of n examples drawn at random with `seed`, each class in proportion to its count.
+
+  Within a class, examples are taken in a seeded random order; across classes, the k-th example of a
+  class of size c comes at (k + 0.5) / c, so any n interleaves the classes evenly.
+  """
+  labels = np.asarray(labels)
+  if n >= len(labels):
+    return np.arange(len(labels))
+  order = np.random.default_rng(seed).permutation(len(labels))
+  y = labels[order]
+  _, y, counts = np.unique(y, return_inverse=True, return_counts=True)
+  by_class = np.argsort(y, kind="stable")
+  rank = np.empty(len(y), np.int64)
+  rank[by_class] = np.arange(len(y)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[y[by_class]]
+  return np.sort(order[np.argsort((rank + 0.5) / counts[y], kind="stable")[:n]])
 
 
 class Evaluator:
@@ -66,9 +87,11 @@ class Evaluator:
   def __init__(self, exp):
     self.exp = exp
     cfg = exp.config.metrics
-    n = cfg.max_examples or len(exp.raw_test[1])
-    x_raw, self.labels = exp.raw_test[0][:n], np.asarray(exp.raw_test[1][:n])
-    seed = exp.config.seed
+    seed, total = exp.config.seed, len(exp.raw_test[1])
+    n = min(cfg.max_examples or total, total)
+    self.indices = stratified(exp.raw_test[1], n, seed)
+    x_raw, self.labels = exp.raw_test[0][self.indices], np.asarray(exp.raw_test[1])[self.indices]
+    self.subset = {"examples": n, "of": total, "selection": "stratified random", "seed": seed}
     self.ood_sets = {entry: self._ood_inputs(entry, x_raw, seed) for entry in cfg.ood}
     for name in cfg.corruptions:
       if name not in corruptions.NAMES:
@@ -103,7 +126,8 @@ class Evaluator:
     other = ml_collections.ConfigDict(exp.config.data.to_dict())
     other.name, other.subset = name, 0
     other.dir = directory or other.dir
-    x = data_lib.load(other, seed).test[0][:len(x_raw)]
+    x, y = data_lib.load(other, seed).test
+    x = x[stratified(y, len(x_raw), seed)]
     return exp.normalize(match_shape(x, x_raw.shape[1:]))
 
   def _shifted_set(self, entry: str, shape: tuple, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +146,8 @@ class Evaluator:
     if np.max(y) >= exp.num_classes:
       raise UserError(f"config.metrics.shifted {entry!r} has labels up to {int(np.max(y))}; the model has "
                       f"{exp.num_classes} classes")
-    return exp.normalize(match_shape(x[:n], shape)), np.asarray(y[:n])
+    keep = stratified(y, n, exp.config.seed)
+    return exp.normalize(match_shape(x[keep], shape)), np.asarray(y)[keep]
 
   def for_experiment(self, exp) -> "Evaluator":
     """This evaluator's held-out sets, for a replicate of its experiment (with no dense reference yet)."""
@@ -151,9 +176,9 @@ class Evaluator:
         "reliability": {"confidence": _finite(rel["confidence"]), "accuracy": _finite(rel["accuracy"]),
                         "count": [int(c) for c in rel["count"]]},
     }
-    n = len(self.labels)
+    out["heldout_subset"] = dict(self.subset)
     if self.ood_sets:
-      out["ood"] = {name: ood.summary(probs[:n], _probs(trainer.logits(state, x)))
+      out["ood"] = {name: ood.summary(probs[self.indices], _probs(trainer.logits(state, x)))
                     for name, x in self.ood_sets.items()}
     if self.corrupted:
       table = {}

@@ -50,6 +50,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
   check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
+  check(isinstance(config.prune.from_best, bool),
+        f"config.prune.from_best={config.prune.from_best!r}; allowed: True, False")
+  check(not config.prune.from_best or config.data.val_fraction > 0,
+        "config.prune.from_best needs a validation split: set config.data.val_fraction > 0")
   check(0 <= config.prune.rewind_epoch < config.train.epochs,
         f"config.prune.rewind_epoch={config.prune.rewind_epoch} must be in [0, config.train.epochs)")
   check(config.finetune.schedule in state_lib.SCHEDULES,

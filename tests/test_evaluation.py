@@ -53,14 +53,15 @@ def test_every_run_reports_calibration_ood_and_similarity():
     assert 0.0 <= r["ood"]["far_points"]["msp_auroc"] <= 1.0
     assert r["temperature"] > 0 and r["ece_ts"] >= 0
     assert sum(r["reliability"]["count"]) == len(exp.raw_test[1])
-  # Wiring: the figure is ood.auroc of the max-softmax scores of the first max_examples test inputs
-  # against the evaluator's far points, under the dense network. (ReLU networks are often *more*
-  # confident far from the data, so no direction is asserted.)
-  from lth_jax.metrics import ood
+  # Wiring: the figure is ood.auroc of the float64 max-softmax scores of the evaluator's test subset
+  # against its far points, under the dense network. (ReLU networks are often *more* confident far
+  # from the data, so no direction is asserted.)
+  from lth_jax.metrics import calibration, ood
   trainer = exp.trainer(exp.config.train.epochs)
-  probs_in = np.asarray(jax.nn.softmax(trainer.logits(dense.state, exp.data["test"][0]), -1), np.float64)
-  probs_out = np.asarray(jax.nn.softmax(trainer.logits(dense.state, exp.evaluator.ood_sets["far_points"]), -1),
-                         np.float64)
+  logits_in = np.asarray(trainer.logits(dense.state, exp.data["test"][0]), np.float64)[exp.evaluator.indices]
+  probs_in = calibration.softmax(logits_in)
+  probs_out = calibration.softmax(np.asarray(trainer.logits(dense.state, exp.evaluator.ood_sets["far_points"]),
+                                             np.float64))
   assert d["ood"]["far_points"]["msp_auroc"] == pytest.approx(
       ood.auroc(ood.max_softmax(probs_in), ood.max_softmax(probs_out)), abs=1e-6)
 
@@ -98,7 +99,7 @@ def test_shifted_sets_report_accuracy_ece_and_enter_prune_potential():
   for r in out.records:
     # the "shifted" set is the same test split here, so its figures equal the nominal ones on those rows
     x, y = exp.evaluator.shifted["digits"]
-    assert len(y) == 150 and np.array_equal(y, np.asarray(exp.data["test"][1][:150]))
+    assert len(y) == 150 and np.array_equal(y, exp.evaluator.labels)   # the same stratified subset
     assert 0 <= r["shifted"]["digits"]["accuracy"] <= 1 and r["shifted"]["digits"]["ece"] >= 0
   summary = potential.summarize(out.records, 1.0)
   assert summary["prune_potential"]["oneshot"]["digits"] == pytest.approx(out.records[1]["sparsity"])

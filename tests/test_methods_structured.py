@@ -211,14 +211,17 @@ def test_eval_mode_builds_a_rebuilt_ticket_from_its_metadata(slim, digits_path, 
   _, out = slim
   record, state, rewind = out.records[-1], out.states[-1], out.rewinds[-1]
   ticket = str(tmp_path / "ticket")
-  checkpoint.save_ticket(ticket, state, rewind, record["model_kwargs"])
+  checkpoint.save_ticket(ticket, state, rewind, cli.ticket_metadata(record))   # as a training run saves it
   # The config's model is the full-width one the run started from, not the rebuilt network.
   config = tiny_config(digits_path, mode="eval", restore=ticket, workdir=str(tmp_path / "eval"))
   (run,) = cli.run(config)
   assert run["test_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
-  # The evaluated network is the rebuilt one: all of its weights, none masked.
-  assert run["params_remaining"] == run["params_total"] == record["params_remaining"]
-  assert run["sparsity"] == run["model_sparsity"] == 0.0
+  # The evaluated network is the rebuilt one, reported against the full-width network as in training.
+  assert run["params_remaining"] == record["params_remaining"] < run["params_total"] == record["params_total"]
+  assert run["sparsity"] == pytest.approx(record["sparsity"]) and record["sparsity"] > 0
+  assert run["model_sparsity"] == pytest.approx(record["model_sparsity"])
+  assert run["params"] == record["params"] and run["compression_ratio"] == pytest.approx(record["compression_ratio"])
+  assert run["full_width_model"] == record["full_width_model"]
   with open(tmp_path / "eval" / "results.json") as f:
     reported = json.load(f)["config"]["model"]
   assert reported == {"name": MODEL, "widths": list(record["model_kwargs"]["widths"])}

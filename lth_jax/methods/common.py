@@ -43,6 +43,8 @@ class DenseRun:
   rewind_batch_stats: Any
   test_accuracy: float
   rewind_step: int = 0       # the iteration the rewind weights are at: a rewound ticket's schedule resumes there
+  prune_state: TrainState | None = None   # what one-shot pruning reads: `state`, or with prune.from_best the best one
+  prune_epoch: int = 0       # the epoch of prune_state's weights
 
 
 @dataclasses.dataclass
@@ -144,27 +146,56 @@ def start_state(trainer: Trainer, params, batch_stats, masks, key, step: int) ->
   return state.replace(step=jnp.asarray(step, jnp.int32))
 
 
+def fit_keeping_best(trainer: Trainer, state: TrainState, end_epoch: int, name: str, data: dict, best=None):
+  """Program: `cohort.fit` in segments ending at each evaluated epoch; returns (state, history, best).
+
+  `best` is (val_accuracy, epoch, state) of the first evaluated epoch with the highest validation
+  accuracy so far (pass the previous call's to continue the search), as RunRecord.best_epoch picks it;
+  its weights stay on the device.
+  """
+  history, start, every = [], int(state.step) // trainer.steps_per_epoch, trainer.eval_every
+  while start < end_epoch:
+    stop = min((start // every + 1) * every, end_epoch)
+    state, rows = yield from cohort.fit(trainer, state, stop, name, data)
+    history += rows
+    accuracy = rows[-1]["val_accuracy"]
+    if best is None or (accuracy is not None and accuracy > best[0]):
+      best = (accuracy, stop, state)
+    start = stop
+  return state, history, best
+
+
 def dense(exp, recorder: Recorder):
-  """Program: train from theta_0 for config.train.epochs, keeping the weights at the rewind iteration.
+  """Program: train from theta_0 for config.train.epochs, keeping the weights at the rewind iteration
+  (and with config.prune.from_best those of the best validation accuracy, which pruning then reads).
 
   The epochs before it train as segments of the one dense run; the rewind weights inside an epoch are
   that epoch's first steps replayed from its start (`Trainer.advance`), the very steps the dense run
   takes next, so they are the dense run's weights after exactly `rewind_step` iterations.
   """
-  started, epochs = time.time(), exp.config.train.epochs
+  started, epochs, from_best = time.time(), exp.config.train.epochs, exp.config.prune.from_best
   trainer = exp.trainer(epochs)
   rewind_epoch, within = divmod(rewind_step(exp), trainer.steps_per_epoch)
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
                              exp.key("dense"))
-  state, history = yield from cohort.fit(trainer, state, rewind_epoch, "dense", exp.data)
+  if from_best:
+    state, history, best = yield from fit_keeping_best(trainer, state, rewind_epoch, "dense", exp.data)
+  else:
+    state, history = yield from cohort.fit(trainer, state, rewind_epoch, "dense", exp.data)
   rewound = trainer.advance(state, exp.data, within) if within else state
   rewind_params, rewind_stats = rewound.params, rewound.batch_stats
-  state, rest = yield from cohort.fit(trainer, state, epochs, "dense", exp.data)
+  if from_best:
+    state, rest, best = yield from fit_keeping_best(trainer, state, epochs, "dense", exp.data, best)
+    _, prune_epoch, prune_state = best
+  else:
+    state, rest = yield from cohort.fit(trainer, state, epochs, "dense", exp.data)
+    prune_epoch, prune_state = epochs, state
   exp.evaluator.set_reference(trainer, state)
   record = exp.record(state, history + rest, "dense", 0, None, None, started)
   record = dataclasses.replace(record, accuracy_drop=0.0)
   recorder(record, state, rewind_params)
-  return DenseRun(state, rewind_params, rewind_stats, record.test_accuracy, int(rewound.step))
+  return DenseRun(state, rewind_params, rewind_stats, record.test_accuracy, int(rewound.step), prune_state,
+                  prune_epoch)
 
 
 def fit_tickets(exp, tickets: list[Ticket]):

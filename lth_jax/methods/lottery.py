@@ -56,7 +56,7 @@ def oneshot_ticket(exp, dense_run: DenseRun, sparsity: float, reset: str) -> Tic
   ticket), "random" draws a fresh initialisation (the control)."""
   started, cfg = time.time(), exp.config
   name = f"{ONESHOT_METHODS[reset]}@{sparsity:g}"
-  trained = dense_run.state
+  trained = dense_run.prune_state
   masks = common.prune(exp, trained.params, masks_lib.init(trained.params), sparsity, name, trained.batch_stats)
   before = common.masked_accuracy(exp, trained.params, trained.batch_stats, masks)
   if reset == "none":
@@ -80,6 +80,7 @@ def oneshot_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder, rese
   fitted = yield from common.fit_tickets(exp, tickets)
   for ticket, (state, history) in zip(tickets, fitted):
     record = exp.record(state, history, ticket.method, 1, dense_run.test_accuracy, ticket.before, ticket.started)
+    record = record.with_extra(pruned_from_epoch=dense_run.prune_epoch)
     recorder(common.with_control(exp, record), state, ticket.rewind_params)
   return [state for state, _ in fitted]
 
@@ -113,13 +114,13 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   """
   cfg = exp.config.iterative
   rate = cfg.rate or pruning.rate_per_round(max(sparsities), cfg.rounds)
-  state = dense_run.state
+  state = dense_run.prune_state
   masks = masks_lib.init(state.params)
   for round_ in range(1, cfg.rounds + 1):
     started, name = time.time(), f"iterative round {round_}"
     masks = common.prune(exp, state.params, masks, rate, name, state.batch_stats)
     before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
-    at_dense = common.masked_accuracy(exp, dense_run.state.params, dense_run.state.batch_stats, masks)
+    at_dense = common.masked_accuracy(exp, dense_run.prune_state.params, dense_run.prune_state.batch_stats, masks)
     last = round_ == cfg.rounds
     if cfg.reset == "none":
       epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.finetune.epochs

@@ -25,7 +25,8 @@ A pruned record holds evaluation.record's fields, where for the rebuilt network 
 and: prune_epoch, channels_kept, channels_total, layer_channels {bn: [kept, total]}, accuracy_before_retrain
 (the full-width network at the pruning epoch with the channels masked to zero) and
 rebuilt_accuracy_before_retrain (the rebuilt network before retraining: the same function, so the same value),
-model_kwargs (models.get's arguments for the rebuilt network, saved beside its ticket), retrain_from,
+model_kwargs (models.get's arguments for the rebuilt network, saved beside its ticket), full_width_model (the
+same for the network it was cut from, saved there too: eval mode reports against it), retrain_from,
 retrain_start_epoch (the schedule's epoch where retraining starts: the pruning epoch for "continue", else 0),
 inference_time_s and dense_inference_time_s (median forward pass over a test batch of config.train.batch_size
 examples, rebuilt and full-width network on the same device), inference_speedup (their ratio), ratio,
@@ -46,6 +47,7 @@ from absl import logging
 from lth_jax import models
 from lth_jax.errors import check
 from lth_jax.methods import cohort
+from lth_jax.methods import common
 from lth_jax.methods.registry import Recorder, register
 from lth_jax.metrics import compression
 from lth_jax.sparsity import masks as masks_lib
@@ -111,22 +113,27 @@ def slimming(exp, recorder: Recorder):
   """Train with the L1 penalty; one branch per pruning epoch: prune channels, rebuild narrower, retrain."""
   started, cfg, epochs = time.time(), exp.config.slimming, exp.config.train.epochs
   trainer = penalised_trainer(exp, epochs, cfg.penalty)
-  state, history, snapshots = _initial_state(exp, trainer), [], {}
+  state, history, snapshots, best = _initial_state(exp, trainer), [], {}, None
   prune_at = tuple(cfg.epochs) or (epochs,)
   for stop in sorted({*prune_at, epochs}):
-    state, rows = yield from cohort.fit(trainer, state, stop, "slimming dense", exp.data)
+    # prune.from_best: the branch at epoch e prunes the best weights of the first e epochs (the ResNet-20 seed)
+    if exp.config.prune.from_best:
+      state, rows, best = yield from common.fit_keeping_best(trainer, state, stop, "slimming dense", exp.data, best)
+    else:
+      state, rows = yield from cohort.fit(trainer, state, stop, "slimming dense", exp.data)
+      best = (None, stop, state)
     history += rows
     if stop in prune_at:
-      snapshots[stop] = state
+      snapshots[stop] = best[1:]
   exp.evaluator.set_reference(trainer, state)
   dense = exp.record(state, history, "dense", 0, None, None, started, trainer=trainer)
   dense = dataclasses.replace(dense, accuracy_drop=0.0).with_extra(l1_penalty=cfg.penalty)
   recorder(dense, state, exp.init_params)
-  for round_, (epoch, pruned) in enumerate(snapshots.items(), 1):
+  for round_, (epoch, (weights_epoch, pruned)) in enumerate(snapshots.items(), 1):
     keep = CRITERIA[cfg.criterion](pruned.params, cfg.ratio, exp.config.model.name)
     yield from _prune_and_retrain(exp, trainer, pruned, keep, "slimming", round_, dense.test_accuracy, recorder,
-                       time.time(), prune_epoch=epoch, criterion=cfg.criterion, ratio=cfg.ratio,
-                       l1_penalty=cfg.penalty)
+                       time.time(), prune_epoch=epoch, pruned_from_epoch=weights_epoch, criterion=cfg.criterion,
+                       ratio=cfg.ratio, l1_penalty=cfg.penalty)
 
 
 @register("early_bird", validate=validate)
@@ -183,27 +190,35 @@ def _prune_and_retrain(exp, trainer: Trainer, pruned: TrainState, keep: dict, me
 
   state, history = yield from cohort.fit(narrow_trainer, start, epochs, name, exp.data)
   record = exp.record(state, history, method, round_, dense_accuracy, before, started, trainer=narrow_trainer)
-  counts, channels = _rebuilt_counts(exp, state, keep)
+  counts, channels = rebuilt_counts(exp, state), channel_counts(exp, state, keep)
   record = dataclasses.replace(record, **counts).with_extra(
       **channels, rebuilt_accuracy_before_retrain=rebuilt_before, retrain_from=cfg.retrain_from,
       retrain_start_epoch=start_epoch, model_kwargs={"name": config.model.name, "num_classes": exp.num_classes,
                                                      **widths},
+      full_width_model={"name": config.model.name, "num_classes": exp.num_classes,
+                        **models.config_kwargs(config.model)},
       **timing, **extra)
   recorder(record, state, start.params)
   return state
 
 
-def _rebuilt_counts(exp, state: TrainState, keep: dict) -> tuple[dict, dict]:
-  """Sparsity and size of a rebuilt network against the full-width one (see the module docstring)."""
+def rebuilt_counts(exp, state: TrainState) -> dict:
+  """The RunRecord fields sparsity, model_sparsity, params_remaining, params_total of a rebuilt network
+  `state` against exp's model at full width (see the module docstring); eval mode reports a ticket so too."""
   prunable = masks_lib.count(state.masks, exp.which)[1]
   prunable_dense = masks_lib.count(masks_lib.init(exp.init_params), exp.which)[1]
   params, params_dense = compression.count_params(state.params), compression.count_params(exp.init_params)
-  counts = {"sparsity": 1.0 - prunable / prunable_dense, "model_sparsity": 1.0 - params / params_dense,
-            "params_remaining": params, "params_total": params_dense}
-  return counts, {"structured_sparsity": 1.0 - params / params_dense,
-                  "channels_kept": sum(int(k.sum()) for k in keep.values()),
-                  "channels_total": sum(int(k.size) for k in keep.values()),
-                  "layer_channels": {bn: [int(k.sum()), int(k.size)] for bn, k in keep.items()}}
+  return {"sparsity": 1.0 - prunable / prunable_dense, "model_sparsity": 1.0 - params / params_dense,
+          "params_remaining": params, "params_total": params_dense}
+
+
+def channel_counts(exp, state: TrainState, keep: dict) -> dict:
+  """The structured fields of a rebuilt network: its size and the channels `keep` kept, per layer."""
+  params, params_dense = compression.count_params(state.params), compression.count_params(exp.init_params)
+  return {"structured_sparsity": 1.0 - params / params_dense,
+          "channels_kept": sum(int(k.sum()) for k in keep.values()),
+          "channels_total": sum(int(k.size) for k in keep.values()),
+          "layer_channels": {bn: [int(k.sum()), int(k.size)] for bn, k in keep.items()}}
 
 
 def _inference_times(exp, dense_model, dense_variables, narrow, narrow_variables) -> dict:

@@ -11,9 +11,8 @@ How this relates to the reference, which works on one uint8 PIL image at a time:
   * Outputs stay float; the reference rounds every corrupted image to uint8. JPEG alone goes
     through uint8, because the codec needs it (x is rounded to round(255 x) before encoding).
   * gaussian_blur: separable Gaussian filter, kernel truncated at 4 sigma (as skimage/scipy), with
-    symmetric 'reflect' padding (scipy.ndimage's 'reflect': d c b a | a b c d). The reference
-    calls skimage's `gaussian`, whose default mode is 'nearest'; the two differ only in the
-    border pixels.
+    the border padded by repeating the edge pixel (scipy.ndimage's 'nearest': a a a | a b c d), as
+    the reference's call of skimage's `gaussian` does by default.
   * pixelate: PIL's BOX resampling (down to int(H * c) x int(W * c), then back up) rebuilt in
     numpy from Pillow's coefficients: each output pixel is the plain mean of the input pixels
     whose centres fall in its footprint, not an overlap-weighted area average (for factors near
@@ -96,7 +95,7 @@ def _filter_axis(x, kernel, axis):
   radius = len(kernel) // 2
   pad = [(0, 0)] * x.ndim
   pad[axis] = (radius, radius)
-  xp = np.pad(x, pad, mode="symmetric")  # numpy 'symmetric' is scipy.ndimage 'reflect'.
+  xp = np.pad(x, pad, mode="edge")  # numpy 'edge' is scipy.ndimage 'nearest', skimage's default.
   n = x.shape[axis]
   out = np.zeros_like(x)
   for i, w in enumerate(kernel):

@@ -14,6 +14,11 @@ Where a block changes shape the shortcut is a 1x1 conv + BatchNorm (He et al.'s 
 kuangliu/pytorch-cifar and the Flax ImageNet example, rather than the paper's zero-padding option A for
 CIFAR (which would make ResNet-20 269,722 parameters). Pruning masks cover the shortcut kernels too.
 
+Every convolution pads k//2 on every side (`padding=1` for 3x3, 0 for 1x1), as the PyTorch ResNets of
+the seeds, OpenLTH and kuangliu/pytorch-cifar do. Flax's 'SAME' would pad a stride-2 3x3 conv by 0 on
+top/left and 1 on bottom/right, centring its windows one pixel off the stride-2 shortcut's. (At stride 1
+the two agree; the VGG and Conv-2/4/6 models only use stride-1 3x3 convs, so their 'SAME' is the papers'.)
+
 Names: blocks are `stage{s}_block{b}` (s from 1, b from 0), holding `conv1`, `bn1`, `conv2`, `bn2`
 (`conv3`, `bn3`) and `shortcut_conv`, `shortcut_bn`; the stem is `stem_conv`, `stem_bn`. Every BatchNorm
 is named after the conv it follows with 'conv' replaced by 'bn', so channel pruning can pair them.
@@ -41,6 +46,12 @@ ModuleDef = Any
 # Dense and BatchNorm keep Flax's defaults (BN scale 1, not the zero-init of the Flax ImageNet example,
 # which none of the CIFAR references use and which would start channel-pruning scores at zero).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel_size: Sequence[int], strides: int = 1, name: Optional[str] = None) -> nn.Conv:
+  """A bias-free conv padded k//2 on both sides of each axis (PyTorch's padding=k//2)."""
+  return nn.Conv(features, kernel_size, strides, padding=[(k // 2, k // 2) for k in kernel_size],
+                 use_bias=False, kernel_init=conv_init, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -96,7 +107,6 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", kernel_init=conv_init)
     # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (the weight on the old running average).
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
     x = nn.relu(norm(name="stem_bn")(conv(self.width, (3, 3), name="stem_conv")(x)))

@@ -7,8 +7,9 @@ they disagree). The rule, exactly: at update t (from 0) the detector fires when 
 masks (t >= window) and the distance from mask t to each of masks t-1 .. t-window is < epsilon (strictly),
 i.e. their max is < epsilon. So it can fire at the earliest on the (window + 1)-th update.
 
-The authors' code (GATECH-EIC/Early-Bird-Tickets) keeps a queue of 5 masks that includes the new one, i.e.
-4 earlier masks (window=4 here), and rejects only distances > epsilon, where we require < epsilon. The
+The default window=4 is the paper's: the authors' code (GATECH-EIC/Early-Bird-Tickets) keeps a queue of 5
+masks that includes the new one, i.e. 4 earlier masks, and draws the ticket when every distance is below
+epsilon (their code rejects only distances > epsilon; we require < epsilon, as the paper's text). The
 detector only looks at masks: plain Python state, independent of the model and the training loop.
 """
 
@@ -42,7 +43,7 @@ class EarlyBird:
   earlier masks exist), for plotting; `ticket_epoch` is the first update that fired, `ticket` its mask.
   """
 
-  def __init__(self, window: int = 5, epsilon: float = 0.1):
+  def __init__(self, window: int = 4, epsilon: float = 0.1):
     if window < 1 or epsilon <= 0:
       raise ValueError(f"Early-Bird needs window >= 1 and epsilon > 0, got {window} and {epsilon}")
     self.window, self.epsilon = window, epsilon
@@ -69,7 +70,7 @@ class EarlyBird:
     return fired
 
 
-def first_ticket(channel_masks, window: int = 5, epsilon: float = 0.1):
+def first_ticket(channel_masks, window: int = 4, epsilon: float = 0.1):
   """(epoch of the first ticket or None, max-window distance per epoch) over a list of channel masks."""
   detector = EarlyBird(window, epsilon)
   for mask in channel_masks:
