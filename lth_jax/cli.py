@@ -169,10 +169,11 @@ def evaluate_ticket(config, command: str) -> list[dict]:
                     f"({config.data.name!r}) has {exp.num_classes} classes")
   prepare_workdir(config.workdir)
   with resume.lock(config.workdir, _lock_name()):
-    return _evaluate(exp, config, command)
+    return _evaluate(exp, config, command, model, full_width)
 
 
-def _evaluate(exp, config, command: str) -> list[dict]:
+def _evaluate(exp, config, command: str, model, full_width) -> list[dict]:
+  """The eval run of the ticket at config.restore, as `model` (`full_width`: what it was cut from, or None)."""
   ticket = checkpoint.load_ticket(config.restore)
   variables = jax.eval_shape(lambda: model.init(exp.key("eval"), exp.data["train"][0][:1], train=False))
   checkpoint.check_compatible(ticket["params"], variables["params"], config.restore)
