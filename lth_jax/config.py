@@ -41,7 +41,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.standardize = True     # per-channel mean/std of the training inputs
   c.data.augment = "none"       # none | crop_flip (random crop with 4 pixels of padding, horizontal flip)
   c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
-  c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default)
+  c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default); prepared there if TensorFlow is installed
 
   # Fetching (issue 15): mnist, fashion_mnist, cifar10 and cifar100 with an empty data.dir are downloaded once,
   # verified against their published checksums and read from the cache afterwards.
@@ -51,7 +51,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.log = ml_collections.ConfigDict()
   c.log.tensorboard = True      # event files (per-epoch losses, accuracies, lr, sparsity) under workdir/tensorboard/<run>
-  c.log.progress = True         # a progress bar over the whole experiment (runs x epochs, ETA); only on a terminal
+  c.log.progress = True         # one progress bar over the whole experiment (epochs of every run, ETA); only on a terminal
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"

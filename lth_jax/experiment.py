@@ -171,7 +171,7 @@ class Experiment:
                             self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
                             store=self.store, eval_every=self.config.train.eval_every,
                             loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
-                            which=self.which if model is None else None, progress=self.config.log.progress,
+                            which=self.which if model is None else None,
                             mask_update=mask_update)
 
   # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.

@@ -7,14 +7,18 @@ with PIL, so TensorFlow stays optional: it is needed only to *prepare* (download
     tfds build cifar10 --data_dir=DIR --file_format=array_record
 
 after which `--config.data.name=tfds --config.data.tfds_name=cifar10 --config.data.tfds_dir=DIR` works
-without it. Data sets prepared in TFDS's default TFRecord format cannot be read this way.
+without it. Where TensorFlow is installed, an unprepared set is prepared so on first use (into tfds_dir, or
+TFDS's default). Data sets prepared in TFDS's default TFRecord format cannot be read this way.
 
 Train is TFDS's 'train' split (val is a seeded `val_fraction` of it), test is its 'test' split. Inputs and
 labels are the data set's supervised keys, e.g. ('image', 'label').
 """
 
+import importlib.util
+
 import ml_collections
 import numpy as np
+from absl import logging
 
 from lth_jax.data.registry import Dataset, register, split
 from lth_jax.data.files import to_unit_range
@@ -62,12 +66,33 @@ def _prepared_builder(name: str, data_dir: str):
     raise UserError(f"config.data.tfds_name={name!r}: {' '.join(str(e).split())[:400]}") from e
   rebuild = (f"prepare it with TensorFlow installed (pip install tensorflow): tfds build {name} "
              f"--data_dir={data_dir or '<config.data.tfds_dir>'} --file_format=array_record")
+  if not builder.is_prepared() and tensorflow_installed():
+    builder = _prepare(tfds, builder, name, data_dir, rebuild)
   check(builder.is_prepared(), f"config.data.tfds_name={name!r} is not prepared in {builder.data_dir} "
         f"(config.data.tfds_dir={data_dir!r}); {rebuild}")
   readable = builder.info.available_file_formats() & tfds.core.FileFormat.with_random_access()
   check(bool(readable), f"config.data.tfds_name={name!r} is prepared in {builder.data_dir} as "
         f"{builder.info.file_format.value}, which needs TensorFlow to read; {rebuild} into another directory")
   return builder
+
+
+def tensorflow_installed() -> bool:
+  # find_spec, not import: TensorFlow takes seconds to import and only TFDS's preparation needs it
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+def _prepare(tfds, builder, name: str, data_dir: str, rebuild: str):
+  """Download and convert `name` as array_record (the format read without TensorFlow) into data_dir."""
+  logging.info("config.data.tfds_name=%r is not prepared in %s; preparing it with TensorFlow (once)", name,
+               builder.data_dir)
+  try:
+    builder.download_and_prepare(file_format="array_record")
+  except Exception as e:  # noqa: BLE001 -- network, disk and TFDS errors alike end in one line saying what to do
+    message = " ".join(str(e).split())[:300]
+    raise UserError(f"config.data.tfds_name={name!r} could not be prepared in {builder.data_dir} "
+                    f"({type(e).__name__}: {message}); {rebuild}, or check the network") from e
+  # a fresh builder reads the info (splits, formats) the preparation wrote
+  return tfds.builder(name, data_dir=data_dir or None)
 
 
 def _read(source, input_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:

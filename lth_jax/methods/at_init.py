@@ -58,6 +58,7 @@ def sweep(exp, dense_run, sparsities, recorder: Recorder):
   return [state for state, _ in fitted]
 
 
-@register(METHOD, validate=validate, sweep=sweep)
+@register(METHOD, validate=validate, sweep=sweep, planned=lambda exp: exp.config.train.epochs,
+          sweep_planned=lambda exp, sparsities: len(sparsities) * exp.config.train.epochs)
 def prune_at_init(exp, recorder: Recorder):
   yield from sweep(exp, None, [exp.config.prune.sparsity], recorder)

@@ -92,19 +92,20 @@ def groups(jobs: list[Job], vmap: bool) -> list[list[int]]:
   return list(by_key.values())
 
 
-def train(jobs: list[Job], vmap: bool, log_every: int = 0) -> list:
-  """(state, history) per job, the groups of `groups` each trained by one Trainer.fit call."""
+def train(jobs: list[Job], vmap: bool, log_every: int = 0, progress=None) -> list:
+  """(state, history) per job, the groups of `groups` each trained by one Trainer.fit call (each advancing
+  `progress`, the experiment's bar, when given)."""
   results = [None] * len(jobs)
   for members in groups(jobs, vmap):
     first = jobs[members[0]]
     states, histories = first.trainer.fit([jobs[i].state for i in members], first.data, first.end_epoch,
-                                          [jobs[i].name for i in members], log_every)
+                                          [jobs[i].name for i in members], log_every, progress)
     for i, state, history in zip(members, states, histories):
       results[i] = (state, history)
   return results
 
 
-def run(programs: Iterable[Program], vmap: bool, log_every: int = 0) -> list:
+def run(programs: Iterable[Program], vmap: bool, log_every: int = 0, progress=None) -> list:
   """Drive the programs to their end, training what they ask for; their return values in order."""
   program = together(programs)
   sent = None
@@ -113,4 +114,4 @@ def run(programs: Iterable[Program], vmap: bool, log_every: int = 0) -> list:
       jobs = program.send(sent)
     except StopIteration as stop:
       return stop.value
-    sent = train(jobs, vmap, log_every)
+    sent = train(jobs, vmap, log_every, progress)

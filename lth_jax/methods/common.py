@@ -140,6 +140,12 @@ def rewind_step(exp) -> int:
   return step
 
 
+def epochs_from(exp, epochs: int, step: int = 0) -> int:
+  """Epochs a fit to the global epoch `epochs` trains from iteration `step`: the epoch a ticket rewound
+  inside it finishes counts whole, as in its history. For the progress bar's plan."""
+  return max(0, epochs - step // exp.trainer(exp.config.train.epochs).steps_per_epoch)
+
+
 def start_state(trainer: Trainer, params, batch_stats, masks, key, step: int) -> TrainState:
   """A ticket's fresh train state at global iteration `step`: the schedule (and Trainer.fit) resume there."""
   state = trainer.init_state(params, batch_stats, masks, key)

@@ -50,7 +50,14 @@ class _InOrder:
       self._next += 1
 
 
-@registry.register("compare", validate=validate)
+def planned(exp) -> int | None:
+  """The shared dense run and every method's sweep; None when one of them cannot say."""
+  sparsities = list(exp.config.compare.sparsities)
+  sweeps = [registry.sweep_epochs(name, exp, sparsities) for name in exp.config.compare.methods]
+  return None if None in sweeps else exp.config.train.epochs + sum(sweeps)
+
+
+@registry.register("compare", validate=validate, planned=planned)
 def compare(exp, recorder: Recorder):
   dense_run = yield from common.dense(exp, recorder)
   names, sparsities = list(exp.config.compare.methods), list(exp.config.compare.sparsities)

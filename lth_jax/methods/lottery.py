@@ -45,7 +45,11 @@ def validate_dynamic(config: ml_collections.ConfigDict) -> None:
 
 # -- dense and one-shot ------------------------------------------------------------------------------
 
-@register("dense")
+def dense_epochs(exp) -> int:
+  return exp.config.train.epochs
+
+
+@register("dense", planned=dense_epochs)
 def dense(exp, recorder: Recorder):
   yield from common.dense(exp, recorder)
 
@@ -85,6 +89,16 @@ def oneshot_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder, rese
   return [state for state, _ in fitted]
 
 
+def oneshot_epochs(exp, sparsities, reset: str) -> int:
+  """What `oneshot_sweep` trains: config.finetune.epochs, or the rest of the schedule from the reset point."""
+  cfg = exp.config
+  if reset == "none":
+    per_ticket = cfg.finetune.epochs
+  else:
+    per_ticket = common.epochs_from(exp, cfg.train.epochs, common.rewind_step(exp) if reset == "rewind" else 0)
+  return len(sparsities) * per_ticket
+
+
 def _register_oneshot(method: str, reset: str) -> None:
   def sweep(exp, dense_run, sparsities, recorder):
     return oneshot_sweep(exp, dense_run, sparsities, recorder, reset)
@@ -92,7 +106,11 @@ def _register_oneshot(method: str, reset: str) -> None:
   def run(exp, recorder):
     dense_run = yield from common.dense(exp, recorder)
     yield from sweep(exp, dense_run, [exp.config.prune.sparsity], recorder)
-  register(method, sweep=sweep)(run)
+
+  def sweep_planned(exp, sparsities):
+    return oneshot_epochs(exp, sparsities, reset)
+  register(method, sweep=sweep, sweep_planned=sweep_planned,
+           planned=lambda exp: dense_epochs(exp) + sweep_planned(exp, [exp.config.prune.sparsity]))(run)
 
 
 for _reset, _method in ONESHOT_METHODS.items():
@@ -121,12 +139,10 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
     masks = common.prune(exp, state.params, masks, rate, name, state.batch_stats)
     before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
     at_dense = common.masked_accuracy(exp, dense_run.prune_state.params, dense_run.prune_state.batch_stats, masks)
-    last = round_ == cfg.rounds
+    epochs = round_epochs(exp, round_)
     if cfg.reset == "none":
-      epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.finetune.epochs
       params, stats, start, finetune = state.params, state.batch_stats, 0, True
     else:
-      epochs = cfg.final_epochs if last and cfg.final_epochs else cfg.round_epochs or exp.config.train.epochs
       if cfg.reset == "rewind":  # theta_0 itself when rewind_epoch is 0
         params, stats, start = dense_run.rewind_params, dense_run.rewind_batch_stats, dense_run.rewind_step
       else:
@@ -158,7 +174,28 @@ def _random_control(exp, masks, epochs: int, round_: int, before: float) -> Tick
                 epochs, params, before, started)
 
 
-@register("iterative", validate=validate_iterative, sweep=iterative_sweep)
+def round_epochs(exp, round_: int) -> int:
+  """The schedule round `round_` of `iterative_sweep` trains to (from 0, or the rewind point)."""
+  cfg, config = exp.config.iterative, exp.config
+  if cfg.final_epochs and round_ == cfg.rounds:
+    return cfg.final_epochs
+  return cfg.round_epochs or (config.finetune.epochs if cfg.reset == "none" else config.train.epochs)
+
+
+def iterative_epochs(exp, sparsities=()) -> int:
+  """What `iterative_sweep` trains: one chain of rounds whatever the sparsities, plus its random controls."""
+  cfg = exp.config.iterative
+  start = common.rewind_step(exp) if cfg.reset == "rewind" else 0
+  total = 0
+  for round_ in range(1, cfg.rounds + 1):
+    total += common.epochs_from(exp, round_epochs(exp, round_), start)
+    if cfg.random_control_every and round_ % cfg.random_control_every == 0:
+      total += round_epochs(exp, round_)   # the control trains from a fresh init, from iteration 0
+  return total
+
+
+@register("iterative", validate=validate_iterative, sweep=iterative_sweep, sweep_planned=iterative_epochs,
+          planned=lambda exp: dense_epochs(exp) + iterative_epochs(exp))
 def iterative(exp, recorder: Recorder):
   dense_run = yield from common.dense(exp, recorder)
   yield from iterative_sweep(exp, dense_run, [exp.config.prune.sparsity], recorder)
@@ -199,6 +236,7 @@ def dynamic_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   return (yield from cohort.together(dynamic_run(exp, s, recorder, dense_run.test_accuracy) for s in sparsities))
 
 
-@register("dynamic", validate=validate_dynamic, sweep=dynamic_sweep)
+@register("dynamic", validate=validate_dynamic, sweep=dynamic_sweep, planned=dense_epochs,
+          sweep_planned=lambda exp, sparsities: len(sparsities) * dense_epochs(exp))
 def dynamic(exp, recorder: Recorder):
   yield from dynamic_run(exp, exp.config.prune.sparsity, recorder)

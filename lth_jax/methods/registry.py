@@ -1,9 +1,14 @@
 """Methods by name. A method registers its per-seed program, its config check and, when it can join
 `compare`, a sweep over sparsities from a shared dense run:
 
-    @registry.register("my_method", validate=validate, sweep=my_sweep)
+    @registry.register("my_method", validate=validate, sweep=my_sweep, planned=..., sweep_planned=...)
     def my_method(exp, recorder):        # a cohort program (lth_jax.methods.cohort)
       ...
+
+`planned(exp)` and `sweep_planned(exp, sparsities)` give the epochs the program (the sweep, without the
+shared dense run) will train, summed over its states: the experiment's progress bar's total. They read
+the experiment, not only the config, because a ticket rewound to an iteration needs the steps per epoch.
+A method that cannot know in advance leaves them out (or returns None) and the bar counts without a total.
 
 Every registered check runs on every config before anything trains, so a bad value in any method's
 section is refused at once, whichever method runs.
@@ -26,16 +31,19 @@ class Method:
   run: Callable                        # (exp, recorder) -> program
   validate: Callable[[ml_collections.ConfigDict], None]
   sweep: Callable | None = None        # (exp, dense_run, sparsities, recorder) -> program; joins `compare`
+  planned: Callable | None = None      # exp -> epochs `run` trains for one seed, or None: not known in advance
+  sweep_planned: Callable | None = None   # (exp, sparsities) -> epochs `sweep` trains, or None
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, validate: Callable = lambda config: None, sweep: Callable | None = None):
+def register(name: str, *, validate: Callable = lambda config: None, sweep: Callable | None = None,
+             planned: Callable | None = None, sweep_planned: Callable | None = None):
   def add(run: Callable) -> Callable:
     if name in _METHODS:
       raise ValueError(f"method {name!r} is already registered")
-    _METHODS[name] = Method(name, run, validate, sweep)
+    _METHODS[name] = Method(name, run, validate, sweep, planned, sweep_planned)
     return run
   return add
 
@@ -63,3 +71,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if method.validate not in seen:   # one check can serve several names (the one-shot family)
       seen.add(method.validate)
       method.validate(config)
+
+
+def planned_epochs(experiments: list) -> int | None:
+  """Epochs config.method will train over all `experiments` (one per seed), or None when it cannot say."""
+  counts = [get(exp.config.method).planned(exp) if get(exp.config.method).planned else None for exp in experiments]
+  return None if any(c is None for c in counts) else sum(counts)
+
+
+def sweep_epochs(name: str, exp, sparsities) -> int | None:
+  """Epochs method `name`'s sweep over `sparsities` will train (not the dense run it starts from), or None."""
+  method = get(name)
+  return method.sweep_planned(exp, sparsities) if method.sweep_planned else None

@@ -166,7 +166,8 @@ def _register(method: str) -> None:
 
   def run(exp, recorder: Recorder):
     yield from sparse_run(exp, method, exp.config.prune.sparsity, recorder)
-  register(method, validate=validate, sweep=sweep)(run)
+  register(method, validate=validate, sweep=sweep, planned=lambda exp: exp.config.train.epochs,
+           sweep_planned=lambda exp, sparsities: len(sparsities) * exp.config.train.epochs)(run)
 
 
 for _method in ("gradual", "static", "set", "rigl"):

@@ -83,7 +83,13 @@ def dense_with_snapshots(exp, recorder: Recorder):
   return state, snapshots, record.test_accuracy
 
 
-@register("instability", validate=validate)
+def planned(exp) -> int:
+  """The dense run, then two copies of two networks from each rewind step to the end."""
+  epochs = exp.config.train.epochs
+  return epochs + sum(2 * len(NETWORKS) * common.epochs_from(exp, epochs, k) for k in exp.config.stability.rewind_steps)
+
+
+@register("instability", validate=validate, planned=planned)
 def instability(exp, recorder: Recorder):
   dense_state, snapshots, dense_accuracy = yield from dense_with_snapshots(exp, recorder)
   trainer, epochs = exp.trainer(exp.config.train.epochs), exp.config.train.epochs

@@ -108,7 +108,16 @@ def _initial_state(exp, trainer: Trainer) -> TrainState:
                             exp.key("dense"))
 
 
-@register("slimming", validate=validate)
+def slimming_epochs(exp) -> int:
+  """The penalised dense run, then each pruning epoch's narrower network retrained (`_prune_and_retrain`)."""
+  cfg, epochs = exp.config.slimming, exp.config.train.epochs
+  retrain = cfg.retrain_epochs or epochs
+  return epochs + sum(max(0, retrain - (e if cfg.retrain_from == "continue" else 0))
+                      for e in set(tuple(cfg.epochs) or (epochs,)))
+
+
+# early_bird plans nothing: its search stops when the channel mask settles, so its bar counts without a total
+@register("slimming", validate=validate, planned=slimming_epochs)
 def slimming(exp, recorder: Recorder):
   """Train with the L1 penalty; one branch per pruning epoch: prune channels, rebuild narrower, retrain."""
   started, cfg, epochs = time.time(), exp.config.slimming, exp.config.train.epochs

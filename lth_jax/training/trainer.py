@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 from absl import logging
 
 from lth_jax.errors import UserError
@@ -60,7 +59,6 @@ class Trainer:
   compute_dtype: str = "float32"          # "bfloat16": activations and matmuls in bf16; params, masks,
                                           # optimizer state and BatchNorm statistics stay float32
   which: Any = None                       # prunable leaves for the history's sparsity (None: masks.prunable's)
-  progress: bool = True                   # a progress bar per fit, on a terminal only
   mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
 
   def __post_init__(self):
@@ -120,14 +118,15 @@ class Trainer:
   def evaluate(self, state: TrainState, split) -> dict:
     return {k: float(v) for k, v in self._evaluate[False](state.variables, *split).items()}
 
-  def fit(self, states: list, data, end_epoch: int, names: list, log_every: int = 0):
+  def fit(self, states: list, data, end_epoch: int, names: list, log_every: int = 0, progress=None):
     """Train every state until the global epoch `end_epoch`: (states, one history per state).
 
     The states must start at the same epoch; several train as one vmapped program. names[i] names
     state i's segment for checkpoints and logs. Each history row: epoch (1-based, global), train
     loss/accuracy (means over the epoch), validation and test loss/accuracy after the epoch (every
     `self.eval_every` epochs and at the end; None between), learning rate of its last step, sparsity
-    of the prunable weights (masks do not change within a fit).
+    of the prunable weights (masks do not change within a fit). `progress` (a progress.Progress, the
+    experiment's bar) advances by one per state and epoch, epochs restored from checkpoints included.
     """
     batched = len(states) > 1
     start_step = int(states[0].step)
@@ -143,9 +142,8 @@ class Trainer:
     sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]
     current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
     first_epoch = start_epoch + len(histories[0]) + 1
-    # disable=None: tqdm stays quiet unless stderr is a terminal (CI, log files)
-    bar = tqdm.tqdm(total=end_epoch - first_epoch + 1, desc=_describe(names), unit="epoch", leave=False,
-                    disable=None if self.progress else True)
+    if progress is not None and histories[0]:
+      progress.advance(len(states) * len(histories[0]), _describe(names))
     for epoch in range(first_epoch, end_epoch + 1):
       # a state rewound inside an epoch (prune.rewind_step) first finishes that epoch's remaining steps
       first = start_step % self.steps_per_epoch if epoch == start_epoch + 1 else 0
@@ -172,8 +170,8 @@ class Trainer:
                           "check the data (the last good checkpoint is kept)")
         if self.store is not None:
           self.store.save(segments[i], epoch, member, history, final=epoch == end_epoch)
-      bar.update()
-    bar.close()
+      if progress is not None:
+        progress.advance(len(states), _describe(names))
     return (_unstack(current, len(states)) if batched else [current]), histories
 
   def _restore_together(self, segments, states, histories, end_epoch):
