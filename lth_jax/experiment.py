@@ -71,17 +71,8 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
 
 
 def parse_layer_scale(entries) -> dict[str, float]:
-  """("output/*=0.5",) -> {"output/*": 0.5}."""
-  scale = {}
-  for entry in entries:
-    pattern, _, factor = str(entry).rpartition("=")
-    try:
-      scale[pattern] = float(factor)
-    except ValueError:
-      pattern = ""
-    check(bool(pattern) and scale.get(pattern, -1) >= 0,
-          f"config.prune.layer_scale entry {entry!r} must read 'PATTERN=FACTOR', e.g. 'output/*=0.5'")
-  return scale
+  """Per-layer pruning-rate factors from the config: ("output/*=0.5",) -> {"output/*": 0.5}."""
+  return distribution.parse_pattern_map(entries, "config.prune.layer_scale", "FACTOR")
 
 
 def input_statistics(x_train: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -10,16 +10,14 @@ import subprocess
 import sys
 
 import jax
-import matplotlib
+import matplotlib.ticker
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from lth_jax import report_sanity  # noqa: E402
-from lth_jax.metrics import potential  # noqa: E402
-from lth_jax.report_sanity import label  # noqa: E402
-from lth_jax.training.checkpoint import write_atomic  # noqa: E402
+from lth_jax import report_sanity
+from lth_jax.metrics import potential
+from lth_jax.plots import figure
+from lth_jax.report_sanity import label
+from lth_jax.training.checkpoint import write_atomic
 
 COLUMNS = [  # (header, field, format)
     ("method", "method", "{}"), ("round", "round", "{}"), ("sparsity", "sparsity", "{:.3f}"),
@@ -209,7 +207,6 @@ def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
 
   With several seeds: the mean over them, and their sample standard deviation as error bars.
   """
-  fig, ax = plt.subplots(figsize=(6, 4))
   points = []  # (method, % remaining, mean, std over the seeds) of every run
   for group in replicate_groups(runs):
     values = [value(r) for r in group if value(r) is not None]
@@ -217,20 +214,14 @@ def plot_vs_sparsity(runs: list, value, ylabel: str, path: str) -> None:
       points.append((label(group[0]), (1 - np.mean([r["sparsity"] for r in group])) * 100, np.mean(values),
                      np.std(values, ddof=1) if len(values) > 1 else 0.0))   # as summary.replicates
   dense = [p for p in points if p[0] == "dense"]
-  for method in dict.fromkeys(p[0] for p in points if p[0] != "dense"):
-    x, y, err = zip(*sorted(p[1:] for p in points if p[0] in (method, "dense")))
-    ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=method)
-  for _, _, mean, _ in dense:
-    ax.axhline(mean, color="gray", linestyle=":", label="dense")
-  ax.set_xscale("log")
-  ax.invert_xaxis()
-  ax.set_xlabel("prunable weights remaining (%)")
-  ax.set_ylabel(ylabel)
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with figure(path, "prunable weights remaining (%)", ylabel) as ax:
+    for method in dict.fromkeys(p[0] for p in points if p[0] != "dense"):
+      x, y, err = zip(*sorted(p[1:] for p in points if p[0] in (method, "dense")))
+      ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=method)
+    for _, _, mean, _ in dense:
+      ax.axhline(mean, color="gray", linestyle=":", label="dense")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
 
 
 def plot_reliability(runs: list, path: str) -> None:
@@ -239,19 +230,12 @@ def plot_reliability(runs: list, path: str) -> None:
   chosen = [r for r in runs if r["method"] == "dense"][:1]
   for method in dict.fromkeys(r["method"] for r in runs if r["method"] != "dense"):
     chosen.append(max((r for r in runs if r["method"] == method), key=lambda r: r["sparsity"]))
-  fig, ax = plt.subplots(figsize=(5, 5))
-  ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
-  for r in chosen:
-    points = [(c, a) for c, a in zip(r["reliability"]["confidence"], r["reliability"]["accuracy"]) if c is not None]
-    ax.plot(*zip(*points), marker="o", markersize=3,
-            label=f"{r['method']} s={r['sparsity']:.2f} ECE={r['ece']:.3f}")
-  ax.set_xlabel("confidence")
-  ax.set_ylabel("accuracy")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with figure(path, "confidence", "accuracy", size=(5, 5), legend_size=7) as ax:
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
+    for r in chosen:
+      points = [(c, a) for c, a in zip(r["reliability"]["confidence"], r["reliability"]["accuracy"]) if c is not None]
+      ax.plot(*zip(*points), marker="o", markersize=3,
+              label=f"{r['method']} s={r['sparsity']:.2f} ECE={r['ece']:.3f}")
 
 
 def plot_potential(summary: dict, path: str) -> None:
@@ -261,34 +245,23 @@ def plot_potential(summary: dict, path: str) -> None:
     return
   methods = list(potential)
   distributions = list(next(iter(potential.values())))
-  fig, ax = plt.subplots(figsize=(max(6, len(distributions) * 0.9), 4))
   width = 0.8 / len(methods)
-  for i, method in enumerate(methods):
-    ax.bar(np.arange(len(distributions)) + i * width, [potential[method][d] for d in distributions], width,
-           label=method)
-  ax.set_xticks(np.arange(len(distributions)) + 0.4 - width / 2, distributions, rotation=45, ha="right", fontsize=7)
-  ax.set_ylabel(f"prune potential (delta={summary['potential_delta']})")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with figure(path, "", f"prune potential (delta={summary['potential_delta']})",
+              size=(max(6, len(distributions) * 0.9), 4), legend_size=7, grid=False) as ax:
+    for i, method in enumerate(methods):
+      ax.bar(np.arange(len(distributions)) + i * width, [potential[method][d] for d in distributions], width,
+             label=method)
+    ax.set_xticks(np.arange(len(distributions)) + 0.4 - width / 2, distributions, rotation=45, ha="right", fontsize=7)
 
 
 def plot_curves(runs: list, path: str) -> None:
   """Validation accuracy per epoch of every run (of the first seed)."""
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for r in next(iter(by_seed(runs).values()), []):
-    if r["curve"]:
-      rows = [row for row in r["curve"] if row["val_accuracy"] is not None]
-      ax.plot([row["epoch"] for row in rows], [row["val_accuracy"] for row in rows], linewidth=1,   # a lone
-              marker="o" if len(rows) == 1 else None, label=f"{r['method']} s={r['sparsity']:.2f}")   # point: no line
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("validation accuracy")
-  ax.legend(fontsize=6, ncol=2)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with figure(path, "epoch", "validation accuracy", legend_size=6, legend_columns=2) as ax:
+    for r in next(iter(by_seed(runs).values()), []):
+      if r["curve"]:
+        rows = [row for row in r["curve"] if row["val_accuracy"] is not None]
+        ax.plot([row["epoch"] for row in rows], [row["val_accuracy"] for row in rows], linewidth=1,   # a lone
+                marker="o" if len(rows) == 1 else None, label=f"{r['method']} s={r['sparsity']:.2f}")   # point: no line
 
 
 def _ood_names(runs):
@@ -352,24 +325,17 @@ def write_all(workdir: str, config, runs: list, command: str, env: dict | None =
 
 def plot_distance_curve(runs: list, path: str) -> None:
   """Early-Bird: per epoch, the largest mask distance to the previous `window` masks, against epsilon."""
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for r in (r for r in runs if r.get("distance_curve")):
-    points = [(epoch, d) for epoch, d in enumerate(r["distance_curve"], 1) if d is not None]
-    if not points:  # the search ended before `window` earlier masks existed
-      continue
-    line, = ax.plot(*zip(*points), marker="o", markersize=3, label=f"{r['method']} ratio={r['ratio']:g}")
-    ax.axhline(r["epsilon"], color=line.get_color(), linestyle=":", linewidth=1)
-    if r["detected"]:
-      ax.axvline(r["detection_epoch"], color=line.get_color(), linestyle="--", linewidth=1,
-                 label=f"ticket drawn at epoch {r['detection_epoch']}")
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("max Hamming distance to the last masks")
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with figure(path, "epoch", "max Hamming distance to the last masks") as ax:
+    for r in (r for r in runs if r.get("distance_curve")):
+      points = [(epoch, d) for epoch, d in enumerate(r["distance_curve"], 1) if d is not None]
+      if not points:  # the search ended before `window` earlier masks existed
+        continue
+      line, = ax.plot(*zip(*points), marker="o", markersize=3, label=f"{r['method']} ratio={r['ratio']:g}")
+      ax.axhline(r["epsilon"], color=line.get_color(), linestyle=":", linewidth=1)
+      if r["detected"]:
+        ax.axvline(r["detection_epoch"], color=line.get_color(), linestyle="--", linewidth=1,
+                   label=f"ticket drawn at epoch {r['detection_epoch']}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
 def main(argv: list) -> int:

@@ -7,10 +7,7 @@ error along the interpolation path, and barrier against the rewind step.
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from lth_jax.plots import figure
 
 
 def label(run: dict) -> str:
@@ -34,31 +31,17 @@ def instability_table(runs: list) -> str:
 
 
 def plot_paths(runs: list, path: str) -> None:
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for r in _instability(runs):
-    ax.plot(r["alphas"], r["error_curve"], marker="o", markersize=2, label=f"{r['network']} k={r['rewind_step']}")
-  ax.set_xlabel("interpolation alpha (copy 1 -> copy 2)")
-  ax.set_ylabel("test error")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with figure(path, "interpolation alpha (copy 1 -> copy 2)", "test error", legend_size=7) as ax:
+    for r in _instability(runs):
+      ax.plot(r["alphas"], r["error_curve"], marker="o", markersize=2, label=f"{r['network']} k={r['rewind_step']}")
 
 
 def plot_barriers(runs: list, path: str) -> None:
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for network in dict.fromkeys(r["network"] for r in _instability(runs)):
-    points = sorted((r["rewind_step"], r["error_barrier"]) for r in _instability(runs) if r["network"] == network)
-    ax.plot(*zip(*points), marker="o", label=network)
-  ax.set_xscale("symlog", linthresh=10)
-  ax.set_xlabel("rewind step k (iterations of the dense run)")
-  ax.set_ylabel("error barrier")
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with figure(path, "rewind step k (iterations of the dense run)", "error barrier") as ax:
+    for network in dict.fromkeys(r["network"] for r in _instability(runs)):
+      points = sorted((r["rewind_step"], r["error_barrier"]) for r in _instability(runs) if r["network"] == network)
+      ax.plot(*zip(*points), marker="o", label=network)
+    ax.set_xscale("symlog", linthresh=10)
 
 
 def write(workdir: str, runs: list) -> None:

@@ -23,7 +23,6 @@ def run(experiments: list, recorders: list[Recorder]) -> list:
   config = experiments[0].config
   method = get(config.method)
   programs = [method.run(exp, recorder) for exp, recorder in zip(experiments, recorders)]
-  if len(experiments) > 1:
-    programs = [cohort.renamed(p, f"seed{exp.seed}/") for p, exp in zip(programs, experiments)]
+  prefixes = [f"seed{exp.seed}/" if len(experiments) > 1 else "" for exp in experiments]
   with Progress(planned_epochs(experiments), enabled=config.log.progress) as progress:
-    return cohort.run(programs, config.train.vmap, config.train.log_every, progress)
+    return cohort.run(programs, config.train.vmap, config.train.log_every, progress, prefixes)

@@ -43,12 +43,15 @@ def fit(trainer: Trainer, state: TrainState, end_epoch: int, name: str, data: di
   return result
 
 
-def together(programs: Iterable[Program], on_done: Callable[[int, Any], None] | None = None) -> Program:
+def together(programs: Iterable[Program], on_done: Callable[[int, Any], None] | None = None,
+             prefixes: list[str] | None = None) -> Program:
   """Several programs as one: every step yields the jobs of all live programs, in their order.
 
   Returns the programs' return values in order; `on_done(i, value)` is called as program i finishes.
+  `prefixes[i]` goes before the segment name of every job of program i (a seed's checkpoints stay its own).
   """
   programs = list(programs)
+  prefixes = prefixes or [""] * len(programs)
   results, pending = [None] * len(programs), {}
 
   def advance(i: int, sent) -> None:
@@ -64,22 +67,11 @@ def together(programs: Iterable[Program], on_done: Callable[[int, Any], None] | 
   while pending:
     asked, pending = pending, {}
     order = sorted(asked)
-    outcomes = yield [job for i in order for job in asked[i]]
+    outcomes = yield [dataclasses.replace(job, name=prefixes[i] + job.name) for i in order for job in asked[i]]
     for i in order:
       mine, outcomes = outcomes[:len(asked[i])], outcomes[len(asked[i]):]
       advance(i, mine)
   return results
-
-
-def renamed(program: Program, prefix: str) -> Program:
-  """`program` with `prefix` before every job's segment name (a seed's checkpoints stay its own)."""
-  sent = None
-  while True:
-    try:
-      jobs = program.send(sent)
-    except StopIteration as stop:
-      return stop.value
-    sent = yield [dataclasses.replace(job, name=prefix + job.name) for job in jobs]
 
 
 def groups(jobs: list[Job], vmap: bool) -> list[list[int]]:
@@ -105,9 +97,10 @@ def train(jobs: list[Job], vmap: bool, log_every: int = 0, progress=None) -> lis
   return results
 
 
-def run(programs: Iterable[Program], vmap: bool, log_every: int = 0, progress=None) -> list:
+def run(programs: Iterable[Program], vmap: bool, log_every: int = 0, progress=None,
+        prefixes: list[str] | None = None) -> list:
   """Drive the programs to their end, training what they ask for; their return values in order."""
-  program = together(programs)
+  program = together(programs, prefixes=prefixes)
   sent = None
   while True:
     try:

@@ -24,18 +24,25 @@ from lth_jax.errors import check
 KINDS = ("global", "uniform", "erk", "map")
 
 
-def parse_map(entries, key: str = "config.prune.layer_sparsity") -> dict[str, float]:
-  """("output/*=0.5",) -> {"output/*": 0.5}; every sparsity in [0, 1]."""
+def parse_pattern_map(entries, key: str, value_name: str, upper: float | None = None) -> dict[str, float]:
+  """("output/*=0.5",) -> {"output/*": 0.5}; every value >= 0 (and <= `upper` when given)."""
   out = {}
+  bounds = f" with {value_name} in [0, {upper:g}]" if upper is not None else ""
   for entry in entries:
     pattern, _, value = str(entry).rpartition("=")
     try:
       out[pattern] = float(value)
     except ValueError:
       pattern = ""
-    check(bool(pattern) and 0.0 <= out.get(pattern, -1) <= 1.0,
-          f"{key} entry {entry!r} must read 'PATTERN=SPARSITY' with SPARSITY in [0, 1], e.g. 'output/*=0.5'")
+    value = out.get(pattern, -1.0)
+    check(bool(pattern) and value >= 0 and (upper is None or value <= upper),
+          f"{key} entry {entry!r} must read 'PATTERN={value_name}'{bounds}, e.g. 'output/*=0.5'")
   return out
+
+
+def parse_map(entries, key: str = "config.prune.layer_sparsity") -> dict[str, float]:
+  """Per-layer sparsities from the config: ("output/*=0.5",) -> {"output/*": 0.5}."""
+  return parse_pattern_map(entries, key, "SPARSITY", upper=1.0)
 
 
 def erk_densities(shapes, density: float) -> list[float]:
