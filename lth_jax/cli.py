@@ -85,7 +85,7 @@ def check_config_argv(argv, default: str) -> None:
 def prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(os.path.join(workdir, "tickets"), exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")   # processes may share the workdir
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -106,13 +106,27 @@ def run(config, command: str = "") -> list[dict]:
     raise UserError("config.restore is read by --config.mode=eval; in train mode a rerun resumes from "
                     "config.workdir's checkpoints")
   if config.train.distributed:
-    jax.distributed.initialize()   # coordinator, process count and id from the environment (or Slurm/TPU)
+    initialize_distributed(config.train)
   report.environment()   # the commit and devices as the run starts
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
   with resume.lock(config.workdir, _lock_name()):
     exp.store = resume.prepare(config, config_lib.base().to_dict())
+    checkpoint.sync("workdir prepared")   # no process writes a checkpoint while process 0 may still clear them
     return _train(exp, config, command)
+
+
+def initialize_distributed(train) -> None:
+  """jax.distributed.initialize with what config.train names; what it leaves empty comes from the environment
+  ($JAX_COORDINATOR_ADDRESS) or the cluster (Slurm, Open MPI, TPU pods)."""
+  kwargs = {"coordinator_address": train.coordinator or None,
+            "num_processes": train.num_processes or None,
+            "process_id": None if train.process_id < 0 else train.process_id}
+  # CPU devices of different processes talk through gloo; without a CPU collectives implementation a
+  # cross-process computation on CPU fails. It must be chosen before the backend starts.
+  if str(jax.config.jax_cpu_collectives_implementation or "none") == "none":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
 
 
 def _train(exp, config, command: str) -> list[dict]:
@@ -132,8 +146,10 @@ def _train(exp, config, command: str) -> list[dict]:
       run = dataclasses.replace(run, seed=seed, ticket=os.path.join("tickets", name))
       # a rebuilt network's widths go beside its ticket: it reloads without the config
       checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
-                             ticket_metadata(run.extra))
+                             ticket_metadata(run.extra))   # every process: Orbax coordinates the write
       mine.append(run.as_dict())
+      if not checkpoint.is_primary():   # the other processes hold the same numbers; process 0 writes them
+        return
       if config.log.tensorboard:   # the curve again, for TensorBoard: workdir/tensorboard/<ticket name>
         tensorboard.write_run(os.path.join(config.workdir, "tensorboard", name), run.curve)
       report.write_json(config.workdir, config, sum(by_replicate, []), complete=False, command=command)
@@ -145,6 +161,8 @@ def _train(exp, config, command: str) -> list[dict]:
   started = time.time()
   methods.run([exp.replicate(i) for i in range(config.replicates)], [recorder(i) for i in range(config.replicates)])
   runs = sum(by_replicate, [])
+  if not checkpoint.is_primary():
+    return runs
   report.write_all(config.workdir, config, runs, command)
   print(report.markdown_table(runs))
   print(f"\n{len(runs)} runs in {time.time() - started:.1f}s; results in {config.workdir}/results.md")
@@ -175,7 +193,7 @@ def evaluate_ticket(config, command: str) -> list[dict]:
 def _evaluate(exp, config, command: str, model, full_width) -> list[dict]:
   """The eval run of the ticket at config.restore, as `model` (`full_width`: what it was cut from, or None)."""
   ticket = checkpoint.load_ticket(config.restore)
-  variables = jax.eval_shape(lambda: model.init(exp.key("eval"), exp.data["train"][0][:1], train=False))
+  variables = jax.eval_shape(lambda: model.init(exp.key("eval"), exp.inputs(exp.data["train"][0][:1]), train=False))
   checkpoint.check_compatible(ticket["params"], variables["params"], config.restore)
   trainer = exp.trainer(config.train.epochs, model=None if full_width is None else model)
   state = trainer.init_state(ticket["params"], ticket["batch_stats"] or exp.init_batch_stats, ticket["masks"],
@@ -185,6 +203,8 @@ def _evaluate(exp, config, command: str, model, full_width) -> list[dict]:
     run = dataclasses.replace(run, **structured.rebuilt_counts(exp, state)).with_extra(
         model_kwargs={**config.model, "num_classes": exp.num_classes}, full_width_model=full_width)
   runs = [dataclasses.replace(run, ticket=config.restore).as_dict()]
+  if not checkpoint.is_primary():
+    return runs
   checkpoint.export_npz(os.path.join(config.workdir, "ticket.npz"), state.params, state.masks)
   report.write_all(config.workdir, config, runs, command)
   print(report.markdown_table(runs))

@@ -40,6 +40,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.test_subset = 0        # >0: evaluate on a seeded random subset of this many test examples
   c.data.standardize = True     # per-channel mean/std of the training inputs
   c.data.augment = "none"       # none | crop_flip (random crop with 4 pixels of padding, horizontal flip)
+  c.data.device_dtype = "auto"  # auto: 8-bit images stay uint8 on the device, normalised inside jit (4x less
+  #                               memory, the same numbers) | float32: normalised on the host, float32 there
   c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
   c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default); prepared there if TensorFlow is installed
 
@@ -66,6 +68,10 @@ def base() -> ml_collections.ConfigDict:
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
   c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
   c.train.distributed = False   # multi-host: jax.distributed.initialize() and a mesh over all processes' devices
+  c.train.coordinator = ""      # distributed: "host:port" of process 0's coordinator ("" = $JAX_COORDINATOR_ADDRESS
+  #                               or the cluster's, e.g. Slurm's)
+  c.train.num_processes = 0     # distributed: processes in the run (0 = from the cluster environment)
+  c.train.process_id = -1       # distributed: this process's index, 0 .. num_processes-1 (-1 = from the cluster)
   c.train.vmap = False          # tickets that share a schedule train together, vmapped in one program: a
                                 # one-shot sweep's sparsities, compare's oneshot_reinit and oneshot_random,
                                 # and the seeds of `replicates` (which then run in lockstep)

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from lth_jax import data as data_lib
-from lth_jax.data import tfds_source
+from lth_jax.data import pixels, tfds_source
 from lth_jax.errors import UserError
 from lth_jax.methods.record import RunRecord
 from lth_jax.metrics import calibration
@@ -127,7 +127,7 @@ class Evaluator:
     other.name, other.subset = name, 0
     other.dir = directory or other.dir
     x, y = data_lib.load(other, seed).test
-    x = x[stratified(y, len(x_raw), seed)]
+    x = pixels.to_float(x[stratified(y, len(x_raw), seed)])   # resampled as the floats in [0, 1] they stand for
     return exp.normalize(match_shape(x, x_raw.shape[1:]))
 
   def _shifted_set(self, entry: str, shape: tuple, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +143,7 @@ class Evaluator:
       other = ml_collections.ConfigDict(exp.config.data.to_dict())
       other.name, other.subset, other.dir = name, 0, directory or other.dir
       x, y = data_lib.load(other, exp.config.seed).test
+      x = pixels.to_float(x)   # resampled as the floats in [0, 1] they stand for
     if np.max(y) >= exp.num_classes:
       raise UserError(f"config.metrics.shifted {entry!r} has labels up to {int(np.max(y))}; the model has "
                       f"{exp.num_classes} classes")

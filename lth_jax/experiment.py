@@ -16,7 +16,7 @@ from lth_jax import evaluation
 from lth_jax import methods
 from lth_jax import models
 from lth_jax import training
-from lth_jax.data import augment, download
+from lth_jax.data import augment, download, pixels
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import distribution
@@ -24,6 +24,11 @@ from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import select
 from lth_jax.training import state as state_lib
 from lth_jax.training import step
+
+# "auto": 8-bit images live on the device as uint8 and are normalised inside jit; "float32": every data set
+# is normalised on the host and lives on the device as float32 (4x the memory for images, same numbers).
+DEVICE_DTYPES = ("auto", "float32")
+
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Reject values no run can use, naming the key and what is allowed; every method checks its own section."""
@@ -46,6 +51,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.train.loop={config.train.loop!r}; allowed: {', '.join(training.LOOPS)}")
   check(config.train.compute_dtype in step.COMPUTE_DTYPES,
         f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(step.COMPUTE_DTYPES)}")
+  check(config.data.device_dtype in DEVICE_DTYPES,
+        f"config.data.device_dtype={config.data.device_dtype!r}; allowed: {', '.join(DEVICE_DTYPES)}")
   check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
@@ -75,36 +82,30 @@ def parse_layer_scale(entries) -> dict[str, float]:
   return distribution.parse_pattern_map(entries, "config.prune.layer_scale", "FACTOR")
 
 
-def input_statistics(x_train: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel (last axis) mean and std of the training inputs; (0, 1) when not standardising."""
-  if not standardize:
-    return np.zeros(x_train.shape[-1], np.float32), np.ones(x_train.shape[-1], np.float32)
-  axes = tuple(range(x_train.ndim - 1))
-  std = x_train.std(axes)
-  return x_train.mean(axes).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
-
-
 @dataclasses.dataclass(eq=False)
 class Experiment:
   config: ml_collections.ConfigDict
-  data: dict                 # split -> (x, y) on the device
+  data: dict                 # split -> (x, y) on the device; x uint8 pixels or float model inputs (`inputs`)
   num_classes: int
   model: Any
   init_params: Any           # theta_0: what lottery tickets rewind to
   init_batch_stats: Any
   which: Any                 # bool pytree of prunable leaves
   layer_scale: dict          # leaf-name pattern -> factor on the layer-wise pruning rate
-  raw_test: tuple            # (x, y) test split as loaded, before normalisation (numpy)
-  input_mean: np.ndarray
-  input_std: np.ndarray
+  raw_test: tuple            # (x, y) test split before normalisation (numpy; images as floats in [0, 1])
+  normalizer: pixels.Normalizer   # per-channel mean / std of the training inputs
   mesh: Any = None           # jax.sharding.Mesh over the devices in use; None for one device
   store: Any = None          # checkpoint.SegmentStore; None: no checkpoints (library use, tests)
   replica: int = 0           # replicate i runs under seed config.seed + i (see `replicate`)
   family: Any = None         # the replica-0 experiment whose data, trainers and held-out sets it shares
 
   def normalize(self, x) -> np.ndarray:
-    """Inputs as the model sees them: what OOD and corrupted sets go through too."""
-    return ((np.asarray(x, np.float32) - self.input_mean) / self.input_std).astype(np.float32)
+    """Inputs as the model sees them, on the host: what OOD and corrupted sets go through too."""
+    return self.normalizer.host(x)
+
+  def inputs(self, x) -> jax.Array:
+    """Model inputs of some of `data`'s x (uint8 pixels are normalised as the compiled steps do)."""
+    return self.normalizer(jnp.asarray(x))
 
   def key(self, purpose: str) -> jax.Array:
     """A key per purpose, so a run's randomness does not depend on which runs came before it."""
@@ -134,7 +135,7 @@ class Experiment:
     return int(self.data["train"][0].shape[0])
 
   def init_variables(self, key):
-    variables = self.model.init(key, self.data["train"][0][:1], train=False)
+    variables = self.model.init(key, self.inputs(self.data["train"][0][:1]), train=False)
     return variables["params"], variables.get("batch_stats", {})
 
   @functools.cached_property
@@ -163,7 +164,7 @@ class Experiment:
                             store=self.store, eval_every=self.config.train.eval_every,
                             loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
                             which=self.which if model is None else None,
-                            mask_update=mask_update)
+                            mask_update=mask_update, normalize=self.normalizer)
 
   # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
   def __hash__(self):
@@ -205,13 +206,17 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
   for name, (x, _) in splits.items():
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
-  mean, std = input_statistics(dataset.train[0], config.data.standardize)
+  normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
   model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config.model))
+  raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
-                   parse_layer_scale(config.prune.layer_scale), dataset.test, mean, std)
+                   parse_layer_scale(config.prune.layer_scale), raw_test, normalizer)
   exp.mesh = device_mesh(config.train)
-  # The whole data set goes to the device(s) once; batches are gathered from it inside jit.
-  exp.data = {k: (_on_devices(exp.normalize(x), exp.mesh), _on_devices(np.asarray(y, np.int32), exp.mesh))
+  # The whole data set goes to the device(s) once; batches are gathered from it inside jit. 8-bit
+  # images go as uint8 and are normalised there too (data.device_dtype=float32: normalised here).
+  keep_pixels = config.data.device_dtype == "auto"
+  exp.data = {k: (_on_devices(x if keep_pixels and x.dtype == np.uint8 else exp.normalize(x), exp.mesh),
+                  _on_devices(np.asarray(y, np.int32), exp.mesh))
               for k, (x, y) in splits.items()}
   if config.data.augment != "none":
     check(exp.data["train"][0].ndim == 4,

@@ -163,7 +163,7 @@ def test_mnist_from_small_idx_files(tmp_path):
     write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10, 2049)
   dataset = data.load(data_config(name="mnist", dir=str(tmp_path), val_fraction=0.25), seed=0)
   assert [len(y) for _, y in splits(dataset)] == [18, 6, 6]
-  assert dataset.input_shape == (28, 28, 1) and dataset.train[0].dtype == np.float32
+  assert dataset.input_shape == (28, 28, 1) and dataset.train[0].dtype == np.uint8   # pixels stay 8-bit
   np.testing.assert_array_equal(dataset.test[1], np.arange(6))  # test keeps the file's order
   # Labels swapped for images: the magic number says the rank is wrong.
   write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros(6, np.uint8), 2049)
@@ -177,5 +177,5 @@ def test_real_mnist():
   assert [len(y) for _, y in splits(dataset)] == [55_000, 5_000, 10_000]
   assert dataset.input_shape == (28, 28, 1) and dataset.num_classes == 10
   assert dataset.test[1][0] == 7  # the first t10k label
-  assert dataset.train[0].dtype == np.float32 and dataset.train[0].max() == 1 and dataset.train[0].min() == 0
+  assert dataset.train[0].dtype == np.uint8 and dataset.train[0].max() == 255 and dataset.train[0].min() == 0
   assert set(np.unique(dataset.val[1])) == set(range(10))

@@ -42,17 +42,18 @@ def sizes(dataset):
 
 
 def assert_train_val_partition(dataset, x_uint8, y):
-  """Train and val together hold exactly the given examples, each with its label, scaled by 1/255."""
+  """Train and val together hold exactly the given examples, each with its label, as uint8 pixels."""
   x = np.concatenate([dataset.train[0], dataset.val[0]])
   labels = np.concatenate([dataset.train[1], dataset.val[1]])
-  got = sorted(zip(map(bytes, np.round(x * 255).astype(np.uint8).reshape(len(x), -1)), labels))
+  assert x.dtype == np.uint8
+  got = sorted(zip(map(bytes, x.reshape(len(x), -1)), labels))
   want = sorted(zip(map(bytes, x_uint8.reshape(len(x_uint8), -1)), y))
   assert got == want
 
 
 def assert_images(x, y, x_uint8, y_expected):
-  assert x.dtype == np.float32 and y.dtype == np.int32
-  np.testing.assert_array_equal(x, x_uint8 / np.float32(255))
+  assert x.dtype == np.uint8 and y.dtype == np.int32   # 8-bit pixels stay uint8 (lth_jax.data.pixels)
+  np.testing.assert_array_equal(x, x_uint8)
   np.testing.assert_array_equal(y, y_expected)
 
 
@@ -297,7 +298,7 @@ def test_real_cifar10_jpeg_tarball(cache_home):
   assert sizes(dataset) == [45_000, 5_000, 10_000]
   assert dataset.num_classes == 10 and dataset.input_shape == (32, 32, 3)
   for x, _ in (dataset.train, dataset.val, dataset.test):
-    assert x.dtype == np.float32 and x.min() == 0 and x.max() == 1
+    assert x.dtype == np.uint8 and x.min() == 0 and x.max() == 255
   np.testing.assert_array_equal(np.bincount(dataset.test[1]), [1000] * 10)
   start = time.perf_counter()
   cached = data.load(config, seed=0)
@@ -352,7 +353,8 @@ def test_tfds_reads_a_prepared_array_record_data_set(tfds_dir):
   assert sizes(dataset) == [6, 2, 4]
   # array_record keeps examples in a shuffled order of their keys: compare as sets of (pixels, label).
   x_test, y_test = random_images(4, 4, 6, 3, seed=1), np.arange(4) % 3
-  got = sorted(zip(map(bytes, np.round(dataset.test[0] * 255).astype(np.uint8)), dataset.test[1]))
+  assert dataset.test[0].dtype == np.uint8
+  got = sorted(zip(map(bytes, dataset.test[0]), dataset.test[1]))
   assert got == sorted(zip(map(bytes, x_test), y_test))
   assert_train_val_partition(dataset, random_images(8, 4, 6, 3, seed=0), np.arange(8) % 3)
 

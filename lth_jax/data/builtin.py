@@ -87,7 +87,7 @@ def _mnist_part(name: str, directory: Path, prefix: str) -> tuple[np.ndarray, np
         f"{labels_path}: expected IDX labels (magic 2049), got {labels.dtype} {labels.shape}")
   check(len(images) == len(labels),
         f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
-  return (images[..., None] / np.float32(255)), labels.astype(np.int32)
+  return images[..., None], labels.astype(np.int32)   # pixels stay uint8 (see lth_jax.data.pixels)
 
 
 def _find(dataset: str, directory: Path, name: str) -> Path:

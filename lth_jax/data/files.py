@@ -1,8 +1,8 @@
 """Image data sets read from local files: Fashion-MNIST, CIFAR-10/100, a folder of images, an .npz file.
 
 Every source here reads the path in `config.dir`. The training split is shuffled and `config.val_fraction` of
-it held out as val; test is the files' own test split. Pixels stay uint8 until after the split and are then
-scaled into [0, 1] in place, so only one float copy of a large data set is ever made.
+it held out as val; test is the files' own test split. Pixels stay uint8 (`lth_jax.data.pixels`): no float
+copy of a large data set is made here.
 
 Archives (.tar.gz, .tgz, .tar) are streamed member by member in a single pass and never extracted to disk.
 
@@ -247,7 +247,7 @@ def _size(shape: tuple[int, ...]) -> str:
 def npz(config: Config, seed: int) -> Dataset:
   """x_train, y_train, x_test, y_test (and optionally x_val, y_val) from one .npz file.
 
-  uint8 inputs are pixels and get scaled by 1/255; float inputs are taken as they are. Inputs may be
+  uint8 inputs are pixels (kept as uint8, standing for v / 255); float inputs are taken as they are. Inputs may be
   images (N, H, W, C), grey images (N, H, W), or tabular (N, F). Without x_val, val is split off train.
   """
   path = _existing_path(config.dir, "npz expects config.data.dir to be an .npz file with x_train, y_train, "
@@ -258,7 +258,7 @@ def npz(config: Config, seed: int) -> Dataset:
     parts = [split(x, y, seed)[0], (arrays["x_val"], arrays["y_val"])]  # no fractions: split only shuffles
   else:
     parts = split(x, y, seed, val_fraction=config.val_fraction)
-  parts = to_unit_range([*parts, (arrays["x_test"], arrays["y_test"])], pixels=x.dtype == np.uint8)
+  parts = cast_inputs([*parts, (arrays["x_test"], arrays["y_test"])], pixels=x.dtype == np.uint8)
   # The classes are those both train and test reach: a stray label in one split (42 of 10) is refused by
   # registry.check_sane rather than silently widening the model.
   train_max = max(int(labels.max(initial=0)) for _, labels in parts[:-1])
@@ -297,21 +297,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _pixel_splits(x, y, x_test, y_test, seed: int, val_fraction: float):
-  """Train and val as `split` makes them from uint8 pixels, and test, all in [0, 1]."""
-  return to_unit_range([*split(x, y, seed, val_fraction=val_fraction), (x_test, y_test)], pixels=True)
+  """Train and val as `split` makes them from uint8 pixels, and test, all uint8."""
+  return cast_inputs([*split(x, y, seed, val_fraction=val_fraction), (x_test, y_test)], pixels=True)
 
 
-def to_unit_range(parts, pixels: bool):
-  """float32 / int32 parts, `pixels` (uint8 inputs) scaled by 1/255.
-
-  Scaling happens after `split` and in place, so a large data set has only one float copy. That is safe
-  because every uint8 input here is a fresh float32 array after `split` or `astype`.
-  """
-  parts = [(x.astype(np.float32, copy=False), y.astype(np.int32, copy=False)) for x, y in parts]
-  if pixels:
-    for x, _ in parts:
-      x /= np.float32(255)
-  return parts
+def cast_inputs(parts, pixels: bool):
+  """int32 labels; inputs float32, or uint8 when they are `pixels` (scaled on their way to the model)."""
+  dtype = np.uint8 if pixels else np.float32
+  return [(x.astype(dtype, copy=False), y.astype(np.int32, copy=False)) for x, y in parts]
 
 
 def _existing_path(value: str, expected: str) -> Path:

@@ -1,8 +1,9 @@
 """Data sets by name, as numpy arrays split into train / val / test: the registry and the split.
 
 `load(config.data, seed)` returns a `Dataset`. Sources register themselves with `@register(name)` and
-read only the config keys they need. Inputs are only scaled into [0, 1] here: normalising by mean and
-standard deviation is the training code's job.
+read only the config keys they need. 8-bit images stay uint8 pixels (v stands for v / 255,
+`pixels.to_float` scales them) and other inputs become float32: normalising by mean and standard
+deviation is the training code's job, inside jit for pixels (`pixels.Normalizer`).
 """
 
 import dataclasses
@@ -13,7 +14,7 @@ import numpy as np
 
 from lth_jax.errors import UserError, check
 
-Split = tuple[np.ndarray, np.ndarray]  # x float32 (N, ...features), y int32 (N,)
+Split = tuple[np.ndarray, np.ndarray]  # x float32 or uint8 pixels (N, ...features), y int32 (N,)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -71,8 +72,8 @@ def check_sane(dataset: Dataset, where: str) -> None:
   (a NaN validation loss) or silently builds a model with classes the data do not have."""
   check(dataset.num_classes >= 2, f"{where} has {dataset.num_classes} class(es); classification needs at least 2")
   for part, (x, y) in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)):
-    flat = np.asarray(x, np.float32).reshape(len(x), -1)
-    bad = np.argwhere(~np.isfinite(flat))
+    flat = np.asarray(x).reshape(len(x), -1)
+    bad = np.argwhere(~np.isfinite(flat)) if flat.dtype != np.uint8 else np.zeros((0, 2), int)
     check(len(bad) == 0, lambda: f"{where}: the {part} inputs hold non-finite values, e.g. "
           f"{flat[tuple(bad[0])]}")
     outside = np.asarray(y)[(np.asarray(y) < 0) | (np.asarray(y) >= dataset.num_classes)]
@@ -81,7 +82,8 @@ def check_sane(dataset: Dataset, where: str) -> None:
 
 
 def split(x: np.ndarray, y: np.ndarray, seed: int, **fractions: float) -> list[Split]:
-  """Shuffles (x, y) with `seed` and returns [train, *one part per fraction], cast to float32 / int32.
+  """Shuffles (x, y) with `seed` and returns [train, *one part per fraction], cast to float32 (uint8 pixels
+  stay uint8) / int32.
 
   The keyword names are the config keys (`val_fraction=...`), so that errors can name them.
   """
@@ -92,4 +94,5 @@ def split(x: np.ndarray, y: np.ndarray, seed: int, **fractions: float) -> list[S
   check(num_train > 0, f"config.data.{' + '.join(fractions)} leaves no training examples out of {len(y)}")
   order = np.random.default_rng(seed).permutation(len(y))
   parts = np.split(order, np.cumsum([num_train, *sizes[:-1]]))
-  return [(x[part].astype(np.float32, copy=False), y[part].astype(np.int32, copy=False)) for part in parts]
+  dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+  return [(x[part].astype(dtype, copy=False), y[part].astype(np.int32, copy=False)) for part in parts]

@@ -21,7 +21,8 @@ import numpy as np
 from absl import logging
 
 from lth_jax.data.registry import Dataset, register, split
-from lth_jax.data.files import to_unit_range
+from lth_jax.data.files import cast_inputs
+from lth_jax.data.pixels import to_float
 from lth_jax.errors import UserError, check
 
 
@@ -44,7 +45,7 @@ def tfds_source(config: ml_collections.ConfigDict, seed: int) -> Dataset:
   check(x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating),
         f"config.data.tfds_name={name!r}: the {input_key!r} feature is {x.dtype}; only uint8 images "
         "(scaled by 1/255) and float inputs are supported")
-  parts = to_unit_range([*split(x, y, seed, val_fraction=config.val_fraction), (x_test, y_test)],
+  parts = cast_inputs([*split(x, y, seed, val_fraction=config.val_fraction), (x_test, y_test)],
                         pixels=x.dtype == np.uint8)
   label = builder.info.features[label_key]
   num_classes = getattr(label, "num_classes", None) or 1 + max(int(labels.max(initial=0)) for _, labels in parts)
@@ -110,4 +111,4 @@ def test_split(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
   check("test" in builder.info.splits, f"config.metrics.shifted holds tfds:{name}, which has no 'test' split")
   input_key, label_key = builder.info.supervised_keys
   x, y = _read(builder.as_data_source()["test"], input_key, label_key)
-  return to_unit_range([(x, y)], pixels=x.dtype == np.uint8)[0]
+  return to_float(x), np.asarray(y, np.int32)

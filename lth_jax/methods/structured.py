@@ -232,7 +232,7 @@ def channel_counts(exp, state: TrainState, keep: dict) -> dict:
 
 def _inference_times(exp, dense_model, dense_variables, narrow, narrow_variables) -> dict:
   """Median seconds per forward pass of the same test batch through both networks, on this device."""
-  x = exp.data["test"][0][:exp.config.train.batch_size]
+  x = exp.inputs(exp.data["test"][0][:exp.config.train.batch_size])
   dense_s = compression.time_inference(_forward(dense_model), dense_variables, x)
   narrow_s = compression.time_inference(_forward(narrow), narrow_variables, x)
   return {"inference_time_s": narrow_s, "dense_inference_time_s": dense_s, "inference_speedup": dense_s / narrow_s,

@@ -2,6 +2,9 @@
 
 Every saved checkpoint and ticket gets a SHA-256 of its files (`digest`), checked before it is read:
 Orbax notices a truncated file but not a flipped bit in the data, which would resume silently.
+
+In a multi-process run every process calls the Orbax saves (Orbax synchronises them and its primary
+host writes what is replicated); the files lth_jax adds beside them are process 0's alone.
 """
 
 import contextlib
@@ -12,6 +15,7 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from absl import logging
 
@@ -29,6 +33,17 @@ def _quiet():
     yield
   finally:
     logging.set_verbosity(level)
+
+
+def is_primary() -> bool:
+  """Whether this process writes the files every process could write (process 0 of a multi-process run)."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Every process waits here for the others (nothing to wait for in a one-process run)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 METADATA = "model.json"
@@ -69,9 +84,15 @@ def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -
   """
   tree = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks,
           "rewind_params": rewind_params}
+  if jax.process_count() > 1:
+    # Some leaves live on one process's device only (theta_0, a fresh random init), which Orbax refuses in
+    # a multi-process save; every process holds the same values, and Orbax writes numpy from process 0.
+    tree = jax.device_get(tree)
   try:
     with _quiet(), ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.abspath(path), tree, force=True)
+    if not is_primary():
+      return
     if metadata is not None:  # after the checkpointer has closed: the directory is complete
       with open(os.path.join(path, METADATA), "w") as f:
         json.dump(metadata, f, indent=1)
@@ -179,6 +200,8 @@ class SegmentStore:
         manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                     history=ocp.args.JsonSave(history)), force=True)
         manager.wait_until_finished()
+      if not is_primary():
+        return
       write_atomic(self._checksum(name, epoch), digest(self._step_dir(name, epoch)))
       kept = {str(s) for s in manager.all_steps()}
       for stale in os.listdir(self._segment_dir(name)):   # checksums of checkpoints Orbax has dropped
@@ -211,6 +234,10 @@ class SegmentStore:
                         type(e).__name__, _first_line(e))
         continue
       state = restored["state"]
+      if jax.process_count() > 1:
+        # Orbax restores onto this process's device only, and a compiled step over the global mesh refuses
+        # arrays committed there; as fresh uncommitted arrays they are placed like any new state.
+        state = jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), state)
       return state.replace(rng=jax.random.wrap_key_data(state.rng)), list(restored["history"])
     return None
 

@@ -16,7 +16,7 @@ from lth_jax.errors import UserError
 
 # Keys that do not change any number a run produces.
 IGNORED = ("workdir", "mode", "restore", "train.log_every", "checkpoint.every", "checkpoint.keep",
-           "checkpoint.restart")
+           "checkpoint.restart", "train.coordinator", "train.process_id")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -71,13 +71,14 @@ def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
   """
   workdir = config.workdir
   saved_path = os.path.join(workdir, "config.json")
-  if config.checkpoint.restart:
+  primary = checkpoint.is_primary()   # the other processes of a multi-process run only read the workdir
+  if config.checkpoint.restart and primary:
     for name in ("checkpoints", "tickets"):
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
     for name in os.listdir(workdir):   # the plots too: a restarted run may not draw all of them again
       if name in ("config.json", "results.json", "results.md") or name.endswith(".png"):
         os.remove(os.path.join(workdir, name))
-  elif os.path.exists(saved_path):
+  elif os.path.exists(saved_path) and not config.checkpoint.restart:
     with open(saved_path) as f:
       saved = json.load(f)
     diff = differences(saved, config.to_dict(), defaults)
@@ -86,6 +87,7 @@ def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
                       f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); use another workdir or "
                       "--config.checkpoint.restart=True to start over")
   os.makedirs(os.path.join(workdir, "tickets"), exist_ok=True)
-  checkpoint.write_atomic(saved_path, json.dumps(config.to_dict(), indent=1, default=str))
+  if primary:
+    checkpoint.write_atomic(saved_path, json.dumps(config.to_dict(), indent=1, default=str))
   return checkpoint.SegmentStore(os.path.join(workdir, "checkpoints"), config.checkpoint.every,
                                  config.checkpoint.keep)

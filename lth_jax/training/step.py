@@ -42,6 +42,14 @@ class Recipe:
   # (state after the step, the step's dense gradients, tx) -> state: mask updates on the device, inside
   # the compiled step (gradual pruning, SET, RigL); it decides with lax.cond on state.step when to act.
   mask_update: Callable | None = None
+  # uint8 pixels -> model inputs (lth_jax.data.pixels.Normalizer), applied inside the compiled steps before
+  # augmentation, so crops pad with the zeros of the normalised image exactly as for float data.
+  normalize: Callable | None = None
+
+
+def model_inputs(recipe: Recipe, x):
+  """What the model sees of `x`: uint8 pixels normalised (`recipe.normalize`), float inputs unchanged."""
+  return x if recipe.normalize is None or x.dtype != jnp.uint8 else recipe.normalize(x)
 
 
 def split_batch(recipe: Recipe, a):
@@ -57,6 +65,7 @@ def apply_model(recipe: Recipe, variables, x, train: bool):
   Gradients flow through the casts to the float32 params; BatchNorm statistics are left float32
   (Flax computes them in float32 and their running averages stay there).
   """
+  x = model_inputs(recipe, x)
   dtype = COMPUTE_DTYPES[recipe.compute_dtype]
   if dtype != jnp.float32:
     variables = {**variables, "params": jax.tree.map(lambda p: p.astype(dtype), variables["params"])}
@@ -67,11 +76,16 @@ def apply_model(recipe: Recipe, variables, x, train: bool):
   return recipe.model.apply(variables, x, train=train).astype(jnp.float32), variables.get("batch_stats", {})
 
 
+def batch_inputs(recipe: Recipe, key, x):
+  """A training batch as the model sees it: pixels normalised, then augmented with `key`."""
+  x = model_inputs(recipe, x)
+  return x if recipe.augment is None else recipe.augment(key, x)
+
+
 def train_step(recipe: Recipe, state: TrainState, batch) -> tuple[TrainState, dict]:
   x, y = batch
   rng, step_key = jax.random.split(state.rng)
-  if recipe.augment is not None:
-    x = recipe.augment(step_key, x)
+  x = batch_inputs(recipe, step_key, x)
 
   def loss_fn(params):
     variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}

@@ -60,6 +60,7 @@ class Trainer:
                                           # optimizer state and BatchNorm statistics stay float32
   which: Any = None                       # prunable leaves for the history's sparsity (None: masks.prunable's)
   mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
+  normalize: Callable | None = None       # step.Recipe.normalize: uint8 pixels -> model inputs, inside jit
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -73,14 +74,17 @@ class Trainer:
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
                                        self.augment, self.regularizer, self.mesh, self.compute_dtype,
-                                       self.mask_update)
+                                       self.mask_update, self.normalize)
     # The state is donated: `fit` copies the caller's states once, so states that methods keep to
     # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
     self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))
     self._shuffle = _compiled(functools.partial(step.shuffle, recipe), (0, None))
     self._batch_step = _compiled(functools.partial(step.batch_step, recipe), (0, None, None, 0, None))
     self._evaluate = _compiled(functools.partial(step.evaluate, recipe), (0, None, None), donate=False)
-    self._logits = jax.jit(functools.partial(step.logits, recipe))
+    # Logits come back whole on every process: their batches are split over the mesh, and a process can
+    # read only what its own devices hold.
+    whole = None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self._logits = jax.jit(functools.partial(step.logits, recipe), out_shardings=whole)
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
     """A fresh optimizer state; params are masked so the state starts consistent."""
