@@ -23,7 +23,8 @@ def main(argv):
   except OSError as e:
     if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
       raise
-    cli.fail(f"cannot write under config.workdir={_CONFIG.value.workdir!r}: {e.strerror} ({e.filename or ''})")
+    where = f" ({e.filename})" if e.filename else ""   # a failed flush at close names no file
+    cli.fail(f"cannot write under config.workdir={_CONFIG.value.workdir!r}: {e.strerror}{where}")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,11 @@ class Experiment:
   def seed(self) -> int:
     return self.config.seed + self.replica
 
+  @property
+  def model_kwargs(self) -> dict:
+    """config.model as `model` was built from it: another model's keys at their defaults left out."""
+    return model_kwargs(self.config.model)
+
   def replicate(self, i: int) -> "Experiment":
     """The same experiment under seed config.seed + i: its own theta_0, data order and every other key.
 

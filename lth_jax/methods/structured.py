@@ -180,7 +180,7 @@ def _prune_and_retrain(exp, trainer: Trainer, pruned: TrainState, keep: dict, me
   masked = pruned.replace(params=masks_lib.apply(pruned.params, channel_masks), masks=channel_masks)
   before = trainer.evaluate(masked, test)["accuracy"]
 
-  widths, rebuilt = structured.rebuild(config.model.name, models.config_kwargs(config.model), pruned.variables, keep)
+  widths, rebuilt = structured.rebuild(config.model.name, exp.model_kwargs, pruned.variables, keep)
   narrow = models.get(config.model.name, num_classes=exp.num_classes, **widths)
   epochs = cfg.retrain_epochs or config.train.epochs
   # "continue": the ResNet-20 seed's alternative; every branch then trains `epochs` in all, dense part included.
@@ -205,7 +205,7 @@ def _prune_and_retrain(exp, trainer: Trainer, pruned: TrainState, keep: dict, me
       retrain_start_epoch=start_epoch, model_kwargs={"name": config.model.name, "num_classes": exp.num_classes,
                                                      **widths},
       full_width_model={"name": config.model.name, "num_classes": exp.num_classes,
-                        **models.config_kwargs(config.model)},
+                        **exp.model_kwargs},
       **timing, **extra)
   recorder(record, state, start.params)
   return state

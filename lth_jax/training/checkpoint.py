@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -27,6 +28,7 @@ from lth_jax.sparsity.masks import named_leaves
 def _quiet():
   """Orbax logs several INFO lines per save through absl, and a failed write or read as ERROR with its
   traceback; every failure inside is raised to the caller, which reports it in one line."""
+  _contain_background_noise()
   level = logging.get_verbosity()
   logging.set_verbosity(logging.FATAL)
   try:
@@ -46,7 +48,37 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _not_from_orbax(record) -> bool:
+  return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _drop_closed_loop_callbacks(unraisable, previous) -> None:
+  if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    previous(unraisable)
+
+
+def _contain_background_noise() -> None:
+  """What outlives a failed Orbax call, which `_quiet` cannot hold back (issue 18: ~120 traceback lines):
+
+  - when a save or restore fails, Orbax closes its asyncio loop while tensorstore's threads still hold
+    futures of it; each then reports "Event loop is closed" through sys.unraisablehook, with a traceback;
+  - Orbax's own threads go on after the call has raised and log the same failure as ERROR, with a
+    traceback, once `_quiet` has restored the verbosity.
+  Both are the failure already raised to our caller, so they are dropped for the rest of the process;
+  any other unraisable exception still reaches the hook that was installed before.
+  """
+  if not getattr(sys.unraisablehook, "lth_jax", False):   # pytest swaps the hook per test: check, not a flag
+    previous = sys.unraisablehook
+    hook = lambda unraisable: _drop_closed_loop_callbacks(unraisable, previous)
+    hook.lth_jax = True
+    sys.unraisablehook = hook
+  logging.get_absl_logger().addFilter(_not_from_orbax)   # a no-op when already there
+
+
 METADATA = "model.json"
+_RESTORE_METADATA = ("copy model.json back beside it from the workdir that saved the ticket (tickets/<name>/), "
+                     "or rerun that training")
 CHECKSUM = "checksum.sha256"   # inside a ticket; a segment's checkpoint at step k has k.sha256 beside it
 
 
@@ -66,14 +98,25 @@ def digest(directory: str) -> str:
   return h.hexdigest()
 
 
-def _verify(directory: str, checksum_path: str) -> bool | None:
-  """True: the files match the checksum written with them; False: they do not; None: none was written."""
+def _files(directory: str) -> list[str]:
+  """What `digest` covers, as paths relative to `directory`."""
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, _, files in os.walk(directory) for name in files if name != CHECKSUM)
+
+
+def _checksum_lines(checksum_path: str) -> list[str] | None:
+  """The digest, then (for a ticket) the files it covers; None when no checksum was written."""
   try:
     with open(checksum_path) as f:
-      expected = f.read().strip()
+      return [line for line in f.read().splitlines() if line]
   except FileNotFoundError:
     return None
-  return digest(directory) == expected
+
+
+def _verify(directory: str, checksum_path: str) -> bool | None:
+  """True: the files match the checksum written with them; False: they do not; None: none was written."""
+  lines = _checksum_lines(checksum_path)
+  return None if not lines else digest(directory) == lines[0]
 
 
 def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -> None:
@@ -96,7 +139,8 @@ def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -
     if metadata is not None:  # after the checkpointer has closed: the directory is complete
       with open(os.path.join(path, METADATA), "w") as f:
         json.dump(metadata, f, indent=1)
-    write_atomic(os.path.join(path, CHECKSUM), digest(path))
+    # The file list lets a damaged ticket be refused naming what is missing (a lost model.json above all).
+    write_atomic(os.path.join(path, CHECKSUM), "\n".join([digest(path), *_files(path)]))
   except Exception as e:  # noqa: BLE001  -- as in SegmentStore.save
     raise UserError(f"cannot write the ticket {path!r} ({_reason(e)}); free space and rerun the same command "
                     "to resume") from None
@@ -129,7 +173,12 @@ def load_ticket(path: str) -> dict:
   if not os.path.isdir(path):
     raise UserError(f"no ticket at {path!r}: expected a directory written by lth_jax (workdir/tickets/...)")
   if _verify(path, os.path.join(path, CHECKSUM)) is False:
-    raise UserError(f"the ticket at {path!r} is corrupted: its files do not match the checksum saved with them")
+    missing = [f for f in _checksum_lines(os.path.join(path, CHECKSUM))[1:] if not os.path.exists(os.path.join(path, f))]
+    if METADATA in missing:
+      raise UserError(f"the ticket at {path!r} lacks its {METADATA}, the rebuilt (slimming, early_bird) network it "
+                      f"holds; {_RESTORE_METADATA}")
+    raise UserError(f"the ticket at {path!r} is corrupted: "
+                    + (f"{missing[0]} is missing" if missing else "its files do not match the checksum saved with them"))
   try:
     with _quiet(), ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(os.path.abspath(path))
@@ -231,7 +280,7 @@ class SegmentStore:
                                                                    history=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  -- any unreadable checkpoint: fall back to the previous one
         logging.warning("checkpoint %s of %s is unreadable (%s: %s); using the one before it", step, name,
-                        type(e).__name__, _first_line(e))
+                        type(e).__name__, _first_line(e)[:200])
         continue
       state = restored["state"]
       if jax.process_count() > 1:
@@ -250,10 +299,15 @@ def check_compatible(saved_params, model_params, path: str) -> None:
   """Refuse a checkpoint whose parameter tree differs from the model's, naming the first mismatch."""
   saved = {name: tuple(np.shape(x)) for name, x in named_leaves(saved_params)}
   model = {name: tuple(np.shape(x)) for name, x in named_leaves(model_params)}
+  # A ticket saved before checksums has no file list (a verified list without model.json: not a rebuilt
+  # ticket), so a lost model.json shows only as narrower layers.
+  listed = (_checksum_lines(os.path.join(path, CHECKSUM)) or [])[1:]
+  rebuilt = "" if listed or os.path.exists(os.path.join(path, METADATA)) else (
+      f"; if it is a rebuilt (slimming, early_bird) ticket, its {METADATA} is missing: {_RESTORE_METADATA}")
   for name in sorted(set(saved) | set(model)):
     if saved.get(name) != model.get(name):
       raise UserError(f"the checkpoint at {path!r} does not fit config.model: {name} is "
-                      f"{saved.get(name, 'absent')} there and {model.get(name, 'absent')} in the model")
+                      f"{saved.get(name, 'absent')} there and {model.get(name, 'absent')} in the model{rebuilt}")
 
 
 def write_atomic(path: str, text: str) -> None:
