@@ -1,5 +1,14 @@
-"""What several test files share: a small config, a recorder that keeps everything, and ways to run
-a method's program or a single fit without the command line."""
+"""What several test files share: a small config, a recorder that keeps everything, ways to run a
+method's program or a single fit without the command line, and the command line in a subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -7,6 +16,10 @@ import numpy as np
 from lth_jax import methods
 from lth_jax.config import base
 from lth_jax.methods import cohort, lottery
+from lth_jax.training import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
 def small_config(**overrides):
@@ -68,3 +81,40 @@ def fit(trainer, state, data, end_epoch: int, name: str = ""):
   """Train one state: (state, history)."""
   states, histories = trainer.fit([state], data, end_epoch, [name])
   return states[0], histories[0]
+
+
+def main_py(*args, cwd=ROOT, env=(), timeout: float = 600) -> subprocess.CompletedProcess:
+  """`python main.py ARGS` in a subprocess on the CPU, its output captured (the timeout is a safety net)."""
+  return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env={**ENV, **dict(env)},
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def kill_main_py(*args, marker: str | None, delay: float = 0.0) -> None:
+  """Start `python main.py ARGS`; SIGKILL it `delay` seconds after `marker` shows in its log (or after `delay`).
+
+  Where it dies varies from run to run; what the tests assert (a rerun's numbers) must not."""
+  proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=ENV, stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True)
+  if marker is None:
+    time.sleep(delay)
+  else:
+    for line in proc.stderr:
+      if marker in line:
+        time.sleep(delay)
+        break
+  threading.Thread(target=proc.stderr.read, daemon=True).start()   # keep the pipe drained
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+
+
+def numbers(workdir):
+  """(complete, runs) of a workdir's results.json, without the wall times that differ between runs."""
+  doc = json.loads((Path(workdir) / "results.json").read_text())
+  return doc["complete"], [{k: v for k, v in r.items() if k != "wall_time_s"} for r in doc["runs"]]
+
+
+def last_ticket_arrays(workdir) -> list:
+  """The masks and weights of the last run's ticket, as numpy arrays."""
+  runs = json.loads((Path(workdir) / "results.json").read_text())["runs"]
+  ticket = checkpoint.load_ticket(str(Path(workdir) / runs[-1]["ticket"]))
+  return [np.asarray(x) for x in jax.tree.leaves((ticket["masks"], ticket["params"]))]

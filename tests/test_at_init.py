@@ -7,7 +7,7 @@ import pytest
 
 from lth_jax import experiment
 from lth_jax.errors import UserError
-from lth_jax.methods import at_init, common
+from lth_jax.methods import common
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import pruning
 from tests.helpers import Collect, drive, leaves_equal, oneshot, run_method, small_config

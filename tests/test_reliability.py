@@ -4,32 +4,22 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+from tests.helpers import main_py, numbers
+
 SMALL = ["--config=configs/default.py", "--config.method=oneshot", "--config.data.name=moons",
          "--config.model.widths=(16,)", "--config.train.epochs=3", "--config.finetune.epochs=1",
          "--config.train.log_every=1", "--config.metrics.ood=('uniform_noise',)",
          "--config.metrics.similarity_eps=(0.1,)"]
 
 
-def command(workdir, *extra):
-  return [sys.executable, str(ROOT / "main.py"), *SMALL, f"--config.workdir={workdir}", *extra]
-
-
 def run(workdir, *extra):
-  return subprocess.run(command(workdir, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def numbers(workdir):
-  runs = json.loads((workdir / "results.json").read_text())["runs"]
-  return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in runs]
+  return main_py(*SMALL, f"--config.workdir={workdir}", *extra)
 
 
 def one_line_error(proc, message: str) -> None:
@@ -265,8 +255,7 @@ def test_restart_removes_the_old_plots(tmp_path):
 
 def test_every_config_key_is_listed_with_its_default_and_meaning():
   from lth_jax import config
-  listing = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config.help"], cwd=ROOT, env=ENV,
-                           capture_output=True, text=True, timeout=120)
+  listing = main_py("--config.help")
   assert listing.returncode == 0 and listing.stdout.strip() == config.describe()
   lines = {line.split(" = ")[0]: line for line in listing.stdout.splitlines()}
   assert set(lines) == set(config._flat(config.base()))

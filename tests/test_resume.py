@@ -1,59 +1,23 @@
 """Killing a run at any moment and rerunning the same command gives the uninterrupted numbers bit for bit."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import kill_main_py, last_ticket_arrays, main_py, numbers
+
 ARGS = ["--config=configs/default.py", "--config.method=iterative", "--config.train.epochs=6",
         "--config.iterative.rounds=2", "--config.checkpoint.every=1", "--config.train.log_every=1",
         "--config.metrics.ood=('uniform_noise',)"]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-
-
-def command(workdir, *extra):
-  return [sys.executable, str(ROOT / "main.py"), *ARGS, f"--config.workdir={workdir}", *extra]
 
 
 def run(workdir, *extra):
-  return subprocess.run(command(workdir, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  return main_py(*ARGS, f"--config.workdir={workdir}", *extra)
 
 
 def run_and_kill(workdir, marker: str | None, delay: float = 0.0) -> None:
-  """Start the command, SIGKILL it `delay` seconds after `marker` shows in its log (or after `delay`)."""
-  proc = subprocess.Popen(command(workdir), cwd=ROOT, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                          text=True)
-  if marker is None:
-    time.sleep(delay)
-  else:
-    for line in proc.stderr:
-      if marker in line:
-        time.sleep(delay)
-        break
-  threading.Thread(target=proc.stderr.read, daemon=True).start()   # keep the pipe drained
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-
-
-def numbers(workdir):
-  doc = json.loads((workdir / "results.json").read_text())
-  runs = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in doc["runs"]]
-  return doc["complete"], runs
-
-
-def final_masks(workdir):
-  from lth_jax.training import checkpoint
-  runs = json.loads((workdir / "results.json").read_text())["runs"]
-  ticket = checkpoint.load_ticket(str(workdir / runs[-1]["ticket"]))
-  return [np.asarray(x) for x in __import__("jax").tree.leaves((ticket["masks"], ticket["params"]))]
+  kill_main_py(*ARGS, f"--config.workdir={workdir}", marker=marker, delay=delay)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +37,7 @@ def test_killed_at_several_points_resumes_to_identical_numbers(uninterrupted, tm
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "resumed at epoch" in proc.stderr
   assert numbers(workdir) == numbers(uninterrupted)
-  for a, b in zip(final_masks(workdir), final_masks(uninterrupted)):
+  for a, b in zip(last_ticket_arrays(workdir), last_ticket_arrays(uninterrupted)):
     assert np.array_equal(a, b)
 
 
@@ -107,10 +71,8 @@ def test_eval_mode_reloads_a_ticket_and_exports_npz(uninterrupted, tmp_path):
   runs = json.loads((uninterrupted / "results.json").read_text())["runs"]
   ticket = uninterrupted / runs[-1]["ticket"]
   out = tmp_path / "eval"
-  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config=configs/default.py", "--config.mode=eval",
-                         f"--config.restore={ticket}", f"--config.workdir={out}",
-                         "--config.metrics.ood=('uniform_noise',)"], cwd=ROOT, env=ENV, capture_output=True,
-                        text=True)
+  proc = main_py("--config=configs/default.py", "--config.mode=eval", f"--config.restore={ticket}",
+                 f"--config.workdir={out}", "--config.metrics.ood=('uniform_noise',)")
   assert proc.returncode == 0, proc.stderr[-2000:]
   evaluated = json.loads((out / "results.json").read_text())["runs"][0]
   assert evaluated["method"] == "eval"
@@ -122,9 +84,8 @@ def test_eval_mode_reloads_a_ticket_and_exports_npz(uninterrupted, tmp_path):
 
 def test_a_ticket_from_another_model_is_refused(uninterrupted, tmp_path):
   runs = json.loads((uninterrupted / "results.json").read_text())["runs"]
-  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config=configs/default.py", "--config.mode=eval",
-                         f"--config.restore={uninterrupted / runs[-1]['ticket']}", f"--config.workdir={tmp_path}",
-                         "--config.model.widths=(32,)"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+  proc = main_py("--config=configs/default.py", "--config.mode=eval", f"--config.restore={uninterrupted / runs[-1]['ticket']}",
+                 f"--config.workdir={tmp_path}", "--config.model.widths=(32,)")
   assert proc.returncode == 2
   assert "does not fit config.model: hidden_0/bias is (128,) there and (32,) in the model" in proc.stderr
 

@@ -1,28 +1,19 @@
 """Gradual pruning and dynamic sparse training (lth_jax.sparsity.during_training,
 lth_jax.methods.sparse_training) against hand computations, inside training, vmapped and resumed."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from tests.helpers import Collect, drive, leaves_equal, small_config
+from tests.helpers import Collect, drive, kill_main_py, leaves_equal, main_py, numbers, small_config
 from lth_jax import experiment
 from lth_jax.methods import common, registry, sparse_training
 from lth_jax.sparsity import during_training
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.training import TrainState
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_polynomial_schedule_at_chosen_steps():
@@ -136,36 +127,18 @@ def _dense_stub():
 ARGS = ["--config=configs/default.py", "--config.method=rigl", "--config.train.epochs=4", "--config.sparse.every=7",
         "--config.prune.distribution=erk", "--config.checkpoint.every=1", "--config.train.log_every=1",
         "--config.metrics.ood=('uniform_noise',)"]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-
-
-def _command(workdir):
-  return [sys.executable, str(ROOT / "main.py"), *ARGS, f"--config.workdir={workdir}"]
-
-
-def _numbers(workdir):
-  doc = json.loads((workdir / "results.json").read_text())
-  return doc["complete"], [{k: v for k, v in r.items() if k != "wall_time_s"} for r in doc["runs"]]
 
 
 def test_rigl_killed_mid_training_resumes_to_identical_numbers(tmp_path):
-  straight = subprocess.run(_command(tmp_path / "straight"), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=600)
+  straight = main_py(*ARGS, f"--config.workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr[-2000:]
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_command(killed), cwd=ROOT, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                          text=True)
-  for line in proc.stderr:
-    if "rigl@0.8 epoch 2/4" in line:   # between mask updates, past the first ones
-      break
-  threading.Thread(target=proc.stderr.read, daemon=True).start()
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-  assert not (killed / "results.json").exists() or not _numbers(killed)[0]
-  resumed = subprocess.run(_command(killed), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+  kill_main_py(*ARGS, f"--config.workdir={killed}", marker="rigl@0.8 epoch 2/4")   # between mask updates
+  assert not (killed / "results.json").exists() or not numbers(killed)[0]
+  resumed = main_py(*ARGS, f"--config.workdir={killed}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed at epoch" in resumed.stderr
-  assert _numbers(killed) == _numbers(tmp_path / "straight")
+  assert numbers(killed) == numbers(tmp_path / "straight")
 
 
 @pytest.mark.parametrize("key, value, message", [

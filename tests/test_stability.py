@@ -8,7 +8,7 @@ from lth_jax import experiment
 from lth_jax.errors import UserError
 from lth_jax.methods import stability
 from lth_jax.sparsity import masks as masks_lib
-from tests.helpers import Collect, drive, leaves_equal, run_method, small_config
+from tests.helpers import Collect, leaves_equal, run_method, small_config
 
 
 def test_instability_records_a_path_per_network_and_rewind_step():

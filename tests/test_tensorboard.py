@@ -1,17 +1,15 @@
 """TensorBoard event files: the format (CRC-32C, framing) and a run's curves read back as results.json has them."""
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lth_jax.training import tensorboard
+from tests.helpers import main_py
 
-ROOT = Path(__file__).resolve().parents[1]
+MOONS = ["--config=configs/default.py", "--config.data.name=moons", "--config.model.widths=(8,)"]
 
 
 def test_crc32c_matches_the_standard_check_value():
@@ -42,11 +40,8 @@ def test_writing_again_replaces_the_run_and_a_flipped_byte_is_caught(tmp_path):
 
 
 def test_every_run_of_the_cli_writes_its_per_epoch_values(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config=configs/default.py", "--config.method=dynamic",
-                         "--config.data.name=moons", "--config.model.widths=(8,)", "--config.train.epochs=6",
-                         "--config.prune.sparsity=0.5", f"--config.workdir={tmp_path}"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = main_py(*MOONS, "--config.method=dynamic", "--config.train.epochs=6", "--config.prune.sparsity=0.5",
+                 f"--config.workdir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "epoch/s" not in proc.stderr and "s/epoch" not in proc.stderr   # no progress bar off a terminal
   runs = json.loads((tmp_path / "results.json").read_text())["runs"]
@@ -64,10 +59,7 @@ def test_every_run_of_the_cli_writes_its_per_epoch_values(tmp_path):
 
 
 def test_tensorboard_off_writes_nothing(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config=configs/default.py", "--config.method=dense",
-                         "--config.data.name=moons", "--config.model.widths=(8,)", "--config.train.epochs=2",
-                         "--config.log.tensorboard=False", f"--config.workdir={tmp_path}"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = main_py(*MOONS, "--config.method=dense", "--config.train.epochs=2", "--config.log.tensorboard=False",
+                 f"--config.workdir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert not (tmp_path / "tensorboard").exists()
