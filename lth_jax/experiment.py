@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
@@ -231,6 +232,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)
   if total == 0:
     raise UserError(f"config.prune.exclude={tuple(config.prune.exclude)} leaves no prunable weights")
+  if config.train.vmap and jax.default_backend() == "cpu" and any(w.ndim == 4 for w in jax.tree.leaves(exp.init_params)):
+    logging.warning("config.train.vmap=True on the CPU: vmapped convolutions become grouped convolutions, which "
+                    "XLA:CPU runs several times slower than training the states one after another (vmap=False)")
   check_ready(exp)
   return exp
 
