@@ -17,7 +17,7 @@ def figure(path: str, xlabel: str, ylabel: str, size=(6, 4), legend_size: float 
     yield ax
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if legend_size is not None:
+    if legend_size is not None and ax.get_legend_handles_labels()[0]:   # no empty legend box
       ax.legend(fontsize=legend_size, ncol=legend_columns)
     if grid:
       ax.grid(alpha=0.3)

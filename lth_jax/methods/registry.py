@@ -75,7 +75,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def planned_epochs(experiments: list) -> int | None:
   """Epochs config.method will train over all `experiments` (one per seed), or None when it cannot say."""
-  counts = [get(exp.config.method).planned(exp) if get(exp.config.method).planned else None for exp in experiments]
+  planned = get(experiments[0].config.method).planned   # every seed runs the same method
+  counts = [planned(exp) if planned else None for exp in experiments]
   return None if any(c is None for c in counts) else sum(counts)
 
 

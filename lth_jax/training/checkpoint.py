@@ -83,25 +83,24 @@ CHECKSUM = "checksum.sha256"   # inside a ticket; a segment's checkpoint at step
 
 
 def digest(directory: str) -> str:
-  """SHA-256 over every file under `directory` (names and contents, in sorted order) but the ticket's checksum."""
+  """SHA-256 over every file under `directory` (names and contents, in `_files` order) but the ticket's checksum."""
   h = hashlib.sha256()
-  for root, dirs, files in os.walk(directory):
-    dirs.sort()
-    for name in sorted(files):
-      if name == CHECKSUM:
-        continue
-      path = os.path.join(root, name)
-      h.update(os.path.relpath(path, directory).encode() + b"\0")
-      with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          h.update(block)
+  for relative in _files(directory):
+    h.update(relative.encode() + b"\0")
+    with open(os.path.join(directory, relative), "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
   return h.hexdigest()
 
 
 def _files(directory: str) -> list[str]:
-  """What `digest` covers, as paths relative to `directory`."""
-  return sorted(os.path.relpath(os.path.join(root, name), directory)
-                for root, _, files in os.walk(directory) for name in files if name != CHECKSUM)
+  """The files `digest` covers, relative to `directory`: a directory's own files (sorted), then its
+  subdirectories' (sorted); every file but a ticket's checksum."""
+  found = []
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    found += [os.path.relpath(os.path.join(root, name), directory) for name in sorted(files) if name != CHECKSUM]
+  return found
 
 
 def _checksum_lines(checksum_path: str) -> list[str] | None:

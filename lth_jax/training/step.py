@@ -49,7 +49,7 @@ class Recipe:
 
 def model_inputs(recipe: Recipe, x):
   """What the model sees of `x`: uint8 pixels normalised (`recipe.normalize`), float inputs unchanged."""
-  return x if recipe.normalize is None or x.dtype != jnp.uint8 else recipe.normalize(x)
+  return x if recipe.normalize is None else recipe.normalize(x)
 
 
 def split_batch(recipe: Recipe, a):
