@@ -76,6 +76,8 @@ def base() -> ml_collections.ConfigDict:
                                 # one-shot sweep's sparsities, compare's oneshot_reinit and oneshot_random,
                                 # and the seeds of `replicates` (which then run in lockstep)
   c.train.loop = "auto"         # "scan" (an epoch is one lax.scan), "steps" (a jitted step per batch); auto: steps on CPU
+  c.train.cpu_conv = "auto"     # convolutions and their gradients in the NHWC/HWIO form XLA:CPU's fast kernels take
+                                # (lth_jax.models.cpu_conv): "auto" on the CPU backend, "on", "off" (XLA's own lowering)
   c.train.compute_dtype = "float32"   # "bfloat16": mixed precision (params, masks, optimizer state stay float32)
   c.train.eval_every = 1        # epochs between validation/test evaluations (best_epoch is among these)
 

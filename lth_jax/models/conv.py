@@ -14,6 +14,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
+from lth_jax.models import cpu_conv
 from lth_jax.models.registry import register
 
 # Figure 2 of the paper: Gaussian Glorot initialization for every layer.
@@ -30,7 +31,8 @@ class ConvNet(nn.Module):
   def __call__(self, x, train: bool = False):
     del train  # no dropout or batch norm
     for i, f in enumerate(self.filters):
-      x = nn.relu(nn.Conv(f, (3, 3), padding="SAME", kernel_init=_init, name=f"conv_{i}")(x))
+      x = nn.relu(nn.Conv(f, (3, 3), padding="SAME", kernel_init=_init, name=f"conv_{i}",
+                        conv_general_dilated=cpu_conv.conv_general_dilated)(x))
       if i % 2 == 1:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))

@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lth_jax.errors import UserError
+from lth_jax.models import cpu_conv
 from lth_jax.models.registry import register
 
 ModuleDef = Any
@@ -51,7 +52,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def conv(features: int, kernel_size: Sequence[int], strides: int = 1, name: Optional[str] = None) -> nn.Conv:
   """A bias-free conv padded k//2 on both sides of each axis (PyTorch's padding=k//2)."""
   return nn.Conv(features, kernel_size, strides, padding=[(k // 2, k // 2) for k in kernel_size],
-                 use_bias=False, kernel_init=conv_init, name=name)
+                 use_bias=False, kernel_init=conv_init, name=name, conv_general_dilated=cpu_conv.conv_general_dilated)
 
 
 class BasicBlock(nn.Module):

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import flax.linen as nn
 
 from lth_jax.errors import UserError
+from lth_jax.models import cpu_conv
 from lth_jax.models.registry import register
 
 # Conv widths; "M" is a 2x2 max-pool. The final pool of the ImageNet configurations is dropped.
@@ -43,7 +44,8 @@ class VGG(nn.Module):
       if layer == "M":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         continue
-      x = nn.Conv(layer, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init, name=f"conv_{i}")(x)
+      x = nn.Conv(layer, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init, name=f"conv_{i}",
+                  conv_general_dilated=cpu_conv.conv_general_dilated)(x)
       # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (the weight on the old running average).
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        scale_init=nn.initializers.constant(0.5), name=f"bn_{i}")(x)
