@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.common import (FULL, K, LOAD_LIMIT, LOOP_DIAGNOSTIC_S, QUICK, QUICK_MODELS, SPARSITY,  # noqa: E402
-                               Load, Spec, figure, paired_ratio, ratio, synthetic_data)
+                               Load, Spec, figure, paired_ratio, ratio, normalizer, synthetic_pixels)
 from lth_jax import config as lth_config  # noqa: E402
 from lth_jax import experiment, masks, methods, models, pruning, training  # noqa: E402
 from lth_jax.methods import sparse_training  # noqa: E402
@@ -107,12 +107,14 @@ def _until(measure, repeats: int, budget_s: float) -> list:
 
 def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
   model = models.get(spec.name, num_classes=10)
-  x_np, y_np = synthetic_data(spec)
-  x, y = jnp.asarray(x_np), jnp.asarray(y_np)   # on the device before timing, as experiment.build does
+  x_np, y_np = synthetic_pixels(spec)
+  # uint8 on the device before timing and normalised inside the compiled steps, as experiment.build does
+  x, y, normalize = jnp.asarray(x_np), jnp.asarray(y_np), normalizer(x_np)
   steps = training.steps_per_epoch(spec.n_train, spec.batch_size)
-  trainer = training.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10, loop="auto")
+  trainer = training.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10, loop="auto",
+                             normalize=normalize)
   init = jax.jit(functools.partial(model.init, train=False))   # one compile, not one per eager op
-  params, batch_stats, mask, which = _ticket(init, x, jax.random.key(0))
+  params, batch_stats, mask, which = _ticket(init, normalize(x[:1]), jax.random.key(0))
   ones = masks.init(params)
   states = {"dense": trainer.init_state(params, batch_stats, ones, jax.random.key(1)),
             "masked": trainer.init_state(params, batch_stats, mask, jax.random.key(1))}
@@ -143,7 +145,8 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
   out["rigl"] = {}
   for every in (1, 100):
     hook = sparse_training.DropAndGrow("gradient", every, 0.3, 10 * steps, tuple(jax.tree.leaves(which)))
-    rigl = training.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10, loop="auto", mask_update=hook)
+    rigl = training.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10, loop="auto", mask_update=hook,
+                            normalize=normalize)
     rigl_state = rigl.init_state(params, batch_stats, mask, jax.random.key(1))
     load.measure(f"{spec.name} lth_jax rigl every {every} warm-up epoch", _epochs(rigl.train_epoch, x, y, rigl_state))
     paired = {"dense": [], "masked": []}   # paired_ratio's names: "masked" is the RigL epoch here
@@ -157,7 +160,7 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
                                                 for k, v in out["rigl"].items()), flush=True)
 
   # 2. K tickets (own init, own mask): one vmapped epoch vs K single-ticket epochs one after another.
-  tickets = [_ticket(init, x, jax.random.key(100 + i)) for i in range(K)]
+  tickets = [_ticket(init, normalize(x[:1]), jax.random.key(100 + i)) for i in range(K)]
   ticket_states = [trainer.init_state(p, b, m, jax.random.key(200 + i)) for i, (p, b, m, _) in enumerate(tickets)]
   estimate = K * epoch_s   # what one vmapped epoch costs if vmapping gains nothing
   repeats = min(spec.repeats, 5)   # K times the work of an epoch: fewer samples
@@ -189,7 +192,8 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
   n = spec.loop_steps * spec.batch_size
   out["loops"] = {"steps_per_epoch": spec.loop_steps, "images": n}
   for loop in ("scan", "steps"):
-    t = training.Trainer(model, _opt_config(), spec.batch_size, spec.loop_steps, epochs=10, loop=loop)
+    t = training.Trainer(model, _opt_config(), spec.batch_size, spec.loop_steps, epochs=10, loop=loop,
+                         normalize=normalize)
     state = t.init_state(params, batch_stats, ones, jax.random.key(1))
     if loop == "scan":   # compiled ahead of time: a convnet's scan epoch is too slow on CPU to warm up with
       # Trainer has no public ahead-of-time compile: jitting its train_epoch (which calls the jitted scan
@@ -211,33 +215,73 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
 # -- conv probe ----------------------------------------------------------------------------------
 
 
+PROBES = {"resnet20_16x16": 16, "conv6_64x64": 64}   # ResNet-20's first-stage conv, Conv-6's second
+
+
 def conv_probe(load: Load, torch_device: str | None, batch: int = 64) -> dict:
-  """ResNet-20's first-stage conv (16->16, 3x3, 32x32, batch 64): forward and weight gradient alone.
+  """One 3x3 conv at 32x32, batch 64 (C->C channels, per PROBES): forward and weight gradient alone.
 
-  Outside any loop; says how much of a convnet's gap is the convolution kernels themselves.
+  XLA's own lowering (plain `nn.Conv`) against lth_jax's CPU path (`lth_jax.models.cpu_conv`, what the
+  models use), alone and inside a 2-trip scan; says how much of a convnet's gap is the convolutions.
   """
-  x_np = np.random.default_rng(0).standard_normal((batch, 32, 32, 16), dtype=np.float32)
-  conv = flax.linen.Conv(16, (3, 3), padding="SAME", use_bias=False)
-  x = jnp.asarray(x_np)
-  params = conv.init(jax.random.key(0), x)
-  forward = jax.jit(lambda p, x: conv.apply(p, x).sum())
-  weight_grad = jax.jit(jax.grad(lambda p, x: conv.apply(p, x).sum()))
+  out = {}
+  for probe, channels in PROBES.items():
+    x_np = np.random.default_rng(0).standard_normal((batch, 32, 32, channels), dtype=np.float32)
+    x, xs = jnp.asarray(x_np), jnp.stack([jnp.asarray(x_np)] * 2)
+    entry = {"shape": [batch, 32, 32, channels], "kernel": [3, 3, channels, channels], "torch_threads": None}
+    for path, conv in (("xla", flax.linen.Conv(channels, (3, 3), padding="SAME", use_bias=False)),
+                       ("lth_jax", flax.linen.Conv(channels, (3, 3), padding="SAME", use_bias=False,
+                                                   conv_general_dilated=models.cpu_conv.conv_general_dilated))):
+      params = conv.init(jax.random.key(0), x)
+      weight_grad = jax.grad(lambda p, x, conv=conv: conv.apply(p, x).sum())
 
-  def in_scan(p, xs):   # the same weight gradient inside a 2-trip scan, as in a training epoch
-    return jax.lax.scan(lambda p, xb: (jax.tree.map(lambda a, g: a - 0.01 * g, p, weight_grad(p, xb)), None),
-                        p, xs)[0]
+      def in_scan(p, xs, weight_grad=weight_grad):   # the weight gradient in a 2-trip scan, as in an epoch
+        return jax.lax.scan(lambda p, xb: (jax.tree.map(lambda a, g: a - 0.01 * g, p, weight_grad(p, xb)), None),
+                            p, xs)[0]
+      fns = [("forward_ms", jax.jit(lambda p, x, conv=conv: conv.apply(p, x).sum()), (params, x), 1),
+             ("weight_grad_ms", jax.jit(weight_grad), (params, x), 1)]
+      if path == "lth_jax" or channels <= 16:   # XLA's own in a scan: seconds per trip at 64 channels
+        fns.append(("weight_grad_in_scan_ms", jax.jit(in_scan), (params, xs), 2))
+      for name, fn, args, per in fns:
+        jax.block_until_ready(fn(*args))
+        entry[f"{path}_{name}"] = 1e3 * statistics.median(
+            [load.measure(f"conv probe {probe} {path} {name}", lambda: jax.block_until_ready(fn(*args)))
+             for _ in range(3)]) / per
+    if torch_device:
+      entry.update(torch_peer.conv_probe(x_np, load, torch_device))
+    out[probe] = entry
+    print(f"  {probe}: weight gradient xla {entry['xla_weight_grad_ms']:.1f} ms, lth_jax "
+          f"{entry['lth_jax_weight_grad_ms']:.1f} ms" + (f", torch forward + weight gradient "
+                                                         f"{entry['torch_forward_weight_grad_ms']:.1f} ms"
+                                                         if torch_device else ""), flush=True)
+  return out
 
-  xs = jnp.stack([x, x])
-  scan_grad = jax.jit(in_scan)
-  out = {"shape": [batch, 32, 32, 16], "kernel": [3, 3, 16, 16], "torch_threads": None}
-  for name, fn, args, per in (("jax_forward_ms", forward, (params, x), 1),
-                              ("jax_weight_grad_ms", weight_grad, (params, x), 1),
-                              ("jax_weight_grad_in_scan_ms", scan_grad, (params, xs), 2)):
-    jax.block_until_ready(fn(*args))
-    out[name] = 1e3 * statistics.median(
-        [load.measure(f"conv probe {name}", lambda: jax.block_until_ready(fn(*args))) for _ in range(3)]) / per
-  if torch_device:
-    out.update(torch_peer.conv_probe(x_np, load, torch_device))
+
+# -- on-device data -------------------------------------------------------------------------------
+
+# A whole data set as experiment.build places it: images, train + val + test.
+DATA_SETS = {"MNIST": (70_000, (28, 28, 1)), "CIFAR-10": (60_000, (32, 32, 3))}
+
+
+def data_memory() -> dict:
+  """Bytes a whole data set's images take on the device: uint8 pixels (the default) vs normalised float32.
+
+  Measured on the placed arrays: `jax.Array.nbytes`, and the allocator's bytes in use where the backend
+  reports them (GPUs; the CPU backend does not).
+  """
+  device, out = jax.devices()[0], {}
+  for name, (n, shape) in DATA_SETS.items():
+    x = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+    entry = {"images": n, "shape": list(shape)}
+    for kind, host in (("uint8", x), ("float32", normalizer(x).host(x))):
+      before = (device.memory_stats() or {}).get("bytes_in_use")
+      placed = jax.block_until_ready(jax.device_put(host, device))
+      after = (device.memory_stats() or {}).get("bytes_in_use")
+      entry[kind] = {"nbytes": placed.nbytes, "allocator_bytes": None if before is None else after - before}
+      del placed
+    out[name] = entry
+    print(f"  {name}: {entry['uint8']['nbytes'] / 2**20:,.0f} MiB as uint8, "
+          f"{entry['float32']['nbytes'] / 2**20:,.0f} MiB as float32", flush=True)
   return out
 
 
@@ -305,6 +349,8 @@ def run(model_names=tuple(FULL), quick: bool = False, with_torch: bool = True, w
   if any(n != "lenet300_100" for n in model_names):
     print("conv probe", flush=True)
     results["conv_probe"] = conv_probe(load, torch_device)
+  print("on-device data", flush=True)
+  results["data_memory"] = data_memory()
   if with_end_to_end:
     print("end to end", flush=True)
     results["end_to_end"] = end_to_end(load, quick)

@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lth_jax.data import pixels
+
 SPARSITY = 0.8
 K = 8
 LOAD_LIMIT = 1.5       # 1-minute load average above which a measurement is flagged noisy
@@ -29,12 +31,12 @@ class Spec:
   loop_steps: int       # batches in the loop diagnostic's epoch
 
 
-# The loop diagnostic's convnet epochs are 2 batches, the fewest that keep the scan a real loop (XLA
-# removes a one-trip loop): a convnet's scan epoch runs at a few images/s or less on XLA CPU.
+# The loop diagnostic's convnet epochs are 4 batches: a scan of them is a real loop (XLA removes a
+# one-trip loop), and short enough to compile and time a few times over on 2 cores.
 FULL = {
     "lenet300_100": Spec("lenet300_100", "LeNet-300-100", (28, 28, 1), 60, 6000, 15, 1, 100),
-    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 64, 256, 3, 1, 2),
-    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 64, 640, 3, 1, 2),
+    "conv6": Spec("conv6", "Conv-6", (32, 32, 3), 64, 256, 3, 1, 4),
+    "resnet20": Spec("resnet20", "ResNet-20", (32, 32, 3), 64, 640, 3, 1, 4),
 }
 # Smoke mode: the same code paths on tiny epochs; its figures are not comparable.
 QUICK = {
@@ -111,9 +113,18 @@ def paired_ratio(times: dict) -> float:
 # -- data -----------------------------------------------------------------------------------------
 
 
-def synthetic_data(spec: Spec, seed: int = 0):
-  """Random images of the spec's shape and labels in 0..9, as numpy arrays (both frameworks take them)."""
+def synthetic_pixels(spec: Spec, seed: int = 0):
+  """Random 8-bit images of the spec's shape and labels in 0..9, as numpy arrays (uint8, int32).
+
+  lth_jax keeps them uint8 on the device and normalises inside jit, as `experiment.build` does with an
+  8-bit source; the PyTorch peer gets the same images already normalised (`Normalizer.host`), as floats.
+  """
   rng = np.random.default_rng(seed)
-  x = rng.standard_normal((spec.n_train, *spec.shape), dtype=np.float32)
+  x = rng.integers(0, 256, (spec.n_train, *spec.shape), dtype=np.uint8)
   y = rng.integers(0, 10, spec.n_train).astype(np.int32)
   return x, y
+
+
+def normalizer(x) -> pixels.Normalizer:
+  """Per-channel standardisation of `x`, as `experiment.build` makes it from the training images."""
+  return pixels.Normalizer(*pixels.statistics(x, standardize=True))

@@ -90,11 +90,8 @@ def _analysis(results: dict) -> list:
     if r < 0.5:
       text += ": the scan's while loop is the limit"
       if cpu and convnet:
-        text += (" (inside it XLA CPU emits generic loop kernels for the convolutions instead of calling its conv "
-                 "routine, jax-ml/jax#12868" + (f"; the conv probe's weight gradient takes "
-                                                 f"{probe['jax_weight_grad_ms']:.1f} ms alone, "
-                                                 f"{probe['jax_weight_grad_in_scan_ms']:.1f} ms inside a scan"
-                                                 if probe else "") + ")")
+        text += (" (inside it XLA CPU emits generic loop kernels for convolutions not in its canonical form; "
+                 "lth_jax.models.cpu_conv writes them canonical, so check train.cpu_conv)")
     elif r < 0.9:
       text += ": the scan is the slower loop"
     elif r <= 1.1:
@@ -113,10 +110,7 @@ def _analysis(results: dict) -> list:
                  if not convnet else ".")
       elif g < 1 / 1.2:
         text += f" Torch masked at its faster thread count is {1 / g:.1f}x as fast as lth_jax masked"
-        text += (f" (conv probe: one conv's forward + weight gradient takes "
-                 f"{probe['jax_forward_ms'] + probe['jax_weight_grad_ms']:.1f} ms in XLA, "
-                 f"{probe['torch_forward_weight_grad_ms']:.1f} ms in torch)."
-                 if convnet and probe and "torch_forward_ms" in probe else ".")
+        text += (" (see the conv probes below)." if convnet and probe else ".")
       else:
         text += " lth_jax masked and torch masked at its faster thread count are within 20%."
     text += (f" Masked/dense: {j['masked_over_dense']:.2f} in lth_jax (the same programs, the masks multiplied in "
@@ -136,14 +130,17 @@ def _analysis(results: dict) -> list:
                       "ones."))
     else:
       lines.append(f"  Vmapped K={K} not measured: {j['vmap']['skipped']} (raise it to measure).")
-  if probe:
-    text = (f"- **Conv probe** (ResNet-20's 16->16 3x3 conv at 32x32, batch 64, "
-            f"{probe['torch_threads'] or '–'} torch threads): XLA forward {probe['jax_forward_ms']:.1f} ms, "
-            f"weight gradient {probe['jax_weight_grad_ms']:.1f} ms alone and "
-            f"{probe['jax_weight_grad_in_scan_ms']:.1f} ms inside a scan")
-    if "torch_forward_ms" in probe:
-      text += (f"; torch forward {probe['torch_forward_ms']:.1f} ms, forward + weight gradient "
-               f"{probe['torch_forward_weight_grad_ms']:.1f} ms")
+  for name, p in (probe or {}).items():
+    c = p["shape"][-1]
+    text = (f"- **Conv probe {name}** ({c}->{c} 3x3 conv at 32x32, batch {p['shape'][0]}, "
+            f"{p['torch_threads'] or '–'} torch threads): forward {p['xla_forward_ms']:.1f} ms in XLA's own "
+            f"lowering, {p['lth_jax_forward_ms']:.1f} ms on lth_jax's CPU path; weight gradient "
+            f"{p['xla_weight_grad_ms']:.1f} ms / {p['lth_jax_weight_grad_ms']:.1f} ms alone"
+            + (f", {p['xla_weight_grad_in_scan_ms']:.1f} ms" if "xla_weight_grad_in_scan_ms" in p else ", not timed")
+            + f" / {p['lth_jax_weight_grad_in_scan_ms']:.1f} ms per trip inside a scan")
+    if "torch_forward_ms" in p:
+      text += (f"; torch forward {p['torch_forward_ms']:.1f} ms, forward + weight gradient "
+               f"{p['torch_forward_weight_grad_ms']:.1f} ms")
     lines.append(text + ".")
   e2e = results.get("end_to_end")
   if e2e:
@@ -161,7 +158,8 @@ def write_markdown(results: dict, path: str) -> None:
             f"Device: {meta['device']} · CPU: {meta['cpu_model']}, {meta['cpu_count']} cores · "
             + " · ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
   loops = sorted({m["lth_jax"]["loop"] for m in models_.values()})
-  lines += ["Synthetic data of the real shapes, on the device before timing; images/s is the median over timed "
+  lines += ["Synthetic 8-bit images of the real shapes, on the device before timing (lth_jax: uint8, normalised "
+            "inside the compiled step as by default; torch: the same images normalised ahead of time, as floats); images/s is the median over timed "
             "epochs after untimed warm-up epochs (the first compiles); masked/dense is the median over back-to-back "
             "(dense, masked) pairs. lth_jax epochs are `Trainer.train_epoch` with the default loop "
             f"(loop: {', '.join(loops)}), each on its own copy of the state; sequential K={K} is {K} single-ticket "
@@ -221,6 +219,16 @@ def write_markdown(results: dict, path: str) -> None:
         lines.append(f"| {FULL[name].label} | {_num(r['every_1']['dense_img_s'])} | {_num(r['every_1']['img_s'])} | "
                      f"{_num(r['every_1']['over_dense'], True)} | {_num(r['every_100']['img_s'])} | "
                      f"{_num(r['every_100']['over_dense'], True)} |")
+  memory = results.get("data_memory")
+  if memory:
+    lines += ["", "On-device data: a whole data set's images (train + val + test) placed on the device as "
+              "experiment.build does by default (uint8 pixels, normalised inside jit) and as normalised float32 "
+              "(`data.device_dtype=float32`); bytes of the placed arrays (the allocator's count where the backend "
+              "gives one).", "", "| data set | images | uint8 MiB | float32 MiB | float32 / uint8 |", "|---|---:|---:|---:|---:|"]
+    for name, m in memory.items():
+      u8, f32 = (m[k]["allocator_bytes"] or m[k]["nbytes"] for k in ("uint8", "float32"))
+      lines.append(f"| {name} {'x'.join(map(str, m['shape']))} | {m['images']:,} | {u8 / 2**20:,.1f} | "
+                   f"{f32 / 2**20:,.1f} | {f32 / u8:.1f} |")
   e2e = results.get("end_to_end")
   if e2e:
     lines += ["", f"End to end: {e2e['config']}: {e2e['runs']} runs, {e2e['wall_s']:.1f}s wall."]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from benchmarks.common import SPARSITY, Load, Spec, figure, paired_ratio, synthetic_data
+from benchmarks.common import SPARSITY, Load, Spec, figure, paired_ratio, normalizer, synthetic_pixels
 
 # -- models: LeNet-300-100, Conv-6 and ResNet-20 as the seed projects write them (NCHW) ---------------
 
@@ -93,7 +93,8 @@ def _sync(device: str):
 def bench(spec: Spec, load: Load, device: str) -> dict:
   """Dense and masked epochs at threads = cores, timed alternately; masked on one thread as well."""
   torch.manual_seed(0)
-  x_np, y_np = synthetic_data(spec)
+  pixels_np, y_np = synthetic_pixels(spec)
+  x_np = normalizer(pixels_np).host(pixels_np)   # the images lth_jax sees, normalised ahead of time
   x = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2))).to(device)   # NCHW
   y = torch.from_numpy(y_np.astype(np.int64)).to(device)
   steps = spec.n_train // spec.batch_size

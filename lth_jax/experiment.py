@@ -142,6 +142,11 @@ class Experiment:
   def n_train(self) -> int:
     return int(self.data["train"][0].shape[0])
 
+  @property
+  def steps_per_epoch(self) -> int:
+    """Iterations in an epoch of the training split: what every trainer of this experiment takes."""
+    return training.steps_per_epoch(self.n_train, self.config.train.batch_size)
+
   def init_variables(self, key):
     variables = self.model.init(key, self.inputs(self.data["train"][0][:1]), train=False)
     return variables["params"], variables.get("batch_stats", {})
@@ -167,7 +172,7 @@ class Experiment:
       opt.lr = self.config.finetune.lr or opt.lr
       opt.schedule, opt.warmup_epochs = self.config.finetune.schedule, 0
     return training.Trainer(self.model if model is None else model, opt, self.config.train.batch_size,
-                            training.steps_per_epoch(self.n_train, self.config.train.batch_size), epochs,
+                            self.steps_per_epoch, epochs,
                             self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
                             store=self.store, eval_every=self.config.train.eval_every,
                             loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,

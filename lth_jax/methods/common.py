@@ -133,7 +133,7 @@ def with_control(exp, record):
 
 def rewind_step(exp) -> int:
   """The dense run's iteration tickets rewind to: config.prune.rewind_step, or rewind_epoch's first step."""
-  p, spe = exp.config.prune, exp.trainer(exp.config.train.epochs).steps_per_epoch
+  p, spe = exp.config.prune, exp.steps_per_epoch
   step = p.rewind_step or p.rewind_epoch * spe
   check(step < exp.config.train.epochs * spe, f"config.prune.rewind_step={p.rewind_step} must be below the "
         f"dense run's {exp.config.train.epochs * spe} steps (config.train.epochs x {spe} steps per epoch)")
@@ -143,7 +143,7 @@ def rewind_step(exp) -> int:
 def epochs_from(exp, epochs: int, step: int = 0) -> int:
   """Epochs a fit to the global epoch `epochs` trains from iteration `step`: the epoch a ticket rewound
   inside it finishes counts whole, as in its history. For the progress bar's plan."""
-  return max(0, epochs - step // exp.trainer(exp.config.train.epochs).steps_per_epoch)
+  return max(0, epochs - step // exp.steps_per_epoch)
 
 
 def start_state(trainer: Trainer, params, batch_stats, masks, key, step: int) -> TrainState:

@@ -103,7 +103,7 @@ class DropAndGrow:
 
 
 def total_steps(exp) -> int:
-  return exp.trainer(exp.config.train.epochs).steps_per_epoch * exp.config.train.epochs
+  return exp.steps_per_epoch * exp.config.train.epochs
 
 
 def gradual_hook(exp, sparsity: float) -> Gradual:

@@ -22,6 +22,7 @@ import os
 
 import jax
 import jax.extend.core as jex
+import jax.numpy as jnp
 from jax import lax
 
 MODES = ("auto", "on", "off")
@@ -108,7 +109,57 @@ def _conv_bwd(kwargs, residuals, g):
   lhs, rhs = residuals
   _, vjp = jax.vjp(functools.partial(lax.conv_general_dilated, **dict(kwargs)), lhs, rhs)
   closed = jax.make_jaxpr(vjp)(g)
-  return tuple(_eval(closed.jaxpr, closed.consts, g))
+  d_lhs, d_rhs = _eval(closed.jaxpr, closed.consts, g)
+  if _by_rows(lhs, rhs, g, dict(kwargs)):   # XLA drops the convolution it would have computed d_rhs with
+    d_rhs = _weight_grad_by_rows(lhs, g, rhs, dict(kwargs))
+  return d_lhs, d_rhs
+
+
+def _plain_2d(lhs, rhs, kwargs) -> bool:
+  """An NHWC / HWIO 2-D convolution, ungrouped and undilated: what `_weight_grad_by_rows` computes."""
+  ones = lambda v: v is None or all(d == 1 for d in v)
+  return (lhs.ndim == 4 and kwargs["feature_group_count"] == 1 and kwargs["batch_group_count"] == 1
+          and ones(kwargs["lhs_dilation"]) and ones(kwargs["rhs_dilation"])
+          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs["dimension_numbers"])
+          == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+
+
+def _by_rows(lhs, rhs, g, kwargs) -> bool:
+  """Whether the weight gradient goes by kernel-row matmuls: where that measured faster on XLA:CPU.
+
+  XLA's own weight-gradient convolution is slow for few input channels, strided windows and wide
+  layers on large maps (Conv-6's 64->64 at 32x32: 958 ms vs 144 ms, batch 64) and as fast or faster
+  elsewhere (ResNet-20's 16->16 at 32x32: 18 vs 28 ms); results/bench_cpu/conv_options.md, section 6.
+  """
+  if not _plain_2d(lhs, rhs, kwargs):
+    return False
+  c_in, c_out = rhs.shape[2], rhs.shape[3]
+  strided = any(s != 1 for s in (kwargs["window_strides"] or (1, 1)))
+  return c_in < 8 or strided or (c_in * c_out >= 64 * 64 and g.shape[1] * g.shape[2] >= 32 * 32)
+
+
+def _weight_grad_by_rows(lhs, g, rhs, kwargs):
+  """d(loss)/d(kernel) of an NHWC / HWIO convolution, one matmul per kernel row.
+
+  dW[i, j, c, o] = sum over n, h, w of x_pad[n, h * s + i, w * s + j, c] * g[n, h, w, o]. For kernel row
+  i the kw windows' inputs are laid side by side on the channel axis (kw times the input's memory, not
+  kh * kw as whole im2col) and contracted with g over (n, h, w) by one matmul.
+  """
+  (kh, kw), strides = rhs.shape[:2], kwargs["window_strides"] or (1, 1)
+  padding = kwargs["padding"]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding)
+  x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  n, out_h, out_w, c_out = g.shape
+  g2 = g.reshape(-1, c_out)
+  rows = []
+  for i in range(kh):
+    windows = [lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1,
+                                            x.shape[3]), (1, strides[0], strides[1], 1)) for j in range(kw)]
+    cols = jnp.concatenate(windows, axis=-1).reshape(-1, kw * x.shape[3])
+    rows.append(lax.dot_general(cols, g2, (((0,), (0,)), ((), ())), precision=kwargs["precision"],
+                                preferred_element_type=jnp.float32))
+  return jnp.stack(rows).reshape(rhs.shape).astype(rhs.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
