@@ -57,6 +57,24 @@ def test_keep_counts_keeps_exactly_the_highest_alive_scores_per_layer_and_global
   assert masks_lib.count(traced, which) == masks_lib.count(per_layer, which)
 
 
+def test_keep_highest_equals_a_stable_sort_with_ties_signed_zeros_and_infinities():
+  """The sort-free selection keeps what ranking by a stable argsort keeps, position deciding ties."""
+  def by_sort(scores, alive, k):
+    order = np.argsort(np.where(alive, scores, -np.inf), kind="stable")
+    return alive & (np.argsort(order, kind="stable") >= order.size - k)
+  rng = np.random.default_rng(3)
+  pick = jax.jit(select.keep_highest)
+  for trial in range(200):
+    n = int(rng.integers(1, 50))
+    scores = (rng.choice([0.0, -0.0, 1.0, -1.0, 0.5, np.inf, -np.inf], n) if trial % 2
+              else rng.standard_normal(n)).astype(np.float32)
+    alive, k = rng.random(n) < rng.random(), int(rng.integers(0, n + 3))
+    np.testing.assert_array_equal(np.asarray(pick(scores, alive, k)), by_sort(scores, alive, k))
+  # all tied: the last k alive positions stay
+  kept = np.asarray(pick(np.ones(6, np.float32), np.array([1, 1, 0, 1, 1, 1], bool), 3))
+  np.testing.assert_array_equal(kept, [0, 0, 0, 1, 1, 1])
+
+
 def test_prune_distributed_erk_reaches_the_exact_counts():
   params = {name.split("/")[0]: {"kernel": jnp.arange(np.prod(s), dtype=jnp.float32).reshape(s) + 1.0}
             for name, s in zip(NAMES, SHAPES)}

@@ -28,9 +28,11 @@ from lth_jax.training import step
 from lth_jax.training.state import TrainState, learning_rate, optimizer
 
 # "scan": an epoch is one compiled lax.scan. "steps": one compiled step per batch, called from Python.
-# "auto": steps on CPU, scan elsewhere -- XLA CPU (jaxlib 0.10) lowers the convolutions' gradients
-# inside any while loop to generic loop kernels, 20-35x slower than the same step compiled alone
-# (results/bench_cpu); dispatching a step costs microseconds next to a batch's work.
+# "auto": steps on CPU, scan elsewhere -- XLA CPU (jaxlib 0.10) lowers convolutions not in its canonical
+# form inside any while loop to generic loop kernels, 20-35x slower than the same step compiled alone.
+# lth_jax's models write theirs canonical (lth_jax.models.cpu_conv) and scan at parity with steps, but a
+# user's own convnet would not; dispatching a step costs microseconds next to a batch's work
+# (results/bench_cpu).
 LOOPS = ("auto", "scan", "steps")
 
 
