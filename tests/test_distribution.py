@@ -9,6 +9,7 @@ import pytest
 from lth_jax.errors import UserError
 from lth_jax.sparsity import distribution, pruning, select
 from lth_jax.sparsity import masks as masks_lib
+from tests.helpers import leaves_equal
 
 SHAPES = [(4, 8), (8, 8), (8, 2)]   # sizes 32, 64, 16 (112); raw ERK densities 12/32, 16/64, 10/16
 NAMES = ["a/kernel", "b/kernel", "output/kernel"]
@@ -55,6 +56,29 @@ def test_keep_counts_keeps_exactly_the_highest_alive_scores_per_layer_and_global
   np.testing.assert_array_equal(together["b"], [[1, 1], [0, 1]])
   traced = jax.jit(lambda k: select.keep_counts(scores, masks, k, which))(jnp.array([3, 1]))
   assert masks_lib.count(traced, which) == masks_lib.count(per_layer, which)
+
+
+@pytest.mark.parametrize("kind", ["erk", "uniform", "global"])
+def test_prune_distributed_rescores_on_the_exponential_schedule_per_layer(kind):
+  """SynFlow's iterations under a distribution: k scorings, every layer on its own exponential schedule,
+  and the one-shot counts (and, for a mask-independent score, the one-shot mask) at the end."""
+  params = {name.split("/")[0]: {"kernel": jnp.arange(np.prod(s), dtype=jnp.float32).reshape(s) + 1.0}
+            for name, s in zip(NAMES, SHAPES)}
+  masks = masks_lib.init(params)
+  seen = []
+
+  def magnitude_recording(params, masks, context):
+    seen.append([int(m.sum()) for m in jax.tree.leaves(masks)])
+    return jax.tree.map(jnp.abs, params)
+  once = pruning.prune_distributed("magnitude", params, masks, 0.9, kind)
+  four = pruning.prune_distributed(magnitude_recording, params, masks, 0.9, kind, iterations=4)
+  assert len(seen) == 4
+  assert leaves_equal(once, four)
+  start, end = [int(np.prod(s)) for s in SHAPES], [int(m.sum()) for m in jax.tree.leaves(once)]
+  if kind == "global":   # the network's count follows the schedule; the layers split it by score
+    assert [sum(c) for c in seen[1:]] == [round(112 * (sum(end) / 112) ** (i / 4)) for i in (1, 2, 3)]
+  else:
+    assert seen[1:] == [[round(a * (b / a) ** (i / 4)) for a, b in zip(start, end)] for i in (1, 2, 3)]
 
 
 def test_keep_highest_equals_a_stable_sort_with_ties_signed_zeros_and_infinities():

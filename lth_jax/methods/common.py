@@ -107,11 +107,11 @@ def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, i
     score = criteria.inverted(score)
   jitted = jax.jit(lambda params_, masks_: score(params_, masks_, context))   # SynFlow rescores 100 times
   criterion = lambda params_, masks_, _: jitted(params_, masks_)   # noqa: E731
-  if p.distribution != "scope":   # per-layer counts fixed by the distribution: one scoring
+  iterations = p.synflow_iterations if p.criterion == "synflow" else iterations
+  if p.distribution != "scope":
     pruned = pruning.prune_distributed(criterion, params, masks, fraction, p.distribution, exp.which,
-                                       distribution.parse_map(p.layer_sparsity), context)
+                                       distribution.parse_map(p.layer_sparsity), context, iterations)
   else:
-    iterations = p.synflow_iterations if p.criterion == "synflow" else iterations
     pruned = pruning.prune_iteratively(criterion, params, masks, fraction, iterations, p.scope, exp.which,
                                        exp.layer_scale, context)
   if p.control == "shuffle":

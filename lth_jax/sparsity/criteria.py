@@ -118,7 +118,8 @@ def synflow(params, masks, context: Context):
   """|w| * |dR/dw|, R the summed output for an all-ones input through |w| (Tanaka et al. 2020).
 
   Data-free: only the input shape is read from context.batch. One call scores once; SynFlow's
-  iterative schedule is `pruning.prune_iteratively` (config.prune.synflow_iterations).
+  iterative schedule is `pruning.prune_iteratively`, or `pruning.prune_distributed` under a per-layer
+  distribution (config.prune.synflow_iterations).
   """
   _needs(context, "synflow", "batch", "logits_fn")
   positive = jax.tree.map(jnp.abs, masks_lib.apply(params, masks))

@@ -59,12 +59,29 @@ def target_counts(masks, which, kind: str, keep: int, layer_map=None):
 
 
 def prune_distributed(criterion: str | criteria.Criterion, params, masks, fraction: float, kind: str, which=None, layer_map=None,
-                      context: criteria.Context = criteria.Context()):
+                      context: criteria.Context = criteria.Context(), iterations: int = 1):
   """Remove round(fraction * remaining) of the remaining prunable weights in all, shared among the layers
-  as the distribution `kind` says for the sparsity reached (see `lth_jax.sparsity.distribution`)."""
+  as the distribution `kind` says for the sparsity reached (see `lth_jax.sparsity.distribution`).
+
+  With `iterations` > 1 the criterion rescores that many times on SynFlow's exponential schedule, per
+  layer: after iteration i of k a layer that started with a alive weights and ends with b keeps
+  round(a * (b / a)^(i/k)) (the whole network's count, for "global"); after the last, exactly the
+  one-shot counts.
+  """
   which = masks_lib.prunable(masks) if which is None else which
   remaining, _ = masks_lib.count(masks, which)
   keep = remaining - round(fraction * remaining)
   score = criteria.get(criterion) if isinstance(criterion, str) else criterion
-  scores = score(params, masks, context)
-  return keep_counts(scores, masks, target_counts(masks, which, kind, keep, layer_map), which)
+  final = target_counts(masks, which, kind, keep, layer_map)
+  start = remaining if isinstance(final, int) else [
+      int(jax.numpy.count_nonzero(m)) for m, w in zip(jax.tree.leaves(masks), jax.tree.leaves(which)) if w]
+  along = lambda a, b, t: round(a * (b / a) ** t) if a else 0   # noqa: E731
+  for i in range(1, iterations + 1):
+    if i == iterations:
+      counts = final
+    elif isinstance(final, int):
+      counts = along(start, final, i / iterations)
+    else:
+      counts = [along(a, b, i / iterations) for a, b in zip(start, final)]
+    masks = keep_counts(score(params, masks, context), masks, counts, which)
+  return masks
