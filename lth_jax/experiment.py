@@ -50,8 +50,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(0.0 <= config.prune.sparsity < 1.0, f"config.prune.sparsity={config.prune.sparsity} must be in [0, 1)")
   check(config.train.loop in training.LOOPS,
         f"config.train.loop={config.train.loop!r}; allowed: {', '.join(training.LOOPS)}")
-  check(config.train.get("cpu_conv", "auto") in models.cpu_conv.MODES,
-        f"config.train.cpu_conv={config.train.get('cpu_conv')!r}; allowed: {', '.join(models.cpu_conv.MODES)}")
+  check(config.train.cpu_conv in models.cpu_conv.MODES,
+        f"config.train.cpu_conv={config.train.cpu_conv!r}; allowed: {', '.join(models.cpu_conv.MODES)}")
   check(config.train.compute_dtype in step.COMPUTE_DTYPES,
         f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(step.COMPUTE_DTYPES)}")
   check(config.data.device_dtype in DEVICE_DTYPES,
@@ -221,7 +221,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
   normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
   # Decided when the steps are traced, for the whole process: an experiment's own setting holds for its run.
-  models.cpu_conv.set_mode(config.train.get("cpu_conv", "auto"))
+  models.cpu_conv.set_mode(config.train.cpu_conv)
   model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config.model))
   raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,

@@ -107,12 +107,19 @@ def _conv_fwd(lhs, rhs, kwargs):
 
 def _conv_bwd(kwargs, residuals, g):
   lhs, rhs = residuals
-  _, vjp = jax.vjp(functools.partial(lax.conv_general_dilated, **dict(kwargs)), lhs, rhs)
+  kwargs = dict(kwargs)
+  conv = functools.partial(lax.conv_general_dilated, **kwargs)
+  if _by_rows(lhs, rhs, g, kwargs):   # JAX's rule for the input's gradient only; the kernel's by matmuls
+    (d_lhs,) = _canonical_vjp(lambda x: conv(x, rhs), (lhs,), g)
+    return d_lhs, _weight_grad_by_rows(lhs, g, rhs, kwargs)
+  return tuple(_canonical_vjp(conv, (lhs, rhs), g))
+
+
+def _canonical_vjp(fn, primals, g):
+  """JAX's gradients of `fn` at `primals` for the cotangent g, every convolution in them canonical."""
+  _, vjp = jax.vjp(fn, *primals)
   closed = jax.make_jaxpr(vjp)(g)
-  d_lhs, d_rhs = _eval(closed.jaxpr, closed.consts, g)
-  if _by_rows(lhs, rhs, g, dict(kwargs)):   # XLA drops the convolution it would have computed d_rhs with
-    d_rhs = _weight_grad_by_rows(lhs, g, rhs, dict(kwargs))
-  return d_lhs, d_rhs
+  return _eval(closed.jaxpr, closed.consts, g)
 
 
 def _plain_2d(lhs, rhs, kwargs) -> bool:

@@ -73,8 +73,7 @@ def prune_distributed(criterion: str | criteria.Criterion, params, masks, fracti
   keep = remaining - round(fraction * remaining)
   score = criteria.get(criterion) if isinstance(criterion, str) else criterion
   final = target_counts(masks, which, kind, keep, layer_map)
-  start = remaining if isinstance(final, int) else [
-      int(jax.numpy.count_nonzero(m)) for m, w in zip(jax.tree.leaves(masks), jax.tree.leaves(which)) if w]
+  start = remaining if isinstance(final, int) else [row["remaining"] for row in masks_lib.layer_report(masks, which)]
   along = lambda a, b, t: round(a * (b / a) ** t) if a else 0   # noqa: E731
   for i in range(1, iterations + 1):
     if i == iterations:
