@@ -80,6 +80,12 @@ def base() -> ml_collections.ConfigDict:
                                 # (lth_jax.models.cpu_conv): "auto" on the CPU backend, "on", "off" (XLA's own lowering)
   c.train.compute_dtype = "float32"   # "bfloat16": mixed precision (params, masks, optimizer state stay float32)
   c.train.eval_every = 1        # epochs between validation/test evaluations (best_epoch is among these)
+  c.train.steps = 0             # >0: runs of the full schedule train exactly this many iterations (the papers' unit):
+  #                               train.epochs becomes ceil(steps / steps per epoch), the last epoch cut short
+  c.train.eval_every_steps = 0  # >0: validation and test every this many iterations (and at the end), not per epoch
+  c.train.best_by = "val_accuracy"   # val_accuracy | val_loss (the LTH paper's early stopping): picks best_step
+  c.train.test_at_best_only = False  # with eval_every_steps: test figures only where validation improved (and at the
+  #                                    end), which is all test_accuracy_at_best_epoch needs, at a third of the cost
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"      # sgd | adam | adamw

@@ -33,6 +33,9 @@ from lth_jax.metrics import similarity
 from lth_jax.sparsity import masks as masks_lib
 
 SYNTHETIC_OOD = ("uniform_noise", "gaussian_noise", "far_points")
+# How the best evaluation of a run is chosen: the highest validation accuracy, or the lowest validation
+# loss (the Lottery Ticket paper's early-stopping criterion). Ties: the earliest.
+BEST_BY = ("val_accuracy", "val_loss")
 
 
 def match_shape(x: np.ndarray, shape: tuple) -> np.ndarray:
@@ -204,6 +207,35 @@ class Evaluator:
     return out
 
 
+def best_evaluation(history: list, best_by: str, steps_per_epoch: int) -> dict | None:
+  """The run's best evaluation by `best_by`: {step, epoch, val_accuracy, val_loss, test_accuracy}, or None.
+
+  Args:
+    history: Trainer.fit's rows; those with "evals" (train.eval_every_steps) are searched evaluation by
+      evaluation, the others as one evaluation at the end of their epoch (global step epoch x steps_per_epoch).
+    best_by: one of BEST_BY; the earliest evaluation wins a tie.
+    steps_per_epoch: iterations per epoch, to place an epoch's evaluation and a step's epoch.
+
+  Returns:
+    The chosen evaluation, `epoch` being the (1-based) epoch holding its step; None when nothing was
+    evaluated on a validation split.
+  """
+  points = []
+  for row in history:
+    if "evals" in row:
+      points += row["evals"]
+    else:
+      points.append({"step": row["epoch"] * steps_per_epoch, **{k: row[k] for k in (
+          "val_loss", "val_accuracy", "test_loss", "test_accuracy")}})
+  points = [p for p in points if p[best_by] is not None]
+  if not points:
+    return None
+  sign = -1 if best_by == "val_loss" else 1
+  best = max(points, key=lambda p: sign * p[best_by])   # max returns the first of equal keys
+  return {"step": best["step"], "epoch": -(-best["step"] // steps_per_epoch), "val_accuracy": best["val_accuracy"],
+          "val_loss": best["val_loss"], "test_accuracy": best["test_accuracy"]}
+
+
 def record(exp, state, history: list, method: str, round_: int, dense_accuracy: float | None,
            before: float | None, started: float, trainer=None) -> RunRecord:
   """One run's entry of results.json (DESIGN.md's fields; names are stable once written).
@@ -219,8 +251,7 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
   # a network rebuilt narrower keeps exp.model's leaf names, so exp.which still marks its prunable leaves
   same_leaves = jax.tree.structure(state.masks) == jax.tree.structure(exp.which)
   layer_sparsity = masks_lib.layer_counts(state.masks, exp.which if same_leaves else None)
-  evaluated = [row for row in history if row["val_accuracy"] is not None]
-  best = max(evaluated, key=lambda row: row["val_accuracy"]) if evaluated else None
+  best = best_evaluation(history, exp.config.train.best_by, exp.steps_per_epoch)
   return RunRecord(
       method=method, round=round_,
       sparsity=masks_lib.sparsity(state.masks, exp.which),
@@ -230,7 +261,9 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
       accuracy_drop=None if dense_accuracy is None else dense_accuracy - figures["accuracy"],
       accuracy_before_retrain=before,
       best_epoch=best["epoch"] if best else None,
+      best_step=best["step"] if best else None,
       best_val_accuracy=best["val_accuracy"] if best else None,
+      best_val_loss=best["val_loss"] if best else None,
       test_accuracy_at_best_epoch=best["test_accuracy"] if best else None,
       epochs_trained=len(history),
       wall_time_s=time.time() - started,

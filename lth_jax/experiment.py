@@ -57,6 +57,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.data.device_dtype in DEVICE_DTYPES,
         f"config.data.device_dtype={config.data.device_dtype!r}; allowed: {', '.join(DEVICE_DTYPES)}")
   check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
+  check(config.train.steps >= 0, f"config.train.steps={config.train.steps} must be >= 0 (0: train.epochs)")
+  check(config.train.eval_every_steps >= 0,
+        f"config.train.eval_every_steps={config.train.eval_every_steps} must be >= 0 (0: train.eval_every epochs)")
+  check(config.train.best_by in evaluation.BEST_BY,
+        f"config.train.best_by={config.train.best_by!r}; allowed: {', '.join(evaluation.BEST_BY)}")
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
   check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
@@ -175,6 +180,9 @@ class Experiment:
                             self.steps_per_epoch, epochs,
                             self.config.train.eval_batch_size, augment.get(self.config.data.augment), self.mesh,
                             store=self.store, eval_every=self.config.train.eval_every,
+                            eval_every_steps=self.config.train.eval_every_steps,
+                            test_at_best_only=self.config.train.test_at_best_only, best_by=self.config.train.best_by,
+                            last_step=(self.config.train.steps or None) if epochs == self.config.train.epochs else None,
                             loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
                             which=self.which if model is None else None,
                             mask_update=mask_update, normalize=self.normalizer)
@@ -227,6 +235,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), raw_test, normalizer)
   exp.mesh = device_mesh(config.train)
+  if config.train.steps:   # the resolved length, which config.json records and every method reads
+    config.train.epochs = -(-config.train.steps // training.steps_per_epoch(len(dataset.train[1]),
+                                                                            config.train.batch_size))
   # The whole data set goes to the device(s) once; batches are gathered from it inside jit. 8-bit
   # images go as uint8 and are normalised there too (data.device_dtype=float32: normalised here).
   keep_pixels = config.data.device_dtype == "auto"

@@ -1,6 +1,7 @@
 """Run reports in the workdir: results.json (atomic), results.md (comparison tables) and PNG plots.
 
   python -m lth_jax.report WORKDIR   # re-render results.md and the plots from WORKDIR/results.json
+  python -m lth_jax.report aggregate WORKDIR... --out DIR   # a study over seeds (lth_jax.aggregate)
 """
 
 import functools
@@ -341,6 +342,9 @@ def plot_distance_curve(runs: list, path: str) -> None:
 def main(argv: list) -> int:
   """Re-render a finished run's results.md and plots from its results.json (environment and command kept)."""
   import ml_collections
+  if argv and argv[0] == "aggregate":
+    from lth_jax import aggregate
+    return aggregate.main(argv[1:])
   if len(argv) != 1:
     print("usage: python -m lth_jax.report WORKDIR", file=sys.stderr)
     return 2

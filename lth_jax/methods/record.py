@@ -21,14 +21,16 @@ class RunRecord:
   test_accuracy: float
   accuracy_drop: float | None     # the dense run's test accuracy minus this run's
   accuracy_before_retrain: float | None
-  best_epoch: int | None          # epoch of best validation accuracy (LTH early stopping)
+  best_epoch: int | None          # the epoch holding the best evaluation (config.train.best_by: LTH early stopping)
   best_val_accuracy: float | None
-  test_accuracy_at_best_epoch: float | None
+  test_accuracy_at_best_epoch: float | None   # test accuracy at the best evaluation (best_step)
   epochs_trained: int
   wall_time_s: float
   curve: list                     # per-epoch history rows
   figures: dict = dataclasses.field(default_factory=dict)
   extra: dict = dataclasses.field(default_factory=dict)
+  best_step: int | None = None    # the global iteration of the best evaluation (every train.eval_every_steps)
+  best_val_loss: float | None = None
   seed: int | None = None         # set by whoever records the run
   ticket: str | None = None
 

@@ -47,13 +47,17 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
   return optax.chain(*coupled, *core) if coupled or core else optax.identity()
 
 
-def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int) -> optax.Schedule:
-  """lr(step): optional linear warmup, then constant, step decay at `milestones` (epochs) or cosine."""
+def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int,
+                  total_steps: int | None = None) -> optax.Schedule:
+  """lr(step): optional linear warmup, then constant, step decay at `milestones` (epochs) or cosine.
+
+  The cosine decays over `total_steps` (config.train.steps), or `epochs` whole epochs when None.
+  """
   if config.schedule not in SCHEDULES:
     raise UserError(f"config.optimizer.schedule={config.schedule!r} is not a schedule; "
                     f"allowed: {', '.join(SCHEDULES)}")
   warmup = int(config.warmup_epochs * steps_per_epoch)
-  total = epochs * steps_per_epoch
+  total = epochs * steps_per_epoch if total_steps is None else total_steps
   if config.schedule == "constant":
     main = optax.constant_schedule(config.lr)
   elif config.schedule == "step":

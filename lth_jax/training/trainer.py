@@ -57,6 +57,11 @@ class Trainer:
   regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
   store: Any = None                       # checkpoint.SegmentStore: resume each fit where it stopped
   eval_every: int = 1                     # epochs between validation/test evaluations (always at the end)
+  eval_every_steps: int = 0               # >0: evaluate every this many iterations instead (see `fit`)
+  test_at_best_only: bool = False         # with eval_every_steps: the test split only where validation improves
+  best_by: str = "val_accuracy"           # what "improves" means: a higher val_accuracy or a lower val_loss
+  last_step: int | None = None            # the schedule ends at this global iteration (config.train.steps):
+                                          # the epoch that holds it stops there
   loop: str = "auto"                      # one of LOOPS
   compute_dtype: str = "float32"          # "bfloat16": activations and matmuls in bf16; params, masks,
                                           # optimizer state and BatchNorm statistics stay float32
@@ -71,7 +76,7 @@ class Trainer:
       raise UserError(f"config.train.compute_dtype={self.compute_dtype!r} is not supported; "
                       f"allowed: {', '.join(step.COMPUTE_DTYPES)}")
     self.tx = optimizer(self.opt_config)
-    self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs)
+    self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs, self.last_step)
     if self.loop == "auto":
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
@@ -94,20 +99,25 @@ class Trainer:
     return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
                       batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
 
-  def train_epoch(self, state: TrainState, x, y, batched: bool = False, first: int = 0, last: int | None = None):
+  def train_epoch(self, state: TrainState, x, y, batched: bool = False, first: int = 0, last: int | None = None,
+                  after_step: Callable | None = None):
     """One epoch on (x, y); `batched`: `state` stacks several tickets along a leading axis. Consumes `state`.
 
     Steps `first` .. `last`-1 of the epoch only, when given: a state rewound to an iteration inside an
     epoch finishes it, and the dense run's first steps of an epoch give that iteration's weights.
+    `after_step(state, i)`, when given, is called after step i-1 of the epoch (i steps of it done), before
+    the next step consumes the state: mid-epoch evaluations (the steps are then dispatched one by one).
     """
     last = self.steps_per_epoch if last is None else last
-    if self.loop == "scan" and (first, last) == (0, self.steps_per_epoch):
+    if self.loop == "scan" and (first, last) == (0, self.steps_per_epoch) and after_step is None:
       return self._epoch[batched](state, x, y)
     state, order = self._shuffle[batched](state, x)   # the scan's epoch, one dispatch per batch
     metrics = []
     for i in range(first, last):
       state, m = self._batch_step[batched](state, x, y, order, i)
       metrics.append(m)
+      if after_step is not None:
+        after_step(state, i + 1)
     return state, jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *metrics)
 
   def advance(self, state: TrainState, data, steps: int) -> TrainState:
@@ -133,6 +143,13 @@ class Trainer:
     `self.eval_every` epochs and at the end; None between), learning rate of its last step, sparsity
     of the prunable weights (masks do not change within a fit). `progress` (a progress.Progress, the
     experiment's bar) advances by one per state and epoch, epochs restored from checkpoints included.
+
+    With `eval_every_steps` = k > 0, validation and test are evaluated after every global iteration that
+    is a multiple of k and after the fit's last one instead; each row lists its epoch's evaluations under
+    "evals" ({step, val_loss, val_accuracy, test_loss, test_accuracy}) and carries the one at the epoch's
+    last step as its own val/test figures (None when there was none); with `test_at_best_only`, test
+    figures are None at evaluations where validation did not improve. With `last_step`, the epoch holding
+    it is the fit's last and stops there.
     """
     batched = len(states) > 1
     start_step = int(states[0].step)
@@ -150,24 +167,42 @@ class Trainer:
     first_epoch = start_epoch + len(histories[0]) + 1
     if progress is not None and histories[0]:
       progress.advance(len(states) * len(histories[0]), _describe(names))
-    for epoch in range(first_epoch, end_epoch + 1):
-      # a state rewound inside an epoch (prune.rewind_step) first finishes that epoch's remaining steps
-      first = start_step % self.steps_per_epoch if epoch == start_epoch + 1 else 0
-      current, metrics = self.train_epoch(current, *data["train"], batched=batched, first=first)
+    spe = self.steps_per_epoch
+    best = [None] * len(states)   # the best validation figure so far in this fit, per member (test_at_best_only)
+    end_step = end_epoch * spe if self.last_step is None else min(end_epoch * spe, self.last_step)
+    last_epoch = -(-end_step // spe)
+    for epoch in range(first_epoch, last_epoch + 1):
+      # a state rewound inside an epoch (prune.rewind_step) first finishes that epoch's remaining steps;
+      # the epoch holding the schedule's last step (train.steps) stops there
+      first = start_step % spe if epoch == start_epoch + 1 else 0
+      last = min(spe, end_step - (epoch - 1) * spe)
+      evals = []   # (global step, {split: metrics}) of the evaluations every `eval_every_steps` iterations
+
+      def after_step(state, i, epoch=epoch, evals=evals):
+        at = (epoch - 1) * spe + i
+        if at % self.eval_every_steps == 0 or at == end_step:
+          evals.append((at, self._evaluate_at_step(state, data, batched, best, at == end_step)))
+      current, metrics = self.train_epoch(current, *data["train"], batched=batched, first=first, last=last,
+                                          after_step=after_step if self.eval_every_steps else None)
       figures = {"train": metrics}
-      if epoch % self.eval_every == 0 or epoch == end_epoch:   # every member at once, on the device
-        figures.update({split: self._evaluate[batched](current.variables, *data[split]) for split in ("val", "test")})
-      figures = jax.device_get(figures)   # the epoch's one transfer to the host
+      if self.eval_every_steps:   # the row's val/test: an evaluation at the epoch's last step, if there was one
+        if evals and evals[-1][0] == (epoch - 1) * spe + last:
+          figures.update(evals[-1][1])
+      elif epoch % self.eval_every == 0 or epoch == last_epoch:   # every member at once, on the device
+        figures.update(self._evaluate_splits(current, data, batched))
+      figures, evals = jax.device_get((figures, evals))   # the epoch's one transfer to the host
       members = _unstack(current, len(states)) if batched else [current]
       for i, (member, name, history) in enumerate(zip(members, names, histories)):
-        train_metrics, val, test = (
-            {k: float(v[i] if batched else v) for k, v in figures[split].items()} if split in figures
-            else {"loss": None, "accuracy": None} for split in ("train", "val", "test"))
+        train_metrics, val, test = (_member(figures.get(split), i, batched) for split in ("train", "val", "test"))
         history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
                         "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "test_loss": test["loss"],
                         "test_accuracy": test["accuracy"], "lr": train_metrics["lr"], "sparsity": sparsities[i]})
-        if log_every and (epoch % log_every == 0 or epoch == end_epoch):
+        if self.eval_every_steps:
+          history[-1]["evals"] = [{"step": at, **{f"{split}_{k}": v for split in ("val", "test")
+                                                  for k, v in _member(e.get(split), i, batched).items()}}
+                                  for at, e in evals]
+        if log_every and (epoch % log_every == 0 or epoch == last_epoch):
           logging.info("%s epoch %d/%d  train loss %.4f  val acc %s  test acc %s  (%.1fs)", name, epoch,
                        end_epoch, history[-1]["train_loss"], _fmt(val["accuracy"]), _fmt(test["accuracy"]),
                        time.time() - start)
@@ -175,10 +210,29 @@ class Trainer:
           raise UserError(f"{name}: training loss is not finite at epoch {epoch}; lower config.optimizer.lr or "
                           "check the data (the last good checkpoint is kept)")
         if self.store is not None:
-          self.store.save(segments[i], epoch, member, history, final=epoch == end_epoch)
+          self.store.save(segments[i], epoch, member, history, final=epoch == last_epoch)
       if progress is not None:
         progress.advance(len(states), _describe(names))
     return (_unstack(current, len(states)) if batched else [current]), histories
+
+  def _evaluate_splits(self, state, data, batched: bool) -> dict:
+    """Validation and test loss / accuracy of `state` (every member at once), left on the device."""
+    return {split: self._evaluate[batched](state.variables, *data[split]) for split in ("val", "test")}
+
+  def _evaluate_at_step(self, state, data, batched: bool, best: list, last: bool) -> dict:
+    """A mid-epoch evaluation. With `test_at_best_only`, the test split is evaluated only when some member's
+    validation figure beats `best` (updated here) or at the fit's `last` step: every evaluation the run's
+    best one (lth_jax.evaluation.best_evaluation) can be has its test figures, at a third of the cost."""
+    if not self.test_at_best_only:
+      return self._evaluate_splits(state, data, batched)
+    val = self._evaluate[batched](state.variables, *data["val"])
+    figure = np.atleast_1d(np.asarray(val["accuracy" if self.best_by == "val_accuracy" else "loss"]))
+    sign = 1 if self.best_by == "val_accuracy" else -1
+    improved = [b is None or sign * f > sign * b for f, b in zip(figure, best)]
+    best[:] = [f if up else b for f, b, up in zip(figure, best, improved)]
+    if any(improved) or last:
+      return {"val": val, "test": self._evaluate[batched](state.variables, *data["test"])}
+    return {"val": val}
 
   def _restore_together(self, segments, states, histories, end_epoch):
     """Every member from its newest checkpoint at one common epoch, or all from the start."""
@@ -191,6 +245,13 @@ class Trainer:
       if min(done) == max(done):
         return [state for state, _ in restored], [history for _, history in restored]
       target = int(states[0].step) // self.steps_per_epoch + min(done)
+
+
+def _member(figures: dict | None, i: int, batched: bool) -> dict:
+  """Member i's figures as floats (a split not evaluated: loss and accuracy None)."""
+  if figures is None:
+    return {"loss": None, "accuracy": None}
+  return {k: float(v[i] if batched else v) for k, v in figures.items()}
 
 
 def _fmt(value) -> str:

@@ -1,0 +1,154 @@
+"""A study over seeds: per-seed workdirs of the same protocol summarised as mean, min and max.
+
+  python -m lth_jax.report aggregate results/study/seed0 results/study/seed1 ... --out results/study
+
+Each workdir's results.json is read (one that is not complete is left out, and said so); runs are matched
+across seeds by what they are -- method with its criterion and control, round, sparsity, and the
+instability analysis' rewind step -- and every figure of `FIELDS` becomes mean / min / max over the seeds
+that have it. Written to --out: aggregate.json, aggregate.md, and plots of test accuracy at the early-stopping
+evaluation and of that evaluation's iteration against the weights remaining, with min-max error bars. A
+`paper.json` in --out (the published figures, each series naming the figure or table it was read from) is
+drawn on the same axes:
+
+  {"source": "Frankle & Carbin 2019", "series": [{"label": "LTH Fig. 3 (reinit)", "where": "Figure 3",
+   "field": "test_accuracy_at_best_epoch", "points": [[percent_remaining, value], ...]}]}
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from lth_jax.plots import figure
+from lth_jax.report_sanity import label
+from lth_jax.training.checkpoint import write_atomic
+
+# (field, header, format) summarised over seeds.
+FIELDS = (("test_accuracy_at_best_epoch", "test acc @early stop", "{:.4f}"), ("best_step", "early-stop iter", "{:,.0f}"),
+          ("test_accuracy", "test acc (end)", "{:.4f}"), ("accuracy_before_retrain", "acc before retrain", "{:.4f}"),
+          ("ece", "ECE", "{:.4f}"), ("barrier", "barrier", "{:.4f}"))
+
+
+def run_key(run: dict) -> tuple:
+  """What makes runs of different seeds the same run of the protocol."""
+  return (label(run), run["round"], round(run["sparsity"], 4), run.get("rewind_step"))
+
+
+def read_workdirs(workdirs: list) -> tuple[list, list]:
+  """(documents of the complete workdirs, messages about the ones left out)."""
+  docs, skipped = [], []
+  for workdir in workdirs:
+    path = os.path.join(workdir, "results.json")
+    try:
+      with open(path) as f:
+        doc = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      skipped.append(f"{workdir}: unreadable ({e})")
+      continue
+    if not doc.get("complete"):
+      skipped.append(f"{workdir}: not complete ({len(doc.get('runs', []))} runs so far)")
+      continue
+    docs.append({**doc, "workdir": workdir})
+  return docs, skipped
+
+
+def summarize(docs: list) -> list[dict]:
+  """One row per run of the protocol, in the order runs first appear: n, seeds and each field's mean / min / max.
+
+  Args:
+    docs: results.json documents, one per seed.
+
+  Returns:
+    Rows {"method", "round", "sparsity", "rewind_step", "n", "seeds", FIELD: {"mean", "min", "max", "values"}}.
+  """
+  groups = {}
+  for doc in docs:
+    for run in doc["runs"]:
+      groups.setdefault(run_key(run), []).append(run)
+  rows = []
+  for (method, round_, sparsity, rewind_step), runs in groups.items():
+    row = {"method": method, "round": round_, "sparsity": sparsity, "rewind_step": rewind_step, "n": len(runs),
+           "seeds": [r.get("seed") for r in runs]}
+    for field, _, _ in FIELDS:
+      values = [float(r[field]) for r in runs if r.get(field) is not None]
+      if values:
+        row[field] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values), "values": values}
+    rows.append(row)
+  return rows
+
+
+def markdown(rows: list, docs: list, skipped: list) -> str:
+  fields = [f for f in FIELDS if any(f[0] in r for r in rows)]
+  header = ["method", "round", "% remaining", *(["rewind step"] if any(r["rewind_step"] is not None for r in rows) else []),
+            "n", *(h for _, h, _ in fields)]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in rows:
+    cells = [r["method"], str(r["round"]), f"{100 * (1 - r['sparsity']):.1f}"]
+    cells += [str(r["rewind_step"])] if "rewind step" in header else []
+    cells.append(str(r["n"]))
+    for field, _, fmt in fields:
+      s = r.get(field)
+      cells.append("–" if s is None else f"{fmt.format(s['mean'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]")
+    lines.append("| " + " | ".join(cells) + " |")
+  hours = sum(run.get("wall_time_s", 0.0) for doc in docs for run in doc["runs"]) / 3600
+  text = (f"# Aggregate over {len(docs)} seeds\n\n"
+          f"Workdirs: {', '.join(d['workdir'] for d in docs)}\n\n" + "\n".join(lines) + "\n\n"
+          "Each cell: mean [min, max] over the seeds. test acc @early stop: test accuracy at the evaluation chosen by "
+          "config.train.best_by; early-stop iter: that evaluation's iteration.\n\n"
+          f"Training and evaluation time, summed over every run's wall time: {hours:.2f} h.\n")
+  if skipped:
+    text += "\nLeft out: " + "; ".join(skipped) + "\n"
+  return text
+
+
+def plot(rows: list, field: str, ylabel: str, path: str, paper: dict | None) -> None:
+  """`field` against the percentage of weights remaining: mean and min-max bars per method, paper's points beside."""
+  with figure(path, "prunable weights remaining (%)", ylabel, legend_size=7) as ax:
+    for method in dict.fromkeys(r["method"] for r in rows if field in r and r["rewind_step"] is None):
+      points = sorted((100 * (1 - r["sparsity"]), r[field]) for r in rows
+                      if r["method"] in (method, "dense") and field in r and r["rewind_step"] is None)
+      if method == "dense" and len(points) == 1:
+        ax.axhline(points[0][1]["mean"], color="gray", linestyle=":", label="dense (mean)")
+        continue
+      x = [p[0] for p in points]
+      mean = np.array([p[1]["mean"] for p in points])
+      spread = [mean - [p[1]["min"] for p in points], [p[1]["max"] for p in points] - mean]
+      ax.errorbar(x, mean, yerr=spread, marker="o", markersize=3, capsize=3, label=f"{method} (ours, min-max)")
+    for series in (paper or {}).get("series", []):
+      if series.get("field") == field:
+        x, y = zip(*series["points"])
+        ax.plot(x, y, linestyle="--", marker="x", label=f"{series['label']} ({series['where']})")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+
+
+def aggregate(workdirs: list, out: str) -> list[dict]:
+  """Summarise the workdirs into `out` (aggregate.json, aggregate.md, plots); returns the rows."""
+  docs, skipped = read_workdirs(workdirs)
+  if not docs:
+    raise ValueError("no complete results.json among the workdirs: " + "; ".join(skipped))
+  os.makedirs(out, exist_ok=True)
+  paper_path = os.path.join(out, "paper.json")
+  paper = json.load(open(paper_path)) if os.path.exists(paper_path) else None
+  rows = summarize(docs)
+  write_atomic(os.path.join(out, "aggregate.json"), json.dumps(
+      {"workdirs": [d["workdir"] for d in docs], "left_out": skipped, "rows": rows}, indent=1))
+  write_atomic(os.path.join(out, "aggregate.md"), markdown(rows, docs, skipped))
+  plot(rows, "test_accuracy_at_best_epoch", "test accuracy at early stopping", os.path.join(out, "accuracy.png"), paper)
+  plot(rows, "best_step", "early-stopping iteration", os.path.join(out, "early_stop_iteration.png"), paper)
+  return rows
+
+
+def main(argv: list) -> int:
+  """`aggregate DIR... --out DIR`."""
+  if "--out" not in argv or argv.index("--out") != len(argv) - 2 or len(argv) < 3:
+    print("usage: python -m lth_jax.report aggregate WORKDIR... --out DIR", file=sys.stderr)
+    return 2
+  try:
+    rows = aggregate(argv[:-2], argv[-1])
+  except (ValueError, OSError, json.JSONDecodeError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{len(rows)} runs summarised into {argv[-1]}/aggregate.md")
+  return 0
