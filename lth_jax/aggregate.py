@@ -26,8 +26,9 @@ from lth_jax.training.checkpoint import write_atomic
 
 # (field, header, format) summarised over seeds.
 FIELDS = (("test_accuracy_at_best_epoch", "test acc @early stop", "{:.4f}"), ("best_step", "early-stop iter", "{:,.0f}"),
-          ("test_accuracy", "test acc (end)", "{:.4f}"), ("accuracy_before_retrain", "acc before retrain", "{:.4f}"),
-          ("ece", "ECE", "{:.4f}"), ("barrier", "barrier", "{:.4f}"))
+          ("best_epoch", "early-stop epoch", "{:.1f}"), ("test_accuracy", "test acc (end)", "{:.4f}"),
+          ("accuracy_before_retrain", "acc before retrain", "{:.4f}"), ("ece", "ECE", "{:.4f}"), ("uce", "UCE", "{:.4f}"),
+          ("barrier", "barrier", "{:.4f}"))
 
 
 def run_key(run: dict) -> tuple:
