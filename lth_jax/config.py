@@ -126,6 +126,9 @@ def base() -> ml_collections.ConfigDict:
   #                                   (keep the lowest scores): applied to every unstructured method's mask
   c.prune.synflow_iterations = 100  # criterion=synflow: rescorings on the exponential schedule (Tanaka et al.)
   c.prune.score_examples = 256      # training examples the data-driven criteria (snip, grasp) score on
+  c.prune.score_batchnorm = "auto"  # BatchNorm while a criterion scores: auto (its authors' mode: snip, grasp
+  #                                   train; synflow eval) | train (the scored batch's statistics) | eval (running)
+  c.prune.grasp_temperature = 200.0   # GraSP's T: logits / T while scoring (GraSP's and Synaptic-Flow's code: 200)
   c.prune.rewind_step = 0           # k>0: rewind to the dense run's weights after exactly k iterations (not with rewind_epoch)
   c.at_init = ml_collections.ConfigDict()
   c.at_init.rounds = 1              # prune_at_init: prune theta_0 in this many rescorings (synflow: its iterations)
