@@ -232,3 +232,51 @@ def test_data_criteria_refuse_a_missing_batch():
   params = tiny_params(jnp.float32)
   with pytest.raises(ValueError, match="snip criterion needs context.batch"):
     criteria.get("snip")(params, masks_lib.init(params), criteria.Context(loss_fn=loss_fn))
+
+
+def test_scoring_runs_batchnorm_in_each_criterions_authors_mode_or_the_configured_one():
+  """SNIP's and GraSP's code score in train mode (the batch's statistics), Synaptic-Flow's prune_loop in
+  eval mode; config.prune.score_batchnorm=train|eval overrides, and anything else is refused."""
+  import types
+  import flax.linen as nn
+  import optax
+  from lth_jax.config import base
+  from lth_jax.errors import UserError
+  from lth_jax.methods import common
+  from lth_jax.training import step
+
+  class TinyBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      x = nn.BatchNorm(use_running_average=not train)(nn.Dense(5)(x))
+      return nn.Dense(3, name="output")(jax.nn.relu(x))
+
+  model = TinyBN()
+  x, y = batch(jnp.float32, n=16)
+  variables = model.init(jax.random.key(0), x)
+  recipe = step.Recipe(model=model, tx=optax.sgd(0.1), lr=lambda t: 0.1, batch_size=16, steps_per_epoch=1)
+  train_logits = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  eval_logits = model.apply(variables, x, train=False)
+  assert not np.allclose(train_logits, eval_logits, atol=1e-3)
+
+  def context(criterion, mode):
+    config = base()
+    config.prune.criterion, config.prune.score_batchnorm, config.prune.score_examples = criterion, mode, 16
+    exp = types.SimpleNamespace(config=config, trainer=lambda epochs: types.SimpleNamespace(recipe=recipe),
+                                init_batch_stats=variables["batch_stats"], data={"train": (x, y)},
+                                key=lambda purpose: jax.random.key(0), which=masks_lib.prunable(variables["params"]))
+    return common.criterion_context(exp, "test")
+
+  for criterion, mode, expected in [("snip", "auto", train_logits), ("grasp", "auto", train_logits),
+                                    ("synflow", "auto", eval_logits), ("snip", "eval", eval_logits),
+                                    ("synflow", "train", train_logits)]:
+    ctx = context(criterion, mode)
+    xs, ys = ctx.batch   # the 16 examples, in a drawn order
+    order = [int(np.flatnonzero(np.all(np.asarray(x) == np.asarray(row), axis=1))[0]) for row in xs]
+    np.testing.assert_allclose(ctx.logits_fn(variables["params"], xs), np.asarray(expected)[order], rtol=1e-5, atol=1e-6)
+    assert ctx.grasp_temperature == 200.0
+  assert [criteria.batchnorm_mode(c) for c in ("snip", "grasp", "synflow")] == ["train", "train", "eval"]
+  config = base()
+  config.prune.score_batchnorm = "batch"
+  with pytest.raises(UserError, match="config.prune.score_batchnorm='batch'; allowed: auto, train, eval"):
+    common.validate_prune(config)
