@@ -161,6 +161,7 @@ def base() -> ml_collections.ConfigDict:
   # Per-layer sparsity distributions, gradual magnitude pruning and dynamic sparse training (README:
   # "Prune during training and sparse training").
   c.prune.distribution = "scope"   # scope (prune.scope, prune.layer_scale) | global | uniform | erk
+  #                                  | uniform_first_dense (RigL's uniform: the first layer dense, unmasked)
   #                                  | map (prune.layer_sparsity): how a pruning target is shared among layers
   c.prune.layer_sparsity = ()      # distribution=map: ("output/*=0.2",) per-layer sparsity; the rest prune.sparsity
   c.gradual = ml_collections.ConfigDict()   # Zhu & Gupta 2017: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3
