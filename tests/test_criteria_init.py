@@ -141,8 +141,8 @@ def test_grasp_scores_the_weights_only_at_the_authors_temperature():
       return jnp.mean(cross_entropy(biased_logits_fn(p, x) / 200.0, y))
     whole = criteria.hessian_gradient(loss_of_tree, params, None, jax.tree.map(lambda _: True, params))
     assert not np.allclose(np.asarray(whole["layer_0"]["kernel"]), np.asarray(hg[0]), rtol=1e-3)
-    cold = criteria.get("grasp")(params, masks_lib.init(params), criteria.Context(batch=(x, y), logits_fn=biased_logits_fn,
-                                                                                   grasp_temperature=1.0))
+    cold_context = criteria.Context(batch=(x, y), logits_fn=biased_logits_fn, grasp_temperature=1.0)
+    cold = criteria.get("grasp")(params, masks_lib.init(params), cold_context)
     assert not np.allclose(np.asarray(cold["layer_0"]["kernel"]), np.asarray(scores["layer_0"]["kernel"]) * 200 ** 2,
                            rtol=1e-3)
 
@@ -273,7 +273,8 @@ def test_scoring_runs_batchnorm_in_each_criterions_authors_mode_or_the_configure
     ctx = context(criterion, mode)
     xs, ys = ctx.batch   # the 16 examples, in a drawn order
     order = [int(np.flatnonzero(np.all(np.asarray(x) == np.asarray(row), axis=1))[0]) for row in xs]
-    np.testing.assert_allclose(ctx.logits_fn(variables["params"], xs), np.asarray(expected)[order], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ctx.logits_fn(variables["params"], xs), np.asarray(expected)[order],
+                               rtol=1e-5, atol=1e-6)
     assert ctx.grasp_temperature == 200.0
   assert [criteria.batchnorm_mode(c) for c in ("snip", "grasp", "synflow")] == ["train", "train", "eval"]
   config = base()

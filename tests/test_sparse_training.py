@@ -238,7 +238,8 @@ def test_rigl_killed_mid_training_resumes_to_identical_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("prune.distribution", "erdos", "config.prune.distribution='erdos'; allowed: scope, global, uniform, uniform_first_dense, erk, map"),
+    ("prune.distribution", "erdos",
+     "config.prune.distribution='erdos'; allowed: scope, global, uniform, uniform_first_dense, erk, map"),
     ("gradual.every", 0, "config.gradual.every=0 must be >= 1"),
     ("sparse.drop_fraction", 1.5, "config.sparse.drop_fraction=1.5 must be in [0, 1]"),
     ("sparse.end", 0.0, "config.sparse.end=0.0 must be in (0, 1]"),

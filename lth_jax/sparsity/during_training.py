@@ -4,8 +4,8 @@ magnitude pruning (Zhu & Gupta 2017) and of drop-and-grow (SET, Mocanu et al. 20
 
 Conventions: `t` is the number of training iterations done (TrainState.step after an iteration); an
 update at t acts on the state that iteration produced (RigL's: on the state it started from, its
-optimizer step skipped; see lth_jax.methods.sparse_training.DropAndGrow). Counts are exact and ties go as in `select` (the earlier position
-is removed first, and grows last).
+optimizer step skipped; see lth_jax.methods.sparse_training.DropAndGrow). Counts are exact and ties go
+as in `select` (the earlier position is removed first, and grows last).
 """
 
 import jax
