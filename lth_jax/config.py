@@ -132,6 +132,9 @@ def base() -> ml_collections.ConfigDict:
   #                                   (keep the lowest scores): applied to every unstructured method's mask
   c.prune.synflow_iterations = 100  # criterion=synflow: rescorings on the exponential schedule (Tanaka et al.)
   c.prune.score_examples = 256      # training examples the data-driven criteria (snip, grasp) score on
+  c.prune.score_batchnorm = "auto"  # BatchNorm while a criterion scores: auto (its authors' mode: snip, grasp
+  #                                   train; synflow eval) | train (the scored batch's statistics) | eval (running)
+  c.prune.grasp_temperature = 200.0   # GraSP's T: logits / T while scoring (GraSP's and Synaptic-Flow's code: 200)
   c.prune.rewind_step = 0           # k>0: rewind to the dense run's weights after exactly k iterations (not with rewind_epoch)
   c.at_init = ml_collections.ConfigDict()
   c.at_init.rounds = 1              # prune_at_init: prune theta_0 in this many rescorings (synflow: its iterations)
@@ -164,6 +167,7 @@ def base() -> ml_collections.ConfigDict:
   # Per-layer sparsity distributions, gradual magnitude pruning and dynamic sparse training (README:
   # "Prune during training and sparse training").
   c.prune.distribution = "scope"   # scope (prune.scope, prune.layer_scale) | global | uniform | erk
+  #                                  | uniform_first_dense (RigL's uniform: the first layer dense, unmasked)
   #                                  | map (prune.layer_sparsity): how a pruning target is shared among layers
   c.prune.layer_sparsity = ()      # distribution=map: ("output/*=0.2",) per-layer sparsity; the rest prune.sparsity
   c.gradual = ml_collections.ConfigDict()   # Zhu & Gupta 2017: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3

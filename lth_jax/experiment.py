@@ -249,6 +249,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
           f"config.data.augment={config.data.augment!r} needs images (N, H, W, C); {config.data.name!r} is not")
   exp.init_params, exp.init_batch_stats = exp.init_variables(exp.key("init"))
   exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude))
+  if config.prune.distribution == "uniform_first_dense":   # RigL's uniform: the first layer stays dense, unmasked
+    first = distribution.first_layer(exp.init_params, exp.which)
+    exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude) + (first,))
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)
   if total == 0:
     raise UserError(f"config.prune.exclude={tuple(config.prune.exclude)} leaves no prunable weights")

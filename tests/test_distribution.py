@@ -75,10 +75,11 @@ def test_prune_distributed_rescores_on_the_exponential_schedule_per_layer(kind):
   assert len(seen) == 4
   assert leaves_equal(once, four)
   start, end = [int(np.prod(s)) for s in SHAPES], [int(m.sum()) for m in jax.tree.leaves(once)]
+  # Synaptic-Flow's prune_loop count: N - int((1 - d^(i/k)) N) of N stay, d the density reached
   if kind == "global":   # the network's count follows the schedule; the layers split it by score
-    assert [sum(c) for c in seen[1:]] == [round(112 * (sum(end) / 112) ** (i / 4)) for i in (1, 2, 3)]
+    assert [sum(c) for c in seen[1:]] == [112 - int((1 - (1 - 0.9) ** (i / 4)) * 112) for i in (1, 2, 3)]
   else:
-    assert seen[1:] == [[round(a * (b / a) ** (i / 4)) for a, b in zip(start, end)] for i in (1, 2, 3)]
+    assert seen[1:] == [[a - int((1 - (b / a) ** (i / 4)) * a) for a, b in zip(start, end)] for i in (1, 2, 3)]
 
 
 def test_keep_highest_equals_a_stable_sort_with_ties_signed_zeros_and_infinities():
@@ -112,3 +113,30 @@ def test_prune_distributed_erk_reaches_the_exact_counts():
   assert masks_lib.count(again) == (28, 112)
   assert [row["remaining"] for row in masks_lib.layer_report(again)] == distribution.layer_counts(
       "erk", SHAPES, NAMES, 28)
+
+
+def test_first_layer_is_the_first_created_not_the_first_sorted():
+  from lth_jax import models
+  model = models.get("resnet20", num_classes=3, width=4)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)["params"]
+  which = masks_lib.prunable(params)
+  sorted_first = next(name for (name, _), w in zip(masks_lib.named_leaves(params), jax.tree.leaves(which)) if w)
+  assert sorted_first == "output/kernel"
+  assert distribution.first_layer(params, which) == "stem_conv/kernel"
+
+
+def test_uniform_first_dense_is_rigls_uniform():
+  """rigl's uniform (get_sparsities_uniform over the masks its scripts make): the first layer unmasked
+  and dense, every other layer at the target sparsity, the sparsity counted over those."""
+  from lth_jax import experiment
+  from lth_jax.methods import common
+  from tests.helpers import small_config
+  exp = experiment.build(small_config(**{"prune.distribution": "uniform_first_dense"}))
+  # moons (2 features) through widths (16, 16) to 2 classes: kernels 2x16, 16x16, 16x2
+  flags = {name: w for (name, _), w in zip(masks_lib.named_leaves(exp.init_params), jax.tree.leaves(exp.which))}
+  assert not flags["hidden_0/kernel"] and flags["hidden_1/kernel"] and flags["output/kernel"]
+  masks = common.prune(exp, exp.init_params, masks_lib.init(exp.init_params), 0.75, "test")
+  kept = {name: int(np.asarray(m).sum()) for name, m in masks_lib.named_leaves(masks)}
+  assert kept["hidden_0/kernel"] == 32                      # dense
+  assert kept["hidden_1/kernel"] == 256 // 4 and kept["output/kernel"] == 32 // 4
+  assert masks_lib.sparsity(masks, exp.which) == 0.75

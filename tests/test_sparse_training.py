@@ -36,13 +36,26 @@ WHICH = {"a": True, "b": False}
 
 
 def test_drop_and_grow_drops_the_smallest_and_grows_at_the_largest_gradient():
-  # alive |w|: 0.5, 0.1, 2.0, 0.3; k = round(0.5 * 4) = 2 drops 0.1 and 0.3 (positions 1 and 5).
+  # alive |w|: 0.5, 0.1, 2.0, 0.3; k = int(0.5 * 4) = 2 drops 0.1 and 0.3 (positions 1 and 5).
   # Candidates (inactive after the drop): positions 1, 2, 4, 5, 6, 7 with |g| 1, 4, 7, 8, 3, 5 -> grow 5 and 4.
-  masks, kept = during_training.drop_and_grow(PARAMS, MASKS, GRADS, 0.5, WHICH)
+  # Position 5 was alive before: only position 4 is a new connection.
+  masks, grown = during_training.drop_and_grow(PARAMS, MASKS, GRADS, 0.5, WHICH)
   np.testing.assert_array_equal(masks["a"], [[1, 0, 0, 1], [1, 1, 0, 0]])
-  np.testing.assert_array_equal(kept["a"], [[1, 0, 0, 1], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(grown["a"], [[0, 0, 0, 0], [1, 0, 0, 0]])
   np.testing.assert_array_equal(masks["b"], MASKS["b"])   # not prunable: untouched
+  assert not np.any(np.asarray(grown["b"]))
   assert int(masks["a"].sum()) == int(MASKS["a"].sum())
+
+
+def test_drop_count_is_rigls_floor():
+  # rigl's _get_update_op: n_prune = int32(float32(alive) * drop_fraction). 4 alive at 0.7: 2.8 -> 2
+  # (round would give 3); at 0.74 of 4: 2.96 -> 2. Grow scores 0 at the alive positions, so that every
+  # grown weight is a new connection and the mask shows the count.
+  grow_scores = {"a": jnp.where(MASKS["a"] == 1, 0.0, GRADS["a"] + 1), "b": GRADS["b"]}
+  for fraction in (0.7, 0.74):
+    masks, grown = during_training.drop_and_grow(PARAMS, MASKS, grow_scores, fraction, WHICH)
+    dropped = (np.asarray(MASKS["a"]) == 1) & (np.asarray(masks["a"]) == 0)
+    assert int(dropped.sum()) == int(np.asarray(grown["a"]).sum()) == int(np.float32(4) * np.float32(fraction)) == 2
 
 
 def _state(tx):
@@ -51,18 +64,100 @@ def _state(tx):
                     opt_state=opt_state, rng=jax.random.key(0))
 
 
-def test_rigl_update_regrows_at_zero_with_zeroed_moments_and_keeps_counts():
+def test_rigl_update_keeps_a_regrown_weight_and_starts_only_new_connections_at_zero():
   tx = optax.trace(0.9)
   hook = sparse_training.DropAndGrow("gradient", every=5, drop_fraction=1.0, t_end=20, which=(True, False))
   new = hook(_state(tx), GRADS, tx)
   # at t=10 of t_end=20 the drop fraction is 0.5 (1 + cos(pi/2)) = 0.5: the update of the test above.
-  # Position 5 (-0.3) is dropped and regrown: it starts again from 0, with its momentum zeroed.
+  # Position 5 (-0.3) is dropped and grown back: as in rigl (new_connections = grown & was inactive)
+  # it keeps its weight and its momentum. Position 4 was inactive: it starts at 0 with momentum 0.
+  # Position 1 (-0.1) is dropped: its weight goes to 0 (lth_jax keeps pruned weights at 0).
   np.testing.assert_array_equal(new.masks["a"], [[1, 0, 0, 1], [1, 1, 0, 0]])
-  np.testing.assert_array_equal(new.params["a"], [[0.5, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
-  np.testing.assert_array_equal(new.opt_state.trace["a"], [[1, 0, 0, 1], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(new.params["a"], np.array([[0.5, 0.0, 0.0, 2.0], [0.0, -0.3, 0.0, 0.0]], np.float32))
+  np.testing.assert_array_equal(new.opt_state.trace["a"], [[1, 1, 1, 1], [0, 1, 1, 1]])
   np.testing.assert_array_equal(new.opt_state.trace["b"], [1, 1])
   skipped = hook(_state(tx).replace(step=jnp.asarray(11, jnp.int32)), GRADS, tx)   # not an update step
   assert leaves_equal(skipped.masks, MASKS)
+
+
+def _tiny_recipe(hook, tx):
+  from lth_jax.models import mlp
+  from lth_jax.training import step
+  return step.Recipe(model=mlp.mlp(3, widths=(6,)), tx=tx, lr=lambda t: 0.1, batch_size=8, steps_per_epoch=1,
+                     mask_update=hook)
+
+
+def _tiny_state(recipe, step_count):
+  from lth_jax.training import TrainState
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, 8))
+  params = recipe.model.init(jax.random.key(0), x)["params"]
+  masks = jax.tree.map(lambda p: jnp.asarray(rng.random(p.shape) < 0.5, p.dtype) if p.ndim == 2 else jnp.ones_like(p),
+                       params)
+  params = masks_lib.apply(params, masks)
+  # a nonzero momentum everywhere, so that an optimizer step would change it
+  opt_state = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape), v.dtype), recipe.tx.init(params))
+  state = TrainState(step=jnp.asarray(step_count, jnp.int32), params=params, batch_stats={}, masks=masks,
+                     opt_state=opt_state, rng=jax.random.key(1))
+  return state, (x, y)
+
+
+def test_rigl_update_iteration_takes_no_optimizer_step_and_grows_by_that_steps_gradient():
+  """rigl's SparseRigLOptimizer: on a mask-update iteration the optimizer is not applied; the weights
+  the update drops from are those the iteration started with, grown by its dense gradient there."""
+  from lth_jax.training import step
+  tx = optax.trace(0.9)
+  hook = sparse_training.DropAndGrow("gradient", every=5, drop_fraction=0.5, t_end=20, which=(False, True) * 2)
+  assert [leaf.ndim == 2 for leaf in jax.tree.leaves(_tiny_state(_tiny_recipe(hook, tx), 4)[0].params)] == \
+      [False, True, False, True]   # bias, kernel per layer: `which` above marks the kernels
+  recipe = _tiny_recipe(hook, tx)
+  state, (x, y) = _tiny_state(recipe, 4)    # this iteration makes it step 5: an update
+  new, _ = step.train_step(recipe, state, (x, y))
+  assert int(new.step) == 5
+  grads = jax.grad(lambda p: step.cross_entropy(recipe.model.apply({"params": p}, x), y).mean())(state.params)
+  fraction = 0.5 * 0.5 * (1 + np.cos(np.pi * 5 / 20))
+  for name in ("hidden_0", "output"):
+    w, m, g = (np.asarray(t[name]["kernel"]).ravel() for t in (state.params, state.masks, grads))
+    alive = m == 1
+    k = int(np.float32(alive.sum()) * np.float32(fraction))
+    order = np.argsort(np.where(alive, np.abs(w), np.inf))
+    stay = alive.copy()
+    stay[order[:k]] = False
+    grow_order = np.argsort(np.where(stay, -np.inf, np.abs(g)))[::-1]
+    grow = np.zeros_like(stay)
+    grow[grow_order[:k]] = True
+    expected_mask = stay | grow
+    new_w = np.asarray(new.params[name]["kernel"]).ravel()
+    new_trace = np.asarray(new.opt_state.trace[name]["kernel"]).ravel()
+    old_trace = np.asarray(state.opt_state.trace[name]["kernel"]).ravel()
+    np.testing.assert_array_equal(np.asarray(new.masks[name]["kernel"]).ravel(), expected_mask)
+    carried = expected_mask & alive            # alive before and after: untouched by any optimizer step
+    np.testing.assert_array_equal(new_w[carried], w[carried])
+    np.testing.assert_array_equal(new_trace[carried], old_trace[carried])
+    fresh = expected_mask & ~alive              # new connections: zero weight, zero momentum
+    assert fresh.sum() > 0
+    np.testing.assert_array_equal(new_w[fresh], 0.0)
+    np.testing.assert_array_equal(new_trace[fresh], 0.0)
+    np.testing.assert_array_equal(new_w[~expected_mask], 0.0)
+  # the biases too are left as they were: the whole optimizer step is skipped
+  assert leaves_equal(new.params["hidden_0"]["bias"], state.params["hidden_0"]["bias"])
+  # the next iteration (step 6) is an ordinary one: the optimizer steps
+  after, _ = step.train_step(recipe, new, (x, y))
+  assert int(after.step) == 6 and not leaves_equal(after.params["hidden_0"]["bias"], new.params["hidden_0"]["bias"])
+  assert leaves_equal(after.masks, new.masks)
+
+
+def test_set_update_iteration_follows_the_optimizer_step():
+  """rigl's SparseSETOptimizer applies the gradients, then updates the mask: SET does not skip."""
+  from lth_jax.training import step
+  tx = optax.trace(0.9)
+  hook = sparse_training.DropAndGrow("random", every=5, drop_fraction=0.5, t_end=20, which=(False, True) * 2)
+  recipe = _tiny_recipe(hook, tx)
+  state, batch = _tiny_state(recipe, 4)
+  new, _ = step.train_step(recipe, state, batch)
+  assert not leaves_equal(new.params["hidden_0"]["bias"], state.params["hidden_0"]["bias"])
+  assert not leaves_equal(new.masks, state.masks)
 
 
 def test_set_grows_at_random_positions_among_the_inactive_ones():
@@ -72,7 +167,8 @@ def test_set_grows_at_random_positions_among_the_inactive_ones():
   kept = np.array([[1, 0, 0, 1], [0, 0, 0, 0]])
   grown = np.asarray(new.masks["a"]) - kept
   assert grown.min() == 0 and grown.sum() == 2          # the two kept stay, two grow elsewhere
-  assert leaves_equal(new.params["a"], PARAMS["a"] * kept)
+  # a weight grown back keeps its value; new connections (0 in PARAMS where inactive) start at 0
+  assert leaves_equal(new.params["a"], PARAMS["a"] * np.asarray(new.masks["a"]))
 
 
 def _run(method, vmap=False, **overrides):
@@ -142,7 +238,8 @@ def test_rigl_killed_mid_training_resumes_to_identical_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("prune.distribution", "erdos", "config.prune.distribution='erdos'; allowed: scope, global, uniform, erk, map"),
+    ("prune.distribution", "erdos",
+     "config.prune.distribution='erdos'; allowed: scope, global, uniform, uniform_first_dense, erk, map"),
     ("gradual.every", 0, "config.gradual.every=0 must be >= 1"),
     ("sparse.drop_fraction", 1.5, "config.sparse.drop_fraction=1.5 must be in [0, 1]"),
     ("sparse.end", 0.0, "config.sparse.end=0.0 must be in (0, 1]"),

@@ -31,6 +31,9 @@ def validate_prune(config: ml_collections.ConfigDict) -> None:
   check(p.control in CONTROLS, f"config.prune.control={p.control!r}; allowed: {', '.join(CONTROLS)}")
   check(p.synflow_iterations >= 1, f"config.prune.synflow_iterations={p.synflow_iterations} must be >= 1")
   check(p.score_examples >= 1, f"config.prune.score_examples={p.score_examples} must be >= 1")
+  check(p.score_batchnorm in ("auto",) + criteria.BATCHNORM_MODES,
+        f"config.prune.score_batchnorm={p.score_batchnorm!r}; allowed: auto, {', '.join(criteria.BATCHNORM_MODES)}")
+  check(p.grasp_temperature > 0, f"config.prune.grasp_temperature={p.grasp_temperature} must be > 0")
   check(p.rewind_step >= 0, f"config.prune.rewind_step={p.rewind_step} must be >= 0")
   check(not (p.rewind_step and p.rewind_epoch), f"config.prune.rewind_step={p.rewind_step} and "
         f"config.prune.rewind_epoch={p.rewind_epoch} are both set; set one (0 = theta_0)")
@@ -67,28 +70,35 @@ def masked_accuracy(exp, params, batch_stats, masks) -> float:
   return trainer.evaluate(state, exp.data["test"])["accuracy"]
 
 
+def score_batchnorm(config) -> str:
+  """"train" or "eval": the BatchNorm mode config.prune.criterion scores in (prune.score_batchnorm;
+  "auto": the mode its authors' code scores in, `criteria.batchnorm_mode`)."""
+  mode = config.prune.score_batchnorm
+  return criteria.batchnorm_mode(config.prune.criterion) if mode == "auto" else mode
+
+
 def criterion_context(exp, purpose: str, batch_stats=None) -> criteria.Context:
   """What any criterion may read: a key for `purpose`, `config.prune.score_examples` training examples
-  (drawn once per seed), the mean cross-entropy on them (BatchNorm on the batch's statistics, as in
-  training) and the logits with BatchNorm in eval mode on `batch_stats` (default: theta_0's)."""
+  (drawn once per seed), the mean cross-entropy on them and the logits, the prunable leaves and GraSP's
+  temperature. The network runs with BatchNorm in `score_batchnorm`'s mode: train (the scored batch's
+  own statistics) or eval (the running statistics `batch_stats`, default theta_0's)."""
   recipe = exp.trainer(exp.config.train.epochs).recipe
   stats = exp.init_batch_stats if batch_stats is None else batch_stats
+  train = score_batchnorm(exp.config) == "train"
   x, y = exp.data["train"]
   n = min(exp.config.prune.score_examples, int(x.shape[0]))
   chosen = jax.random.permutation(exp.key("prune/score_batch"), x.shape[0])[:n]
 
-  def variables(params):
-    return {"params": params, **({"batch_stats": stats} if stats else {})}
+  def logits_fn(params, inputs):
+    variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+    return step.apply_model(recipe, variables, inputs, train=train)[0]
 
   def loss_fn(params, batch):
-    logits, _ = step.apply_model(recipe, variables(params), batch[0], train=True)
-    return jnp.mean(step.cross_entropy(logits, batch[1]))
-
-  def logits_fn(params, inputs):
-    return step.apply_model(recipe, variables(params), inputs, train=False)[0]
+    return jnp.mean(step.cross_entropy(logits_fn(params, batch[0]), batch[1]))
 
   return criteria.Context(key=exp.key(f"prune/{purpose}"), batch=(x[chosen], y[chosen]), loss_fn=loss_fn,
-                          logits_fn=logits_fn)
+                          logits_fn=logits_fn, which=exp.which,
+                          grasp_temperature=exp.config.prune.grasp_temperature)
 
 
 def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, iterations: int = 1):

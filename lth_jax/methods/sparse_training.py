@@ -74,13 +74,25 @@ class Gradual:
 
 @dataclasses.dataclass(frozen=True)
 class DropAndGrow:
-  """Mask update every dt steps until t_end: drop the smallest |w| of each layer, grow as many where the
-  grow score is largest (SET: random; RigL: the step's dense |gradient|), at zero with zeroed moments."""
+  """Mask update every dt steps until t_end: drop the floor(fraction x alive) smallest |w| of each layer,
+  grow as many where the grow score is largest (SET: random; RigL: the step's dense |gradient|). As in
+  rigl's code, a connection grown where none was starts at zero with zeroed moments, one dropped and
+  grown back keeps its weight and moments; RigL's update replaces that iteration's optimizer step
+  (`replaces_step`: rigl's SparseRigLOptimizer applies either the mask update or the gradients), SET's
+  follows it (rigl's SparseSETOptimizer applies the gradients, then updates the mask)."""
   grow: str              # "random" | "gradient"
   every: int
   drop_fraction: float
   t_end: int
   which: tuple
+
+  def _on(self, t):
+    return during_training.is_update(t, self.every, 0, self.t_end - 1)
+
+  def replaces_step(self, t):
+    """Whether the iteration that brings the step count to `t` updates the mask instead of stepping the
+    optimizer (step.train_step then hands this hook the weights and optimizer state it started from)."""
+    return self._on(t) if self.grow == "gradient" else jnp.asarray(False)
 
   def __call__(self, state, dense_grads, tx):
     t = state.step
@@ -94,12 +106,12 @@ class DropAndGrow:
         keys = jax.random.split(key, len(leaves))
         scores = jax.tree.unflatten(treedef, [jax.random.uniform(k, p.shape) for k, p in zip(keys, leaves)])
       fraction = during_training.cosine_drop(t, self.drop_fraction, self.t_end)
-      masks, kept = during_training.drop_and_grow(state.params, state.masks, scores, fraction,
-                                                  _which_tree(state.masks, self.which))
-      return state.replace(masks=masks, params=masks_lib.apply(state.params, kept),
-                           opt_state=during_training.reset_moments(tx, state.opt_state, kept))
-    on = during_training.is_update(t, self.every, 0, self.t_end - 1)
-    return jax.lax.cond(on, update, lambda s: s, state)
+      masks, grown = during_training.drop_and_grow(state.params, state.masks, scores, fraction,
+                                                   _which_tree(state.masks, self.which))
+      fresh = jax.tree.map(lambda p, g: jnp.where(g != 0, jnp.zeros_like(p), p), state.params, grown)
+      return state.replace(masks=masks, params=masks_lib.apply(fresh, masks),
+                           opt_state=during_training.reset_moments(tx, state.opt_state, grown))
+    return jax.lax.cond(self._on(t), update, lambda s: s, state)
 
 
 def total_steps(exp) -> int:

@@ -3,6 +3,11 @@
 Kinds:
   * "global": one threshold over all prunable weights; no per-layer counts (`None`).
   * "uniform": every prunable layer keeps the same fraction.
+  * "uniform_first_dense": RigL's uniform (Evci et al. 2020; rigl's `get_sparsities_uniform` over the
+    masks its scripts make): the network's first layer stays dense and unmasked, every other prunable
+    layer keeps the same fraction, the target counted over those. The first layer is not prunable:
+    the caller leaves it out of the prunable leaves (`first_layer` names it; lth_jax.experiment does
+    so for config.prune.distribution="uniform_first_dense"), and the counts are "uniform"'s.
   * "erk": Erdős–Rényi-Kernel (Evci et al. 2020, RigL's `get_sparsities_erdos_renyi`): the density of a
     layer is eps * sum(shape) / prod(shape), eps chosen so the kept weights add up to the target; a
     layer whose density would exceed 1 is kept dense and eps is solved again for the rest.
@@ -16,12 +21,15 @@ by less than one weight. "map" rounds each layer on its own (Python's rounding).
 
 import fnmatch
 import math
+from collections.abc import Mapping
 
+import jax
 import numpy as np
 
 from lth_jax.errors import check
+from lth_jax.sparsity import masks as masks_lib
 
-KINDS = ("global", "uniform", "erk", "map")
+KINDS = ("global", "uniform", "uniform_first_dense", "erk", "map")
 
 
 def parse_pattern_map(entries, key: str, value_name: str, upper: float | None = None) -> dict[str, float]:
@@ -71,6 +79,24 @@ def apportion(real_counts, keep: int, sizes) -> list[int]:
   return floors
 
 
+def first_layer(params, which) -> str:
+  """The name ('stem_conv/kernel') of the network's first prunable layer: the first leaf `which` marks
+  in the order the params were created, which for Flax modules is the order of the calls from the
+  input (a pytree's own leaf order sorts the names: 'output' before 'stem_conv')."""
+  marked = {masks_lib.leaf_name(path) for path, w in jax.tree_util.tree_leaves_with_path(which) if w}
+
+  def in_creation_order(tree, prefix):
+    if isinstance(tree, Mapping):
+      for key, sub in tree.items():
+        yield from in_creation_order(sub, prefix + (str(key),))
+    else:
+      yield "/".join(prefix)
+  first = next((name for name in in_creation_order(params, ()) if name in marked), None)
+  if first is None:
+    raise ValueError("first_layer: `which` marks no leaf of `params`")
+  return first
+
+
 def layer_counts(kind: str, shapes, names, keep: int, layer_map=None):
   """Weights each prunable layer (shapes, names in order) keeps when `keep` of them stay in all.
 
@@ -87,5 +113,5 @@ def layer_counts(kind: str, shapes, names, keep: int, layer_map=None):
       return next((s for p, s in (layer_map or {}).items() if fnmatch.fnmatch(name, p)), target)
     return [round((1.0 - sparsity_of(name)) * n) for name, n in zip(names, sizes)]
   density = keep / total
-  densities = [density] * len(shapes) if kind == "uniform" else erk_densities(shapes, density)
+  densities = erk_densities(shapes, density) if kind == "erk" else [density] * len(shapes)
   return apportion([d * n for d, n in zip(densities, sizes)], keep, sizes)

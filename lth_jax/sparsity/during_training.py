@@ -2,9 +2,10 @@
 magnitude pruning (Zhu & Gupta 2017) and of drop-and-grow (SET, Mocanu et al. 2018; RigL, Evci et al.
 2020), and the drop-and-grow update itself.
 
-Conventions: `t` is the number of optimizer steps done (TrainState.step after a step); an update at t
-acts on the state that step produced. Counts are exact and ties go as in `select` (the earlier position
-is removed first, and grows last).
+Conventions: `t` is the number of training iterations done (TrainState.step after an iteration); an
+update at t acts on the state that iteration produced (RigL's: on the state it started from, its
+optimizer step skipped; see lth_jax.methods.sparse_training.DropAndGrow). Counts are exact and ties go
+as in `select` (the earlier position is removed first, and grows last).
 """
 
 import jax
@@ -33,29 +34,34 @@ def cosine_drop(t, alpha: float, t_end: int):
 
 
 def drop_and_grow(params, masks, grow_scores, fraction, which):
-  """(new masks, kept): each prunable leaf drops the k = round(fraction * alive) alive weights of
+  """(new masks, grown): each prunable leaf drops the k = int(fraction * alive) alive weights of
   smallest |w| and grows k at the highest `grow_scores` among the positions inactive after the drop (a
-  weight just dropped may come back), so every leaf keeps its count. `kept` marks the weights alive
-  before and after; the others (dropped or grown) start from zero. Other leaves are left as they are.
+  weight just dropped may come back), so every leaf keeps its count. `grown` marks the connections
+  that were inactive before and are active after: only they start anew (zero weight, zeroed
+  moments); a weight dropped and grown back in the same update is simply kept. Other leaves are left
+  as they are.
   """
-  new, kept = [], []
+  new, grown = [], []
   for p, m, g, w in zip(*(jax.tree.leaves(tree) for tree in (params, masks, grow_scores, which))):
     if not w:
       new.append(m)
-      kept.append(m)
+      grown.append(jnp.zeros_like(m))
       continue
     alive = m.ravel() != 0
     n = jnp.sum(alive)
-    k = jnp.round(fraction * n).astype(jnp.int32)   # half to even, as Python rounds in `select`
+    # floor, as rigl's `_get_update_op` casts float32(alive) * drop_fraction to int32; jaxpruner's SET
+    # keeps jnp.round(alive * (1 - fraction)) instead (its top-k rounds). We follow rigl, RigL's own code.
+    k = (n.astype(jnp.float32) * fraction).astype(jnp.int32)
     stay = select.keep_highest(jnp.abs(p).ravel(), alive, n - k)
     grow = select.keep_highest(g.ravel(), ~stay, k)
     new.append((stay | grow).reshape(m.shape).astype(m.dtype))
-    kept.append(stay.reshape(m.shape).astype(m.dtype))
+    grown.append((grow & ~alive).reshape(m.shape).astype(m.dtype))
   treedef = jax.tree.structure(masks)
-  return jax.tree.unflatten(treedef, new), jax.tree.unflatten(treedef, kept)
+  return jax.tree.unflatten(treedef, new), jax.tree.unflatten(treedef, grown)
 
 
-def reset_moments(tx: optax.GradientTransformation, opt_state, kept):
+def reset_moments(tx: optax.GradientTransformation, opt_state, grown):
   """The optimizer state with every params-shaped statistic (momentum, Adam's moments) zeroed where
-  `kept` is 0: a regrown weight starts with fresh moments."""
-  return optax.tree_map_params(tx, lambda v, k: v * k.astype(v.dtype), opt_state, kept)
+  `grown` is 1: a newly grown connection starts with fresh moments (rigl's `reset_momentum`,
+  jaxpruner's `restart_inner_state`); every other weight keeps its own."""
+  return optax.tree_map_params(tx, lambda v, g: jnp.where(g != 0, jnp.zeros_like(v), v), opt_state, grown)

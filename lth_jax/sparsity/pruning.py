@@ -31,13 +31,24 @@ def random(key: jax.Array, masks, fraction: float, scope: str = "global", which=
   return prune("random", masks, masks, fraction, scope, which, layer_scale, criteria.Context(key=key))
 
 
+def exponential_kept(start: int, density: float, t: float) -> int:
+  """Weights kept at fraction `t` of SynFlow's exponential schedule from `start` alive weights to
+  `density` of them: start - int((1 - density^t) * start), the count Synaptic-Flow's `prune_loop`
+  keeps (its `Pruner._global_mask` zeroes k = int((1 - density^t) * N) scores: floor, not round)."""
+  return start - int((1.0 - density ** t) * start)
+
+
 def prune_iteratively(criterion: str | criteria.Criterion, params, masks, fraction: float, iterations: int, scope: str = "global",
                       which=None, layer_scale=None, context: criteria.Context = criteria.Context()):
   """Remove `fraction` of the remaining weights in `iterations` rescorings, exponentially spaced.
 
-  SynFlow's schedule (Tanaka et al. 2020): after iteration i of k, round(remaining * (1 - fraction)^(i/k))
-  weights remain, and after the last exactly as many as one global `prune(..., fraction)` leaves,
-  counted over `which` (scope="layerwise" removes each step's fraction from every leaf, to rounding).
+  SynFlow's schedule (Tanaka et al. 2020): after iteration i < k of k, `exponential_kept(N, 1 -
+  fraction, i/k)` of the N weights alive at the start remain, as Synaptic-Flow's `prune_loop`
+  counts; after the last exactly as many as one global `prune(..., fraction)` leaves, counted over
+  `which` (scope="layerwise" removes each step's fraction from every leaf, to rounding). That last
+  count is lth_jax's one for every criterion and schedule, N - round(fraction * N); `prune_loop`'s
+  last round keeps N - int(fraction * N), one weight more when fraction * N has a fractional part of
+  one half or more.
   """
   if iterations == 1:   # exactly `prune`, whatever the scope
     return prune(criterion, params, masks, fraction, scope, which, layer_scale, context)
@@ -45,7 +56,7 @@ def prune_iteratively(criterion: str | criteria.Criterion, params, masks, fracti
   final = start - round(fraction * start)
   for i in range(1, iterations + 1):
     remaining, _ = masks_lib.count(masks, which)
-    target = final if i == iterations else round(start * (1.0 - fraction) ** (i / iterations))
+    target = final if i == iterations else exponential_kept(start, 1.0 - fraction, i / iterations)
     step_fraction = (remaining - target) / remaining if remaining else 0.0
     masks = prune(criterion, params, masks, step_fraction, scope, which, layer_scale, context)
   return masks
@@ -64,9 +75,9 @@ def prune_distributed(criterion: str | criteria.Criterion, params, masks, fracti
   as the distribution `kind` says for the sparsity reached (see `lth_jax.sparsity.distribution`).
 
   With `iterations` > 1 the criterion rescores that many times on SynFlow's exponential schedule, per
-  layer: after iteration i of k a layer that started with a alive weights and ends with b keeps
-  round(a * (b / a)^(i/k)) (the whole network's count, for "global"); after the last, exactly the
-  one-shot counts.
+  layer: after iteration i < k of k a layer that started with a alive weights and ends with b keeps
+  `exponential_kept(a, b / a, i/k)` (for "global", the whole network keeps `exponential_kept(N, 1 -
+  fraction, i/k)` as in `prune_iteratively`); after the last, exactly the one-shot counts.
   """
   which = masks_lib.prunable(masks) if which is None else which
   remaining, _ = masks_lib.count(masks, which)
@@ -74,13 +85,12 @@ def prune_distributed(criterion: str | criteria.Criterion, params, masks, fracti
   score = criteria.get(criterion) if isinstance(criterion, str) else criterion
   final = target_counts(masks, which, kind, keep, layer_map)
   start = remaining if isinstance(final, int) else [row["remaining"] for row in masks_lib.layer_report(masks, which)]
-  along = lambda a, b, t: round(a * (b / a) ** t) if a else 0   # noqa: E731
   for i in range(1, iterations + 1):
     if i == iterations:
       counts = final
     elif isinstance(final, int):
-      counts = along(start, final, i / iterations)
+      counts = exponential_kept(start, 1.0 - fraction, i / iterations)
     else:
-      counts = [along(a, b, i / iterations) for a, b in zip(start, final)]
+      counts = [exponential_kept(a, b / a, i / iterations) if a else 0 for a, b in zip(start, final)]
     masks = keep_counts(score(params, masks, context), masks, counts, which)
   return masks

@@ -41,6 +41,8 @@ class Recipe:
   compute_dtype: str = "float32"
   # (state after the step, the step's dense gradients, tx) -> state: mask updates on the device, inside
   # the compiled step (gradual pruning, SET, RigL); it decides with lax.cond on state.step when to act.
+  # One with a `replaces_step(step after) -> bool` method (RigL's) is handed, where that is true, the
+  # weights and optimizer state the step started from: its update replaces the optimizer's.
   mask_update: Callable | None = None
   # uint8 pixels -> model inputs (lth_jax.data.pixels.Normalizer), applied inside the compiled steps before
   # augmentation, so crops pad with the zeros of the normalised image exactly as for float data.
@@ -103,6 +105,11 @@ def train_step(recipe: Recipe, state: TrainState, batch) -> tuple[TrainState, di
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                             opt_state=opt_state, rng=rng)
   if recipe.mask_update is not None:
+    replaces = getattr(recipe.mask_update, "replaces_step", None)
+    if replaces is not None:   # an update iteration of RigL: no optimizer step, as in rigl and jaxpruner
+      skip = replaces(new_state.step)
+      keep = lambda before, after: jax.tree.map(lambda b, a: jnp.where(skip, b, a), before, after)  # noqa: E731
+      new_state = new_state.replace(params=keep(state.params, params), opt_state=keep(state.opt_state, opt_state))
     new_state = recipe.mask_update(new_state, dense_grads, recipe.tx)
   return new_state, {"loss": loss, "accuracy": accuracy, "lr": lr}
 
