@@ -96,6 +96,24 @@ def test_gradual_reaches_the_scheduled_counts_and_pruned_weights_stay_zero():
   assert masks_lib.sparsity(state.masks, exp.which) == pytest.approx(0.8, abs=1e-3)
 
 
+def test_gradual_curve_carries_the_sparsity_in_force_at_each_epochs_end():
+  # Zhu & Gupta by hand: T steps in all, t0 = round(0.1 T), n = (round(0.6 T) - t0) // 3 events of dt = 3;
+  # after epoch e the last event done is k = min(n, (e * steps_per_epoch - t0) // 3), and one global
+  # threshold keeps round((1 - s_k) * total) weights, s_k = 0.8 - 0.8 (1 - k/n)^3.
+  exp, rec = _run("gradual", **{"prune.distribution": "global"})
+  spe, epochs = exp.steps_per_epoch, exp.config.train.epochs
+  t0 = max(1, round(0.1 * spe * epochs))
+  n = (round(0.6 * spe * epochs) - t0) // 3
+  total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)[1]
+  expected = []
+  for epoch in range(1, epochs + 1):
+    k = min(n, (epoch * spe - t0) // 3)
+    s = 0.0 if k < 0 else 0.8 - 0.8 * (1 - k / n) ** 3
+    expected.append(1 - round((1 - s) * total) / total)
+  assert len(set(expected)) > 2   # the schedule moves within the run: the test tells epochs apart
+  assert [row["sparsity"] for row in rec.records[0]["curve"]] == pytest.approx(expected, abs=1e-9)
+
+
 @pytest.mark.parametrize("method", ["static", "set", "rigl"])
 def test_sparse_training_keeps_every_layer_count(method):
   exp, rec = _run(method)
