@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from tests.helpers import Collect, drive, kill_main_py, leaves_equal, main_py, numbers, small_config
+from tests.helpers import (Collect, checkpoint_saved, drive, kill_main_py, leaves_equal, main_py, numbers,
+                           resumed_at, small_config)
 from lth_jax import experiment
 from lth_jax.methods import common, registry, sparse_training
 from lth_jax.sparsity import during_training
@@ -151,11 +152,12 @@ def test_rigl_killed_mid_training_resumes_to_identical_numbers(tmp_path):
   straight = main_py(*ARGS, f"--config.workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr[-2000:]
   killed = tmp_path / "killed"
-  kill_main_py(*ARGS, f"--config.workdir={killed}", marker="rigl@0.8 epoch 2/4")   # between mask updates
+  # killed in epoch 3 or later, between mask updates, once epoch 2's checkpoint is complete
+  kill_main_py(*ARGS, f"--config.workdir={killed}", until=checkpoint_saved(killed, "rigl@0.8/0-4", 2))
   assert not (killed / "results.json").exists() or not numbers(killed)[0]
   resumed = main_py(*ARGS, f"--config.workdir={killed}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "resumed at epoch" in resumed.stderr
+  assert resumed_at(resumed.stderr)["rigl@0.8"] >= 2
   assert numbers(killed) == numbers(tmp_path / "straight")
 
 

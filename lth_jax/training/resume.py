@@ -75,6 +75,21 @@ def lock(workdir: str, name: str = LOCK):
   return handle
 
 
+def _read_config(workdir: str) -> dict:
+  """The config saved in `workdir`; one line naming it if it was damaged (it is written atomically)."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:   # not JSON, or not UTF-8
+    saved = e
+  if not isinstance(saved, dict):
+    reason = f"{type(saved).__name__}: {saved}" if isinstance(saved, Exception) else "not a config"
+    raise UserError(f"config.workdir={workdir!r} holds an unreadable config.json ({reason[:200]}); remove it to "
+                    "resume with this config, or use --config.checkpoint.restart=True to start over")
+  return saved
+
+
 def prepare(config, defaults: dict | None = None, model_arguments=None) -> checkpoint.SegmentStore:
   """Check the workdir against `config` (restarting it if asked) and return its checkpoint store.
 
@@ -91,8 +106,7 @@ def prepare(config, defaults: dict | None = None, model_arguments=None) -> check
       if name in ("config.json", "results.json", "results.md") or name.endswith(".png"):
         os.remove(os.path.join(workdir, name))
   elif os.path.exists(saved_path) and not config.checkpoint.restart:
-    with open(saved_path) as f:
-      saved = json.load(f)
+    saved = _read_config(workdir)
     diff = differences(saved, config.to_dict(), defaults, model_arguments)
     if diff:
       raise UserError(f"config.workdir={workdir!r} holds a run of a different config ({diff[0]}"
