@@ -111,7 +111,7 @@ def run(config, command: str = "") -> list[dict]:
   exp = experiment.build(config)
   prepare_workdir(config.workdir)
   with resume.lock(config.workdir, _lock_name()):
-    exp.store = resume.prepare(config, config_lib.base().to_dict())
+    exp.store = resume.prepare(config, config_lib.base().to_dict(), experiment.model_arguments)
     checkpoint.sync("workdir prepared")   # no process writes a checkpoint while process 0 may still clear them
     return _train(exp, config, command)
 

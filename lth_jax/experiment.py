@@ -85,6 +85,17 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in models.config_kwargs(model_config).items() if k in taken or v != defaults.get(k)}
 
 
+def model_arguments(model: dict) -> dict:
+  """Everything the model of `model` (config.model as config.json holds it) is built from: its name, the
+  keys that apply to it (`model_kwargs`) and its builder's defaults for the others. Two configs build the
+  same model exactly when these are equal, whichever model keys each happens to list."""
+  name = model.get("name", config_lib.base().model.name)
+  if name not in models.names():   # a model no longer registered: compared as written
+    return dict(model)
+  as_config = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+  return {"name": name, **models.defaults(name), **model_kwargs(as_config)}
+
+
 def parse_layer_scale(entries) -> dict[str, float]:
   """Per-layer pruning-rate factors from the config: ("output/*=0.5",) -> {"output/*": 0.5}."""
   return distribution.parse_pattern_map(entries, "config.prune.layer_scale", "FACTOR")

@@ -3,6 +3,7 @@ method's program or a single fit without the command line, and the command line 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,28 +90,63 @@ def main_py(*args, cwd=ROOT, env=(), timeout: float = 600) -> subprocess.Complet
                         capture_output=True, text=True, timeout=timeout)
 
 
-def kill_main_py(*args, marker: str | None, delay: float = 0.0) -> None:
-  """Start `python main.py ARGS`; SIGKILL it `delay` seconds after `marker` shows in its log (or after `delay`).
+def kill_main_py(*args, until, poll_s: float = 0.01) -> str:
+  """Start `python main.py ARGS`, SIGKILL it as soon as `until` holds, and return its log up to the kill.
 
-  Where it dies varies from run to run; what the tests assert (a rerun's numbers) must not."""
+  `until`: a string (a log line holding it has been written) or a function of no arguments (e.g. a
+  checkpoint's file exists). Fails if the run ends on its own before that or before the kill lands: the
+  kill provably hit a live run. Where exactly it dies varies from run to run; what the tests assert (a
+  rerun's numbers, which checkpoint it resumed from) must not.
+  """
   proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=ENV, stderr=subprocess.PIPE,
                           stdout=subprocess.DEVNULL, text=True)
-  if marker is None:
-    time.sleep(delay)
-  else:
+  lines = []
+
+  def read():   # keeps the pipe drained
     for line in proc.stderr:
-      if marker in line:
-        time.sleep(delay)
-        break
-  threading.Thread(target=proc.stderr.read, daemon=True).start()   # keep the pipe drained
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
+      lines.append(line)
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  reached = (lambda: any(until in line for line in list(lines))) if isinstance(until, str) else until
+  try:
+    while not reached():
+      if proc.poll() is not None:
+        reader.join(timeout=60)
+        raise AssertionError(f"the run ended (exit {proc.returncode}) before {until!r}:\n{''.join(lines)[-3000:]}")
+      time.sleep(poll_s)
+  finally:
+    proc.kill()
+    proc.wait(timeout=60)
+    reader.join(timeout=60)
+  log = "".join(lines)
+  assert proc.returncode == -signal.SIGKILL, f"the run exited ({proc.returncode}) before the kill:\n{log[-3000:]}"
+  return log
+
+
+def resumed_at(log: str) -> dict[str, int]:
+  """Segment names -> the epoch their checkpoints resumed them at, from a run's log lines
+  ("dense: resumed at epoch 3 from checkpoints"; several members trained together share one line)."""
+  found = {}
+  for names, epoch in re.findall(r"\] (.+): resumed at epoch (\d+) from checkpoints", log):
+    found.update({name: int(epoch) for name in names.split(", ")})
+  return found
+
+
+def checkpoint_saved(workdir, segment: str, epoch: int):
+  """A function: whether segment `segment` ("dense/0-6") has a complete checkpoint at `epoch` (its checksum,
+  written once the save finished)."""
+  checksum = checkpoint.SegmentStore(str(Path(workdir) / "checkpoints"), 1, 1)._checksum(segment, epoch)
+  return lambda: os.path.exists(checksum)
+
+
+# What a run measures on the clock, different from run to run: the rest of results.json is reproducible.
+TIMINGS = ("wall_time_s", "inference_time_s", "dense_inference_time_s", "inference_speedup")
 
 
 def numbers(workdir):
-  """(complete, runs) of a workdir's results.json, without the wall times that differ between runs."""
+  """(complete, runs) of a workdir's results.json, without the timings that differ between runs."""
   doc = json.loads((Path(workdir) / "results.json").read_text())
-  return doc["complete"], [{k: v for k, v in r.items() if k != "wall_time_s"} for r in doc["runs"]]
+  return doc["complete"], [{k: v for k, v in r.items() if k not in TIMINGS} for r in doc["runs"]]
 
 
 def last_ticket_arrays(workdir) -> list:

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import math
 
 import jax
 
@@ -9,8 +10,10 @@ from benchmarks import bench
 def test_quick_lenet_reports_positive_throughputs(tmp_path):
   # The torch peer only where the bench extra is installed; CI runs without it.
   with_torch = importlib.util.find_spec("torch") is not None
+  # No cap on the measured time: on a slow machine the vmapped and sequential figures are still measured,
+  # so what is asserted below does not depend on the machine's speed.
   results = bench.run(("lenet300_100",), quick=True, with_torch=with_torch, with_end_to_end=False,
-                      out_dir=str(tmp_path))
+                      cap_s=math.inf, out_dir=str(tmp_path))
   lenet = results["models"]["lenet300_100"]
   jax_part = lenet["lth_jax"]
   # loop="auto" resolves by backend: one jitted step per batch on CPU, one lax.scan elsewhere.
@@ -19,7 +22,7 @@ def test_quick_lenet_reports_positive_throughputs(tmp_path):
   for key in ("dense", "masked", "vmap", "sequential"):
     assert jax_part[key]["img_s"] > 0, key
   assert len(jax_part["dense"]["epoch_s"]) == len(jax_part["masked"]["epoch_s"]) == bench.QUICK["lenet300_100"].repeats
-  assert not jax_part["sequential"]["derived"]   # the quick LeNet epochs fit under --cap_s: measured, not derived
+  assert not jax_part["sequential"]["derived"]   # no cap: measured, not derived
   assert jax_part["masked_over_dense"] > 0 and jax_part["vmap_speedup"] > 0 and jax_part["first_epoch_s"] > 0
   for every in ("every_1", "every_100"):   # RigL's step beside a dense one
     assert jax_part["rigl"][every]["img_s"] > 0 and jax_part["rigl"][every]["over_dense"] > 0

@@ -40,9 +40,14 @@ CONFIG = ["--config=configs/moons_mlp.py", "--config.method=oneshot_reinit", "--
 
 
 def free_port() -> int:
+  """A port free now; another process may take it before the coordinator binds it (`two_processes` retries)."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+# What process 0 says when its coordinator cannot bind the port (taken since `free_port` saw it free).
+PORT_TAKEN = "Failed to start RPC server"
 
 
 def start(workdir: Path, log: Path, extra=()) -> subprocess.Popen:
@@ -71,11 +76,27 @@ def figures(workdir: Path) -> list[dict]:
           for r in runs]
 
 
-def two_processes(workdir: Path, logs: str) -> list[str]:
-  port = free_port()
-  return finish([start(workdir, workdir.parent / f"{logs}.{i}",
-                       ["--config.train.distributed=True", f"--config.train.coordinator=127.0.0.1:{port}",
-                        "--config.train.num_processes=2", f"--config.train.process_id={i}"]) for i in range(2)])
+def two_processes(workdir: Path, logs: str, attempts: int = 3) -> list[str]:
+  """Both processes to their end; again on a fresh port where process 0's was taken before it bound it."""
+  for attempt in range(attempts):
+    port = free_port()
+    procs = [start(workdir, workdir.parent / f"{logs}.{i}",
+                   ["--config.train.distributed=True", f"--config.train.coordinator=127.0.0.1:{port}",
+                    "--config.train.num_processes=2", f"--config.train.process_id={i}"]) for i in range(2)]
+    try:
+      outputs = [procs[0].communicate(timeout=TIMEOUT)[0]]
+      # the coordinator comes up before anything is written: a retry finds the workdir as it was
+      if procs[0].returncode != 0 and PORT_TAKEN in outputs[0] and attempt + 1 < attempts:
+        continue   # process 1, waiting for a coordinator that never came up, is killed below
+      outputs.append(procs[1].communicate(timeout=TIMEOUT)[0])
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+    for p, out in zip(procs, outputs):
+      assert p.returncode == 0, out[-3000:]
+    return outputs
 
 
 def test_two_processes_match_one_and_only_process_0_writes_results(tmp_path):

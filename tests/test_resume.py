@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import kill_main_py, last_ticket_arrays, main_py, numbers
+from tests.helpers import checkpoint_saved, kill_main_py, last_ticket_arrays, main_py, numbers, resumed_at
 
 ARGS = ["--config=configs/default.py", "--config.method=iterative", "--config.train.epochs=6",
         "--config.iterative.rounds=2", "--config.checkpoint.every=1", "--config.train.log_every=1",
@@ -16,8 +16,9 @@ def run(workdir, *extra):
   return main_py(*ARGS, f"--config.workdir={workdir}", *extra)
 
 
-def run_and_kill(workdir, marker: str | None, delay: float = 0.0) -> None:
-  kill_main_py(*ARGS, f"--config.workdir={workdir}", marker=marker, delay=delay)
+def run_and_kill(workdir, until) -> str:
+  """The same command, SIGKILLed once `until` holds (see helpers.kill_main_py); its log."""
+  return kill_main_py(*ARGS, f"--config.workdir={workdir}", until=until)
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,17 @@ def uninterrupted(tmp_path_factory):
 
 def test_killed_at_several_points_resumes_to_identical_numbers(uninterrupted, tmp_path):
   workdir = tmp_path / "killed"
-  run_and_kill(workdir, "dense epoch 2/6")                   # mid-training of the first segment
-  run_and_kill(workdir, "iterative        round 1", 0.0)     # right at a round boundary
-  run_and_kill(workdir, "iterative round 2 epoch 3/6", 0.05)  # around a checkpoint save
+  # mid-training of the first segment, once its epoch-2 checkpoint is complete
+  run_and_kill(workdir, checkpoint_saved(workdir, "dense/0-6", 2))
+  # at the round boundary: round 1's ticket and results are written, round 2 not begun
+  log = run_and_kill(workdir, "round 1  sparsity")   # the log line of round 1's record
+  assert resumed_at(log)["dense"] >= 2
+  # around round 2's epoch-3 checkpoint save (its log line comes just before it)
+  log = run_and_kill(workdir, "iterative round 2 epoch 3/6")
+  assert resumed_at(log)["dense"] == resumed_at(log)["iterative round 1"] == 6   # finished: replayed
   proc = run(workdir)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "resumed at epoch" in proc.stderr
+  assert resumed_at(proc.stderr)["iterative round 2"] >= 2   # epoch 2's save finished before epoch 3 began
   assert numbers(workdir) == numbers(uninterrupted)
   for a, b in zip(last_ticket_arrays(workdir), last_ticket_arrays(uninterrupted)):
     assert np.array_equal(a, b)
@@ -43,9 +49,11 @@ def test_killed_at_several_points_resumes_to_identical_numbers(uninterrupted, tm
 
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
   workdir = tmp_path / "corrupt"
-  run_and_kill(workdir, "iterative round 1 epoch 4/6", 0.0)
+  run_and_kill(workdir, checkpoint_saved(workdir, "iterative round 1/0-6", 4))
   segment = workdir / "checkpoints" / "iterative_round_1_0-6"
-  newest = max((p for p in segment.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  # the newest checkpoint with its checksum (the kill may land between a save and its checksum)
+  newest = max((p for p in segment.iterdir() if p.name.isdigit() and (segment / f"{p.name}.sha256").exists()),
+               key=lambda p: int(p.name))
   for f in newest.rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
       f.write_bytes(b"\0" * 7)

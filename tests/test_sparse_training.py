@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from tests.helpers import Collect, drive, kill_main_py, leaves_equal, main_py, numbers, small_config
+from tests.helpers import (Collect, checkpoint_saved, drive, kill_main_py, leaves_equal, main_py, numbers,
+                           resumed_at, small_config)
 from lth_jax import experiment
 from lth_jax.methods import common, registry, sparse_training
 from lth_jax.sparsity import during_training
@@ -192,6 +193,24 @@ def test_gradual_reaches_the_scheduled_counts_and_pruned_weights_stay_zero():
   assert masks_lib.sparsity(state.masks, exp.which) == pytest.approx(0.8, abs=1e-3)
 
 
+def test_gradual_curve_carries_the_sparsity_in_force_at_each_epochs_end():
+  # Zhu & Gupta by hand: T steps in all, t0 = round(0.1 T), n = (round(0.6 T) - t0) // 3 events of dt = 3;
+  # after epoch e the last event done is k = min(n, (e * steps_per_epoch - t0) // 3), and one global
+  # threshold keeps round((1 - s_k) * total) weights, s_k = 0.8 - 0.8 (1 - k/n)^3.
+  exp, rec = _run("gradual", **{"prune.distribution": "global"})
+  spe, epochs = exp.steps_per_epoch, exp.config.train.epochs
+  t0 = max(1, round(0.1 * spe * epochs))
+  n = (round(0.6 * spe * epochs) - t0) // 3
+  total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)[1]
+  expected = []
+  for epoch in range(1, epochs + 1):
+    k = min(n, (epoch * spe - t0) // 3)
+    s = 0.0 if k < 0 else 0.8 - 0.8 * (1 - k / n) ** 3
+    expected.append(1 - round((1 - s) * total) / total)
+  assert len(set(expected)) > 2   # the schedule moves within the run: the test tells epochs apart
+  assert [row["sparsity"] for row in rec.records[0]["curve"]] == pytest.approx(expected, abs=1e-9)
+
+
 @pytest.mark.parametrize("method", ["static", "set", "rigl"])
 def test_sparse_training_keeps_every_layer_count(method):
   exp, rec = _run(method)
@@ -229,11 +248,12 @@ def test_rigl_killed_mid_training_resumes_to_identical_numbers(tmp_path):
   straight = main_py(*ARGS, f"--config.workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr[-2000:]
   killed = tmp_path / "killed"
-  kill_main_py(*ARGS, f"--config.workdir={killed}", marker="rigl@0.8 epoch 2/4")   # between mask updates
+  # killed in epoch 3 or later, between mask updates, once epoch 2's checkpoint is complete
+  kill_main_py(*ARGS, f"--config.workdir={killed}", until=checkpoint_saved(killed, "rigl@0.8/0-4", 2))
   assert not (killed / "results.json").exists() or not numbers(killed)[0]
   resumed = main_py(*ARGS, f"--config.workdir={killed}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "resumed at epoch" in resumed.stderr
+  assert resumed_at(resumed.stderr)["rigl@0.8"] >= 2
   assert numbers(killed) == numbers(tmp_path / "straight")
 
 

@@ -28,6 +28,13 @@ def keys(name: str) -> set[str]:
   return set(inspect.signature(_REGISTRY[name]).parameters) - {"num_classes"}
 
 
+def defaults(name: str) -> dict:
+  """The config.model keys model `name` takes that have a default, at that default."""
+  allowed = keys(name)
+  return {k: p.default for k, p in inspect.signature(_REGISTRY[name]).parameters.items()
+          if k in allowed and p.default is not inspect.Parameter.empty}
+
+
 def get(name: str, **kwargs) -> nn.Module:
   allowed = keys(name)
   builder = _REGISTRY[name]

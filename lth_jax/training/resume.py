@@ -30,14 +30,25 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def differences(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
-  """The keys whose values differ, as 'key: saved -> current'.
+def settings(config: dict, defaults: dict | None = None, model_arguments=None) -> dict:
+  """The flat settings `config` (a config as config.json holds it) runs with, comparable across runs.
 
-  A key the saved config lacks reads as its value in `defaults`: a key added to lth_jax after the
-  workdir was made, at a default that keeps the old behaviour, does not refuse the resume.
+  A key it lacks reads as its value in `defaults`: a key added to lth_jax after the workdir was made, at
+  a default that keeps the old behaviour, changes nothing. config.model reads as `model_arguments(model)`
+  (what the model is built from) where given: `defaults`' model keys are one model's, and a config file
+  lists only the keys of its own model.
   """
-  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
-  a = {**_flatten(json.loads(json.dumps(defaults or {}))), **a}
+  config, defaults = json.loads(json.dumps([config, defaults or {}], default=str))
+  flat = {k: v for k, v in {**_flatten(defaults), **_flatten(config)}.items() if not k.startswith("model.")}
+  model = config.get("model", defaults.get("model", {}))
+  if model_arguments is not None:
+    model = json.loads(json.dumps(model_arguments(model), default=str))
+  return {**flat, **_flatten(model, "model.")}
+
+
+def differences(saved: dict, current: dict, defaults: dict | None = None, model_arguments=None) -> list[str]:
+  """The keys whose values differ, as 'key: saved -> current', both read as `settings`."""
+  a, b = (settings(c, defaults, model_arguments) for c in (saved, current))
   keys = sorted((set(a) | set(b)) - set(IGNORED))
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 
@@ -64,10 +75,26 @@ def lock(workdir: str, name: str = LOCK):
   return handle
 
 
-def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
+def _read_config(workdir: str) -> dict:
+  """The config saved in `workdir`; one line naming it if it was damaged (it is written atomically)."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:   # not JSON, or not UTF-8
+    saved = e
+  if not isinstance(saved, dict):
+    reason = f"{type(saved).__name__}: {saved}" if isinstance(saved, Exception) else "not a config"
+    raise UserError(f"config.workdir={workdir!r} holds an unreadable config.json ({reason[:200]}); remove it to "
+                    "resume with this config, or use --config.checkpoint.restart=True to start over")
+  return saved
+
+
+def prepare(config, defaults: dict | None = None, model_arguments=None) -> checkpoint.SegmentStore:
   """Check the workdir against `config` (restarting it if asked) and return its checkpoint store.
 
-  `defaults`: every key's default value (see `differences`).
+  `defaults`: every key's default value; `model_arguments`: config.model -> what the model is built from
+  (see `settings`).
   """
   workdir = config.workdir
   saved_path = os.path.join(workdir, "config.json")
@@ -79,9 +106,8 @@ def prepare(config, defaults: dict | None = None) -> checkpoint.SegmentStore:
       if name in ("config.json", "results.json", "results.md") or name.endswith(".png"):
         os.remove(os.path.join(workdir, name))
   elif os.path.exists(saved_path) and not config.checkpoint.restart:
-    with open(saved_path) as f:
-      saved = json.load(f)
-    diff = differences(saved, config.to_dict(), defaults)
+    saved = _read_config(workdir)
+    diff = differences(saved, config.to_dict(), defaults, model_arguments)
     if diff:
       raise UserError(f"config.workdir={workdir!r} holds a run of a different config ({diff[0]}"
                       f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); use another workdir or "

@@ -141,7 +141,7 @@ class Trainer:
     state i's segment for checkpoints and logs. Each history row: epoch (1-based, global), train
     loss/accuracy (means over the epoch), validation and test loss/accuracy after the epoch (every
     `self.eval_every` epochs and at the end; None between), learning rate of its last step, sparsity
-    of the prunable weights (masks do not change within a fit). `progress` (a progress.Progress, the
+    of the prunable weights at the end of the epoch. `progress` (a progress.Progress, the
     experiment's bar) advances by one per state and epoch, epochs restored from checkpoints included.
 
     With `eval_every_steps` = k > 0, validation and test are evaluated after every global iteration that
@@ -162,7 +162,8 @@ class Trainer:
       states, histories = self._restore_together(segments, states, histories, end_epoch)
       if histories[0] and log_every:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
-    sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]
+    sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]   # read again per epoch where
+    # a mask_update changes the masks inside the step (gradual, SET, RigL); without one they stay
     current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
     first_epoch = start_epoch + len(histories[0]) + 1
     if progress is not None and histories[0]:
@@ -193,6 +194,8 @@ class Trainer:
       figures, evals = jax.device_get((figures, evals))   # the epoch's one transfer to the host
       members = _unstack(current, len(states)) if batched else [current]
       for i, (member, name, history) in enumerate(zip(members, names, histories)):
+        if self.mask_update is not None:
+          sparsities[i] = masks_lib.sparsity(member.masks, self.which)
         train_metrics, val, test = (_member(figures.get(split), i, batched) for split in ("train", "val", "test"))
         history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
                         "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
