@@ -41,7 +41,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.prune.distribution={config.prune.distribution!r}; allowed: {', '.join(kinds)}")
   check(config.prune.distribution == "scope" or not config.prune.layer_scale,
         "config.prune.layer_scale needs config.prune.distribution='scope' (use prune.layer_sparsity with 'map')")
-  distribution.parse_map(config.prune.layer_sparsity)
+  check(config.prune.scope == "layerwise" or not config.prune.layer_scale,
+        f"config.prune.layer_scale needs config.prune.scope='layerwise', not {config.prune.scope!r}")
+  parse_layer_sparsity(config.prune.layer_sparsity)
   check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
   check(config.prune.criterion in criteria.names(),
         f"config.prune.criterion={config.prune.criterion!r}; allowed: {', '.join(criteria.names())}")
@@ -82,7 +84,20 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
 
 def parse_layer_scale(entries) -> dict[str, float]:
   """Per-layer pruning-rate factors from the config: ("output/*=0.5",) -> {"output/*": 0.5}."""
-  return distribution.parse_pattern_map(entries, "config.prune.layer_scale", "FACTOR")
+  return _parsed("config.prune.layer_scale", distribution.parse_pattern_map, entries, "FACTOR")
+
+
+def parse_layer_sparsity(entries) -> dict[str, float]:
+  """Per-layer sparsities from the config (config.prune.layer_sparsity): ("output/*=0.5",) -> {"output/*": 0.5}."""
+  return _parsed("config.prune.layer_sparsity", distribution.parse_map, entries)
+
+
+def _parsed(key: str, parse, *args):
+  """parse(*args), its ValueError (which speaks of an entry) as a UserError naming the config key."""
+  try:
+    return parse(*args)
+  except ValueError as e:
+    raise UserError(f"{key} {e}") from None
 
 
 @dataclasses.dataclass(eq=False)

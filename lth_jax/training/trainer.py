@@ -90,7 +90,7 @@ class Trainer:
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
     """A fresh optimizer state; params are masked so the state starts consistent."""
-    params = jax.tree.map(lambda p, m: p * m, params, masks)
+    params = masks_lib.zero_pruned(params, masks)
     return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
                       batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
 
