@@ -3,7 +3,7 @@
 import dataclasses
 import functools
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +116,9 @@ class Experiment:
   store: Any = None          # checkpoint.SegmentStore; None: no checkpoints (library use, tests)
   replica: int = 0           # replicate i runs under seed config.seed + i (see `replicate`)
   family: Any = None         # the replica-0 experiment whose data, trainers and held-out sets it shares
+  # compiled trainers by what sets them apart (`trainer`, `cached`); one dict per family, so replicates
+  # share them and they go with the experiment
+  trainers: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def normalize(self, x) -> np.ndarray:
     """Inputs as the model sees them, on the host: what OOD and corrupted sets go through too."""
@@ -142,8 +145,8 @@ class Experiment:
     """The same experiment under seed config.seed + i: its own theta_0, data order and every other key.
 
     The data (split and subset drawn with config.seed) and the held-out evaluation sets stay those of
-    this experiment, and so do its trainers: replicates compare equal under functools.cache, which is
-    what lets their training run as one vmapped program (lth_jax.methods.cohort).
+    this experiment, and so do its trainers (the same `trainers` dict): equal trainers are what lets
+    their training run as one vmapped program (lth_jax.methods.cohort).
     """
     if i == self.replica:
       return self
@@ -175,8 +178,18 @@ class Experiment:
     """The run's RunRecord, every figure evaluated (lth_jax.evaluation.record)."""
     return evaluation.record(self, state, history, method, round_, dense_accuracy, before, started, trainer)
 
-  @functools.cache
+  def cached(self, key, build: Callable[[], Any]):
+    """build() the first time `key` (hashable) is asked for by this experiment or a replicate; then the same."""
+    if key not in self.trainers:
+      self.trainers[key] = build()
+    return self.trainers[key]
+
   def trainer(self, epochs: int, finetune: bool = False, model=None, mask_update=None) -> training.Trainer:
+    """`new_trainer`'s trainer, built once per experiment family and arguments."""
+    return self.cached(("trainer", epochs, finetune, model, mask_update),
+                       lambda: self.new_trainer(epochs, finetune, model, mask_update))
+
+  def new_trainer(self, epochs: int, finetune: bool = False, model=None, mask_update=None) -> training.Trainer:
     """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule.
 
     `model` (default: exp.model) trains another network on the same data, e.g. one rebuilt narrower.
@@ -192,14 +205,8 @@ class Experiment:
                             store=self.store, eval_every=self.config.train.eval_every,
                             loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
                             which=self.which if model is None else None,
-                            mask_update=mask_update, normalize=self.normalizer)
-
-  # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
-  def __hash__(self):
-    return id(self.family or self)
-
-  def __eq__(self, other):
-    return isinstance(other, Experiment) and (self.family or self) is (other.family or other)
+                            mask_update=mask_update, normalize=self.normalizer,
+                            cpu_conv=self.config.train.cpu_conv)
 
 
 def device_mesh(train_config) -> jax.sharding.Mesh | None:
@@ -235,8 +242,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   for name, (x, _) in splits.items():
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
   normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
-  # Decided when the steps are traced, for the whole process: an experiment's own setting holds for its run.
-  models.cpu_conv.set_mode(config.train.cpu_conv)
   model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config.model))
   raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
@@ -268,7 +273,7 @@ def check_ready(exp: Experiment) -> None:
   come before any epoch and before the workdir records the config: the trainers (optimizer, schedules,
   batch size against the training set) and the evaluator's held-out sets (config.metrics)."""
   # Uncached: the trainers a run keeps are made once `exp.store` is set (after the workdir is checked).
-  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs)
-  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs, finetune=True)
+  exp.new_trainer(exp.config.train.epochs)
+  exp.new_trainer(exp.config.train.epochs, finetune=True)
   exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
 

@@ -200,3 +200,71 @@ def test_the_command_line_names_the_key_before_anything_trains(overrides, messag
   from tests.helpers import small_config
   with pytest.raises(UserError, match=re.escape(message)):
     experiment.build(small_config(**overrides))
+
+
+# -- state that belongs to one experiment, not to the process ----------------------------------------------
+
+def test_each_trainer_traces_its_convolutions_in_its_own_cpu_conv_mode():
+  """Two experiments' trainers in one process: each compiles with its own train.cpu_conv, whatever was
+  built last, and building an experiment leaves the process default alone."""
+  from lth_jax import experiment
+  from lth_jax.models import cpu_conv
+  from lth_jax.training import step
+  from tests.helpers import small_config
+  model = models.get("conv2", num_classes=10)
+  x = jnp.zeros((1, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x)
+  opt = base().optimizer
+  trainers = {mode: train.Trainer(model, opt, batch_size=1, steps_per_epoch=1, epochs=1, cpu_conv=mode)
+              for mode in ("on", "off")}
+  default = cpu_conv.enabled()
+  experiment.build(small_config(**{"train.cpu_conv": "off" if default else "on"}))
+  assert cpu_conv.enabled() == default
+  for mode, trainer in trainers.items():
+    program = str(jax.make_jaxpr(lambda v: step.apply_model(trainer.recipe, v, x, train=False))(variables))
+    # the canonical path is a custom_vjp around each convolution (cpu_conv._conv)
+    assert ("custom_vjp_call" in program) == (mode == "on"), mode
+
+
+def test_an_experiment_and_its_trainers_are_freed_with_it_and_replicates_share_them():
+  import gc
+  import weakref
+  from lth_jax import experiment
+  from tests.helpers import small_config
+  exp = experiment.build(small_config())
+  trainer = exp.trainer(2)
+  other = exp.replicate(1)
+  assert other.trainer(2) is trainer and exp.trainer(2) is trainer and exp.trainer(3) is not trainer
+  gone = weakref.ref(exp)
+  del exp, other, trainer
+  gc.collect()
+  assert gone() is None
+
+
+def test_orbax_calls_leave_the_process_hooks_as_they_were_unless_one_failed(tmp_path, monkeypatch):
+  import sys
+  from absl import logging
+  from lth_jax.training import checkpoint
+  from lth_jax.training.state import TrainState
+  reached = []
+  monkeypatch.setattr(sys, "unraisablehook", reached.append)
+  own = sys.unraisablehook
+  params = {"w": jnp.ones((2, 2))}
+  state = TrainState(step=jnp.asarray(0), params=params, batch_stats={}, masks=params, opt_state=(),
+                     rng=jax.random.key(0))
+  checkpoint.save_ticket(str(tmp_path / "ticket"), state, params)
+  checkpoint.load_ticket(str(tmp_path / "ticket"))
+  assert sys.unraisablehook is own
+  assert checkpoint._not_from_orbax not in logging.get_absl_logger().filters
+  # a failed call leaves the containment, which drops only the loop-closed echo and passes the rest on
+  with pytest.raises(OSError):
+    with checkpoint._quiet():
+      raise OSError("disk full")
+  try:
+    echo = type("U", (), {"object": None, "exc_value": RuntimeError("Event loop is closed")})()
+    other = type("U", (), {"object": None, "exc_value": RuntimeError("something else")})()
+    sys.unraisablehook(echo)
+    sys.unraisablehook(other)
+    assert reached == [other]
+  finally:
+    logging.get_absl_logger().removeFilter(checkpoint._not_from_orbax)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lth_jax.models import cpu_conv
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.training.state import TrainState
 
@@ -46,6 +47,9 @@ class Recipe:
   # uint8 pixels -> model inputs (lth_jax.data.pixels.Normalizer), applied inside the compiled steps before
   # augmentation, so crops pad with the zeros of the normalised image exactly as for float data.
   normalize: Callable | None = None
+  # lth_jax.models.cpu_conv's mode ("auto", "on", "off") for the convolutions traced in these steps, so an
+  # experiment's setting holds for its own programs only; None: the process default.
+  cpu_conv: str | None = None
 
 
 def model_inputs(recipe: Recipe, x):
@@ -71,10 +75,11 @@ def apply_model(recipe: Recipe, variables, x, train: bool):
   if dtype != jnp.float32:
     variables = {**variables, "params": jax.tree.map(lambda p: p.astype(dtype), variables["params"])}
     x = x.astype(dtype)
-  if train and "batch_stats" in variables:
-    logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
-    return logits.astype(jnp.float32), updates["batch_stats"]
-  return recipe.model.apply(variables, x, train=train).astype(jnp.float32), variables.get("batch_stats", {})
+  with cpu_conv.using(recipe.cpu_conv):   # every trace of the model goes through here
+    if train and "batch_stats" in variables:
+      logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
+      return logits.astype(jnp.float32), updates["batch_stats"]
+    return recipe.model.apply(variables, x, train=train).astype(jnp.float32), variables.get("batch_stats", {})
 
 
 def batch_inputs(recipe: Recipe, key, x):

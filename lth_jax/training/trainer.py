@@ -63,6 +63,7 @@ class Trainer:
   which: Any = None                       # prunable leaves for the history's sparsity (None: masks.prunable's)
   mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
   normalize: Callable | None = None       # step.Recipe.normalize: uint8 pixels -> model inputs, inside jit
+  cpu_conv: str | None = None             # step.Recipe.cpu_conv: the convolution lowering its steps trace with
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -76,7 +77,7 @@ class Trainer:
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
                                        self.augment, self.regularizer, self.mesh, self.compute_dtype,
-                                       self.mask_update, self.normalize)
+                                       self.mask_update, self.normalize, self.cpu_conv)
     # The state is donated: `fit` copies the caller's states once, so states that methods keep to
     # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
     self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))
