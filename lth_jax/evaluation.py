@@ -99,6 +99,11 @@ class Evaluator:
     for name in cfg.corruptions:
       if name not in corruptions.NAMES:
         raise UserError(f"config.metrics.corruptions holds {name!r}; allowed: {', '.join(corruptions.NAMES)}")
+    for s in cfg.severities if cfg.corruptions else ():
+      if not isinstance(s, int) or isinstance(s, bool) or s not in corruptions.SEVERITIES:
+        raise UserError(f"config.metrics.severities holds {s!r}; allowed: {', '.join(map(str, corruptions.SEVERITIES))}")
+    if not (isinstance(cfg.num_bins, int) and not isinstance(cfg.num_bins, bool) and cfg.num_bins >= 1):
+      raise UserError(f"config.metrics.num_bins={cfg.num_bins!r} must be an integer >= 1")
     if cfg.corruptions and x_raw.ndim != 4:
       raise UserError("config.metrics.corruptions needs image data (N, H, W, C); set it to () for "
                       f"{exp.config.data.name!r}")

@@ -3,7 +3,7 @@
 import dataclasses
 import functools
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.prune.distribution={config.prune.distribution!r}; allowed: {', '.join(kinds)}")
   check(config.prune.distribution == "scope" or not config.prune.layer_scale,
         "config.prune.layer_scale needs config.prune.distribution='scope' (use prune.layer_sparsity with 'map')")
-  distribution.parse_map(config.prune.layer_sparsity)
+  check(config.prune.scope == "layerwise" or not config.prune.layer_scale,
+        f"config.prune.layer_scale needs config.prune.scope='layerwise', not {config.prune.scope!r}")
+  parse_layer_sparsity(config.prune.layer_sparsity)
   check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
   check(config.prune.criterion in criteria.names(),
         f"config.prune.criterion={config.prune.criterion!r}; allowed: {', '.join(criteria.names())}")
@@ -98,7 +100,20 @@ def model_arguments(model: dict) -> dict:
 
 def parse_layer_scale(entries) -> dict[str, float]:
   """Per-layer pruning-rate factors from the config: ("output/*=0.5",) -> {"output/*": 0.5}."""
-  return distribution.parse_pattern_map(entries, "config.prune.layer_scale", "FACTOR")
+  return _parsed("config.prune.layer_scale", distribution.parse_pattern_map, entries, "FACTOR")
+
+
+def parse_layer_sparsity(entries) -> dict[str, float]:
+  """Per-layer sparsities from the config (config.prune.layer_sparsity): ("output/*=0.5",) -> {"output/*": 0.5}."""
+  return _parsed("config.prune.layer_sparsity", distribution.parse_map, entries)
+
+
+def _parsed(key: str, parse, *args):
+  """parse(*args), its ValueError (which speaks of an entry) as a UserError naming the config key."""
+  try:
+    return parse(*args)
+  except ValueError as e:
+    raise UserError(f"{key} {e}") from None
 
 
 @dataclasses.dataclass(eq=False)
@@ -117,6 +132,9 @@ class Experiment:
   store: Any = None          # checkpoint.SegmentStore; None: no checkpoints (library use, tests)
   replica: int = 0           # replicate i runs under seed config.seed + i (see `replicate`)
   family: Any = None         # the replica-0 experiment whose data, trainers and held-out sets it shares
+  # compiled trainers by what sets them apart (`trainer`, `cached`); one dict per family, so replicates
+  # share them and they go with the experiment
+  trainers: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def normalize(self, x) -> np.ndarray:
     """Inputs as the model sees them, on the host: what OOD and corrupted sets go through too."""
@@ -143,8 +161,8 @@ class Experiment:
     """The same experiment under seed config.seed + i: its own theta_0, data order and every other key.
 
     The data (split and subset drawn with config.seed) and the held-out evaluation sets stay those of
-    this experiment, and so do its trainers: replicates compare equal under functools.cache, which is
-    what lets their training run as one vmapped program (lth_jax.methods.cohort).
+    this experiment, and so do its trainers (the same `trainers` dict): equal trainers are what lets
+    their training run as one vmapped program (lth_jax.methods.cohort).
     """
     if i == self.replica:
       return self
@@ -176,8 +194,18 @@ class Experiment:
     """The run's RunRecord, every figure evaluated (lth_jax.evaluation.record)."""
     return evaluation.record(self, state, history, method, round_, dense_accuracy, before, started, trainer)
 
-  @functools.cache
+  def cached(self, key, build: Callable[[], Any]):
+    """build() the first time `key` (hashable) is asked for by this experiment or a replicate; then the same."""
+    if key not in self.trainers:
+      self.trainers[key] = build()
+    return self.trainers[key]
+
   def trainer(self, epochs: int, finetune: bool = False, model=None, mask_update=None) -> training.Trainer:
+    """`new_trainer`'s trainer, built once per experiment family and arguments."""
+    return self.cached(("trainer", epochs, finetune, model, mask_update),
+                       lambda: self.new_trainer(epochs, finetune, model, mask_update))
+
+  def new_trainer(self, epochs: int, finetune: bool = False, model=None, mask_update=None) -> training.Trainer:
     """A trainer whose schedule spans `epochs`; `finetune` swaps in config.finetune's lr and schedule.
 
     `model` (default: exp.model) trains another network on the same data, e.g. one rebuilt narrower.
@@ -196,14 +224,8 @@ class Experiment:
                             last_step=(self.config.train.steps or None) if epochs == self.config.train.epochs else None,
                             loop=self.config.train.loop, compute_dtype=self.config.train.compute_dtype,
                             which=self.which if model is None else None,
-                            mask_update=mask_update, normalize=self.normalizer)
-
-  # functools.cache on methods (trainers): one entry per experiment, shared by its replicates.
-  def __hash__(self):
-    return id(self.family or self)
-
-  def __eq__(self, other):
-    return isinstance(other, Experiment) and (self.family or self) is (other.family or other)
+                            mask_update=mask_update, normalize=self.normalizer,
+                            cpu_conv=self.config.train.cpu_conv)
 
 
 def device_mesh(train_config) -> jax.sharding.Mesh | None:
@@ -239,8 +261,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   for name, (x, _) in splits.items():
     check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
   normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
-  # Decided when the steps are traced, for the whole process: an experiment's own setting holds for its run.
-  models.cpu_conv.set_mode(config.train.cpu_conv)
   model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config.model))
   raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
@@ -278,7 +298,7 @@ def check_ready(exp: Experiment) -> None:
   come before any epoch and before the workdir records the config: the trainers (optimizer, schedules,
   batch size against the training set) and the evaluator's held-out sets (config.metrics)."""
   # Uncached: the trainers a run keeps are made once `exp.store` is set (after the workdir is checked).
-  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs)
-  Experiment.trainer.__wrapped__(exp, exp.config.train.epochs, finetune=True)
+  exp.new_trainer(exp.config.train.epochs)
+  exp.new_trainer(exp.config.train.epochs, finetune=True)
   exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
 

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,9 +114,13 @@ def test_rate_per_round_reaches_target():
   assert (1 - rate) ** 4 == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("kwargs", [dict(fraction=1.5), dict(fraction=0.5, scope="rowwise"),
-                                    dict(fraction=0.5, layer_scale={"output/*": 0.5})])
-def test_bad_arguments_raise_user_errors(kwargs):
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(fraction=1.5), "fraction=1.5 is outside [0, 1]"),
+    (dict(fraction=0.5, scope="rowwise"), "scope='rowwise' is not a scope; allowed: global, layerwise"),
+    (dict(fraction=0.5, layer_scale={"output/*": 0.5}), "needs scope='layerwise'")])
+def test_bad_arguments_raise_value_errors_naming_the_argument(kwargs, message):
+  """A library function speaks of its own arguments; config keys are the command line's to add."""
   params = make_params()
-  with pytest.raises(UserError):
+  with pytest.raises(ValueError, match=re.escape(message)) as error:
     pruning.magnitude(params, masks.init(params), **kwargs)
+  assert not isinstance(error.value, UserError) and "config." not in str(error.value)

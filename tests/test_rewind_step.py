@@ -74,7 +74,7 @@ def test_a_ticket_rewound_inside_an_epoch_resumes_bit_identically(tmp_path, monk
   def ticket_params(directory, crash_at=None):
     exp = experiment.build(small_config(**{"prune.rewind_step": 13}))
     exp.store = checkpoint.SegmentStore(str(directory), every=1, keep=5)
-    exp.trainer.cache_clear()
+    exp.trainers.clear()
     out = Collect()
     dense = drive(common.dense(exp, out))
     return oneshot(exp, dense, 0.8, out, reset="rewind").params

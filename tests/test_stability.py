@@ -53,7 +53,7 @@ def test_batch_norm_statistics_are_the_batch_statistics():
   exp = experiment.build(small_config())
   exp.model = Net()
   variables = exp.model.init(jax.random.key(0), exp.data["train"][0][:2])
-  exp.trainer.cache_clear()
+  exp.trainers.clear()
   stats = stability.recomputed_stats(exp, variables["params"], variables["batch_stats"])
   h = np.asarray(exp.data["train"][0][:1000] @ variables["params"]["Dense_0"]["kernel"] + variables["params"]["Dense_0"]["bias"])
   np.testing.assert_allclose(np.asarray(stats["BatchNorm_0"]["mean"]), h.mean(0), rtol=1e-4, atol=1e-5)

@@ -169,13 +169,13 @@ def test_rebuild_keeping_everything_is_the_original_model():
 
 
 def test_unsupported_models_and_bad_widths():
-  with pytest.raises(UserError, match="config.model.name='conv2'"):
+  with pytest.raises(ValueError, match="model_name='conv2' cannot be rebuilt"):
     structured.rebuild("conv2", {}, {"params": {}}, {})
   with pytest.raises(UserError, match="config.model.widths"):
     models.get("vgg11", num_classes=10, widths=(4, 4))
   with pytest.raises(UserError, match="config.model.block_widths"):
     models.get("resnet20", num_classes=10, block_widths=((4, 4),) * 9)  # basic blocks have one inner width
-  with pytest.raises(UserError, match="ratio"):
+  with pytest.raises(ValueError, match=r"ratio=1.5 is outside \[0, 1\]"):
     structured.channel_masks({"bn_0": {"scale": jnp.ones(2)}}, 1.5)
 
 

@@ -89,13 +89,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.early_bird.max_epochs={eb.max_epochs} must be in [0, config.train.epochs={epochs}] (0 = all)")
 
 
-@functools.cache  # one compiled trainer per experiment and penalty: early_bird (and tests) reuse slimming's
 def penalised_trainer(exp, epochs: int, penalty: float) -> Trainer:
-  """exp.trainer(epochs) with penalty * sum|gamma| over the prunable BN scales added to the loss."""
+  """exp.trainer(epochs) with penalty * sum|gamma| over the prunable BN scales added to the loss.
+
+  One compiled trainer per experiment family and penalty: early_bird (and tests) reuse slimming's.
+  """
   trainer = exp.trainer(epochs)
   if not penalty:
     return trainer
-  return dataclasses.replace(trainer, regularizer=functools.partial(_l1_penalty, penalty))
+  return exp.cached(("penalised", epochs, penalty),
+                    lambda: dataclasses.replace(trainer, regularizer=functools.partial(_l1_penalty, penalty)))
 
 
 def _l1_penalty(penalty: float, params):

@@ -23,7 +23,7 @@ Conventions:
 
 import numpy as np
 
-from lth_jax.errors import check
+from lth_jax.errors import require
 
 # NLL clips the probability of the true label to at least this, so a confidently wrong
 # prediction (p = 0 from float underflow) costs -log(1e-12) ~ 27.6 nats instead of inf.
@@ -36,18 +36,18 @@ T_MIN, T_MAX = 1e-2, 1e2
 def _validate(probs, labels, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
   probs = np.asarray(probs, dtype=np.float64)
   labels = np.asarray(labels)
-  check(probs.ndim == 2, f"{name} must have shape (N, C), got shape {probs.shape}")
-  check(labels.ndim == 1 and labels.shape[0] == probs.shape[0],
+  require(probs.ndim == 2, f"{name} must have shape (N, C), got shape {probs.shape}")
+  require(labels.ndim == 1 and labels.shape[0] == probs.shape[0],
         f"labels must have shape ({probs.shape[0]},) to match {name} {probs.shape}, got {labels.shape}")
-  check(probs.shape[0] > 0, f"{name} is empty: calibration needs at least one example")
-  check(np.issubdtype(labels.dtype, np.integer), f"labels must be integers, got dtype {labels.dtype}")
-  check(bool(np.all((labels >= 0) & (labels < probs.shape[1]))),
+  require(probs.shape[0] > 0, f"{name} is empty: calibration needs at least one example")
+  require(np.issubdtype(labels.dtype, np.integer), f"labels must be integers, got dtype {labels.dtype}")
+  require(bool(np.all((labels >= 0) & (labels < probs.shape[1]))),
         f"labels must lie in [0, {probs.shape[1] - 1}] for {probs.shape[1]} classes")
   return probs, labels.astype(np.int64)
 
 
 def _check_bins(num_bins) -> int:
-  check(isinstance(num_bins, (int, np.integer)) and num_bins >= 1,
+  require(isinstance(num_bins, (int, np.integer)) and num_bins >= 1,
         f"num_bins must be an integer >= 1, got {num_bins!r}")
   return int(num_bins)
 
@@ -132,7 +132,7 @@ def normalized_entropy(probs) -> np.ndarray:
   """H(p) / log(C) per row, in [0, 1]; 0 log 0 = 0. Needs C >= 2."""
   probs = np.asarray(probs, dtype=np.float64)
   num_classes = probs.shape[-1]
-  check(num_classes >= 2, f"normalised entropy needs at least 2 classes, got {num_classes}")
+  require(num_classes >= 2, f"normalised entropy needs at least 2 classes, got {num_classes}")
   plogp = np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0)
   # Round-off can push uniform predictions a hair above 1.
   return np.clip(-plogp.sum(axis=-1) / np.log(num_classes), 0.0, 1.0)
@@ -169,7 +169,7 @@ def _log_softmax(logits) -> np.ndarray:
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
   """softmax(logits / temperature) over the last axis, float64, stable (max subtracted)."""
-  check(temperature > 0, f"temperature must be > 0, got {temperature}")
+  require(temperature > 0, f"temperature must be > 0, got {temperature}")
   return np.exp(_log_softmax(np.asarray(logits, dtype=np.float64) / temperature))
 
 

@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from lth_jax.errors import UserError, check
+from lth_jax.errors import require
 
 # Per-severity constants from make_cifar_c.py (hendrycks/robustness, CIFAR version).
 PARAMS = {
@@ -210,16 +210,16 @@ def corrupt(name: str, x, severity: int, seed: int = 0) -> np.ndarray:
   Returns float32, same shape, clipped to [0, 1]; deterministic in `seed` (used by the noises).
   """
   if name not in REGISTRY:
-    raise UserError(f"unknown corruption {name!r}; allowed: {', '.join(NAMES)}")
+    raise ValueError(f"name={name!r} is not a corruption; allowed: {', '.join(NAMES)}")
   if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
-    raise UserError(f"corruption severity must be one of {SEVERITIES}, got {severity!r}")
+    raise ValueError(f"severity={severity!r} must be one of {SEVERITIES}")
   x = np.asarray(x, dtype=np.float64)
-  check(x.ndim == 4 and x.shape[-1] in (1, 3),
+  require(x.ndim == 4 and x.shape[-1] in (1, 3),
         f"images must have shape (N, H, W, C) with C in (1, 3), got {x.shape}")
   if x.size == 0:
     return x.astype(np.float32)
   # A little tolerance for round-off from upstream normalisation; then clip it away.
-  check(x.min() >= -1e-6 and x.max() <= 1 + 1e-6,
+  require(x.min() >= -1e-6 and x.max() <= 1 + 1e-6,
         f"images must be floats in [0, 1], got range [{x.min()}, {x.max()}]")
   x = np.clip(x, 0.0, 1.0)
   out = REGISTRY[name](x, PARAMS[name][severity - 1], np.random.default_rng(seed))

@@ -19,7 +19,7 @@ Everything runs on host arrays in float64 numpy; metrics return Python floats.
 
 import numpy as np
 
-from lth_jax.errors import check
+from lth_jax.errors import require
 
 
 # --- scores -----------------------------------------------------------------------------------
@@ -43,9 +43,9 @@ def entropy(probs) -> np.ndarray:
 def _scores(scores_in, scores_out) -> tuple[np.ndarray, np.ndarray]:
   s_in = np.asarray(scores_in, dtype=np.float64).ravel()
   s_out = np.asarray(scores_out, dtype=np.float64).ravel()
-  check(s_in.size > 0 and s_out.size > 0,
+  require(s_in.size > 0 and s_out.size > 0,
         f"OOD metrics need at least one in- and one out-of-distribution score, got {s_in.size} and {s_out.size}")
-  check(not (np.isnan(s_in).any() or np.isnan(s_out).any()), "OOD scores must not contain nan")
+  require(not (np.isnan(s_in).any() or np.isnan(s_out).any()), "OOD scores must not contain nan")
   return s_in, s_out
 
 
@@ -96,7 +96,7 @@ def fpr_at_tpr(scores_in, scores_out, tpr: float = 0.95) -> float:
   With in-scores sorted descending, t is the k-th largest, k = ceil(tpr * n_in): fewer than k
   in-scores are > t, and at least k are >= t.
   """
-  check(0.0 < tpr <= 1.0, f"tpr must be in (0, 1], got {tpr}")
+  require(0.0 < tpr <= 1.0, f"tpr must be in (0, 1], got {tpr}")
   s_in, s_out = _scores(scores_in, scores_out)
   # Rounding before ceil stops float error (0.07 * 100 = 7.000000000000001) from adding one.
   k = int(np.ceil(np.round(tpr * s_in.size, 9)))
@@ -145,7 +145,7 @@ def _rng(key_or_seed) -> np.random.Generator:
 def _channel_range(x) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel (last axis) min and max over all other axes, as float64."""
   x = np.asarray(x, dtype=np.float64)
-  check(x.ndim >= 2 and x.size > 0, f"x must be a non-empty batch (N, ..., C), got shape {x.shape}")
+  require(x.ndim >= 2 and x.size > 0, f"x must be a non-empty batch (N, ..., C), got shape {x.shape}")
   axes = tuple(range(x.ndim - 1))
   return x.min(axis=axes), x.max(axis=axes)
 
@@ -184,10 +184,10 @@ def far_points(seed, x_train, n: int, scale: float = 3.0, width: float = 1.0) ->
   `scale` must exceed 1. Returns float32 of shape (n, D).
   """
   x = np.asarray(x_train, dtype=np.float64)
-  check(x.ndim == 2 and x.shape[0] > 0, f"x_train must have shape (N, D), got {x.shape}")
-  check(scale > 1.0, f"scale must be > 1 so points lie outside the data, got {scale}")
-  check(width >= 0.0, f"width must be >= 0, got {width}")
-  check(isinstance(n, (int, np.integer)) and n >= 0, f"n must be an integer >= 0, got {n!r}")
+  require(x.ndim == 2 and x.shape[0] > 0, f"x_train must have shape (N, D), got {x.shape}")
+  require(scale > 1.0, f"scale must be > 1 so points lie outside the data, got {scale}")
+  require(width >= 0.0, f"width must be >= 0, got {width}")
+  require(isinstance(n, (int, np.integer)) and n >= 0, f"n must be an integer >= 0, got {n!r}")
   rng = _rng(seed)
   center = x.mean(axis=0)
   radius = np.max(np.linalg.norm(x - center, axis=1))

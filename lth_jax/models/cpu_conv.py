@@ -12,11 +12,15 @@ even outside loops (faster than what the canonicalisation pass picks).
 
 `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` (the models pass it to `nn.Conv`). It
 is the same arithmetic: forward, gradients and training agree with the plain lowering to float rounding
-(tests/test_fast_conv.py). Whether it is used is decided when a function is traced (`set_mode`, from
-`config.train.cpu_conv`, or the environment variable LTH_JAX_CPU_CONV for the default): "auto" uses it on
-the CPU backend only, "on" everywhere, "off" never.
+(tests/test_fast_conv.py). Whether it is used is decided when a function is traced: "auto" uses it on
+the CPU backend only, "on" everywhere, "off" never. The mode is the one of the innermost `using(mode)`
+around the trace -- a Trainer traces its steps under its own (`step.Recipe.cpu_conv`, from
+`config.train.cpu_conv`), so two experiments in one process keep theirs -- else the process default,
+from the environment variable LTH_JAX_CPU_CONV ("auto" without it) or `set_mode`.
 """
 
+import contextlib
+import contextvars
 import functools
 import os
 
@@ -26,20 +30,41 @@ import jax.numpy as jnp
 from jax import lax
 
 MODES = ("auto", "on", "off")
-_mode = os.environ.get("LTH_JAX_CPU_CONV", "auto")   # the default; config.train.cpu_conv sets it per run
+_mode = os.environ.get("LTH_JAX_CPU_CONV", "auto")   # the process default
+_scoped = contextvars.ContextVar("lth_jax_cpu_conv", default=None)   # the innermost `using`'s mode
+
+
+def _check(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"cpu_conv mode {mode!r}; allowed: {', '.join(MODES)}")
 
 
 def set_mode(mode: str) -> None:
-  """'auto' (CPU backend only), 'on' or 'off'. Applies to functions traced after the call."""
+  """The process default: 'auto' (CPU backend only), 'on' or 'off', for functions traced after the call
+  outside any `using`. lth_jax itself never sets it (its trainers trace under their own mode)."""
   global _mode
-  if mode not in MODES:
-    raise ValueError(f"cpu_conv mode {mode!r}; allowed: {', '.join(MODES)}")
+  _check(mode)
   _mode = mode
+
+
+@contextlib.contextmanager
+def using(mode: str | None):
+  """Convolutions traced inside the block take `mode` ('auto', 'on', 'off'); None: the process default."""
+  if mode is None:
+    yield
+    return
+  _check(mode)
+  token = _scoped.set(mode)
+  try:
+    yield
+  finally:
+    _scoped.reset(token)
 
 
 def enabled() -> bool:
   """Whether a convolution traced now takes the canonical path."""
-  return _mode == "on" or (_mode == "auto" and jax.default_backend() == "cpu")
+  mode = _scoped.get() or _mode
+  return mode == "on" or (mode == "auto" and jax.default_backend() == "cpu")
 
 
 def _inverse(perm):

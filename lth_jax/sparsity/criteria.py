@@ -28,8 +28,6 @@ import optax
 
 from lth_jax.sparsity import masks as masks_lib
 
-from lth_jax.errors import UserError
-
 Criterion = Callable[[Any, Any, "Context"], Any]
 _REGISTRY: dict[str, Criterion] = {}
 
@@ -80,12 +78,16 @@ def batchnorm_mode(name: str) -> str:
 
 def get(name: str) -> Criterion:
   if name not in _REGISTRY:
-    raise UserError(f"config.prune.criterion={name!r} is not a criterion; allowed: {', '.join(_REGISTRY)}")
+    raise ValueError(f"criterion {name!r} is not registered; allowed: {', '.join(_REGISTRY)}")
   return _REGISTRY[name]
 
 
 def inverted(criterion: Criterion) -> Criterion:
-  """The opposite ranking: the lowest-scoring weights are kept (the `invert` control)."""
+  """The opposite ranking: the lowest-scoring weights are kept (the `invert` control).
+
+  A NaN score stays NaN (of the other sign), which `select` treats alike: refused when given as arrays,
+  ranked lowest when traced, whichever its sign.
+  """
   return lambda params, masks, context: jax.tree.map(jnp.negative, criterion(params, masks, context))
 
 

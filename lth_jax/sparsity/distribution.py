@@ -26,14 +26,16 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from lth_jax.errors import check
 from lth_jax.sparsity import masks as masks_lib
 
 KINDS = ("global", "uniform", "uniform_first_dense", "erk", "map")
 
 
-def parse_pattern_map(entries, key: str, value_name: str, upper: float | None = None) -> dict[str, float]:
-  """("output/*=0.5",) -> {"output/*": 0.5}; every value >= 0 (and <= `upper` when given)."""
+def parse_pattern_map(entries, value_name: str, upper: float | None = None) -> dict[str, float]:
+  """("output/*=0.5",) -> {"output/*": 0.5}; every value >= 0 (and <= `upper` when given).
+
+  ValueError naming the first entry that does not read 'PATTERN=VALUE' in range.
+  """
   out = {}
   bounds = f" with {value_name} in [0, {upper:g}]" if upper is not None else ""
   for entry in entries:
@@ -43,14 +45,14 @@ def parse_pattern_map(entries, key: str, value_name: str, upper: float | None = 
     except ValueError:
       pattern = ""
     value = out.get(pattern, -1.0)
-    check(bool(pattern) and value >= 0 and (upper is None or value <= upper),
-          f"{key} entry {entry!r} must read 'PATTERN={value_name}'{bounds}, e.g. 'output/*=0.5'")
+    if not (bool(pattern) and value >= 0 and (upper is None or value <= upper)):
+      raise ValueError(f"entry {entry!r} must read 'PATTERN={value_name}'{bounds}, e.g. 'output/*=0.5'")
   return out
 
 
-def parse_map(entries, key: str = "config.prune.layer_sparsity") -> dict[str, float]:
-  """Per-layer sparsities from the config: ("output/*=0.5",) -> {"output/*": 0.5}."""
-  return parse_pattern_map(entries, key, "SPARSITY", upper=1.0)
+def parse_map(entries) -> dict[str, float]:
+  """Per-layer sparsities: ("output/*=0.5",) -> {"output/*": 0.5}."""
+  return parse_pattern_map(entries, "SPARSITY", upper=1.0)
 
 
 def erk_densities(shapes, density: float) -> list[float]:
@@ -102,7 +104,8 @@ def layer_counts(kind: str, shapes, names, keep: int, layer_map=None):
 
   None for "global" (one threshold: the caller keeps the `keep` best scores overall).
   """
-  check(kind in KINDS, f"config.prune.distribution={kind!r}; allowed: {', '.join(KINDS)}")
+  if kind not in KINDS:
+    raise ValueError(f"kind={kind!r} is not a distribution; allowed: {', '.join(KINDS)}")
   sizes = [math.prod(s) for s in shapes]
   total = sum(sizes)
   if kind == "global":

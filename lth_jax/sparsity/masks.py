@@ -43,6 +43,15 @@ def apply(params, masks):
   return jax.tree.map(lambda p, m: p * m, params, masks)
 
 
+def zero_pruned(tree, masks):
+  """`tree` (params, gradients, updates) with exactly 0 where the mask is 0, whatever was there.
+
+  `where`, not `* mask`: a NaN or inf at a pruned position (NaN * 0 is NaN) must not reach an optimizer's
+  state or a weight. The one way masked training zeroes pruned positions (`keep_pruned`, the Trainer's step).
+  """
+  return jax.tree.map(lambda x, m: jnp.where(m != 0, x, jnp.zeros_like(x)), tree, masks)
+
+
 def _default(masks, which):
   return prunable(masks) if which is None else which
 

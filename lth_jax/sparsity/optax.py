@@ -43,25 +43,20 @@ def _check_shapes(masks, params) -> None:
       raise ValueError(f"keep_pruned: mask {name!r} has shape {jnp.shape(m)}, its param {jnp.shape(p)}")
 
 
-def _zero_pruned(tree, masks):
-  # `where`, not `* mask`: a NaN or inf gradient at a pruned position must not leak into the state.
-  return jax.tree.map(lambda x, m: jnp.where(m != 0, x, jnp.zeros_like(x)), tree, masks)
-
-
 def keep_pruned(inner: optax.GradientTransformation, masks) -> optax.GradientTransformation:
   """Wrap `inner` so that the weights `masks` prunes stay exactly 0.0 after every update."""
 
   def init_fn(params):
     _check_shapes(masks, params)
-    return MaskedState(inner.init(_zero_pruned(params, masks)), masks)
+    return MaskedState(inner.init(masks_lib.zero_pruned(params, masks)), masks)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("keep_pruned needs the params in update(grads, state, params): it returns "
                        "-params at pruned positions so that apply_updates sets them to exactly 0")
     m = state.masks
-    inner_updates, inner_state = inner.update(_zero_pruned(updates, m), state.inner_state,
-                                              _zero_pruned(params, m))
+    inner_updates, inner_state = inner.update(masks_lib.zero_pruned(updates, m), state.inner_state,
+                                              masks_lib.zero_pruned(params, m))
     # p + (-p) is exactly 0.0 in floating point, whatever p was.
     updates = jax.tree.map(lambda u, p, mask: jnp.where(mask != 0, u, -p), inner_updates, params, m)
     return updates, MaskedState(inner_state, m)
@@ -98,7 +93,7 @@ def with_masks(opt_state, new_masks, params=None, tx=None, reset: bool = True) -
   if params is None or tx is None:
     raise ValueError("with_masks(reset=True) re-initialises the inner optimizer: pass params= and "
                      "tx= (the keep_pruned transformation or its inner one)")
-  fresh = tx.init(_zero_pruned(params, new_masks))
+  fresh = tx.init(masks_lib.zero_pruned(params, new_masks))
   # tx is either the wrapper (its init returns a MaskedState) or the inner transformation itself.
   inner_state = fresh.inner_state if isinstance(fresh, MaskedState) else fresh
   return MaskedState(inner_state, new_masks)

@@ -9,6 +9,7 @@ import jax
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity import select
 from lth_jax.sparsity.select import SCOPES, keep_counts, prune_by_score, rate_per_round  # noqa: F401  (public)
 
 
@@ -79,6 +80,7 @@ def prune_distributed(criterion: str | criteria.Criterion, params, masks, fracti
   `exponential_kept(a, b / a, i/k)` (for "global", the whole network keeps `exponential_kept(N, 1 -
   fraction, i/k)` as in `prune_iteratively`); after the last, exactly the one-shot counts.
   """
+  select.prunable_leaves(masks, which)   # ValueError when there is nothing to prune
   which = masks_lib.prunable(masks) if which is None else which
   remaining, _ = masks_lib.count(masks, which)
   keep = remaining - round(fraction * remaining)

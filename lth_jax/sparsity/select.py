@@ -9,6 +9,12 @@ scope="global" ranks all prunable weights together (torch's `global_unstructured
 removes the fraction from each prunable leaf separately, optionally scaled per layer by
 `layer_scale`, a {glob pattern over leaf names: factor} dict (the Lottery Ticket paper prunes
 LeNet's output layer at half the hidden layers' rate: {"output/*": 0.5}).
+
+One top-k serves every caller: `keep_highest` (`prune_by_score` and `keep_counts` go through it).
+Scores must be finite at the weights still alive: given as arrays, a NaN or an infinity there is refused
+with a ValueError (a criterion that overflowed would otherwise pick weights by accident). Traced inside a
+compiled step, where nothing can be refused, a NaN of either sign ranks below every number (it goes
+first), so a criterion and its negation (`criteria.inverted`) treat it alike.
 """
 
 import fnmatch
@@ -17,27 +23,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax.errors import UserError
 from lth_jax.sparsity import masks as masks_lib
 
 SCOPES = ("global", "layerwise")
 
 
 def check(fraction, scope, layer_scale=None) -> None:
+  """ValueError unless `fraction` is in [0, 1], `scope` one of SCOPES, and `layer_scale` only with "layerwise"."""
   if not 0.0 <= fraction <= 1.0:
-    raise UserError(f"pruning fraction {fraction} is outside [0, 1]")
+    raise ValueError(f"fraction={fraction} is outside [0, 1]")
   if scope not in SCOPES:
-    raise UserError(f"config.prune.scope={scope!r} is not a scope; allowed: {', '.join(SCOPES)}")
+    raise ValueError(f"scope={scope!r} is not a scope; allowed: {', '.join(SCOPES)}")
   if layer_scale and scope != "layerwise":
-    raise UserError("config.prune.layer_scale needs config.prune.scope='layerwise'")
+    raise ValueError(f"layer_scale={layer_scale!r} needs scope='layerwise', got scope={scope!r}")
 
 
-def _remove_lowest(scores, alive, k: int):
-  """Flat alive mask with the k alive entries of lowest score switched off."""
-  if k == 0:
-    return alive
-  order = jnp.argsort(jnp.where(alive, scores, jnp.inf), stable=True)
-  return alive.at[order[:k]].set(False)
+def prunable_leaves(masks, which=None) -> list[int]:
+  """Indices (in `jax.tree.leaves` order) of the leaves `which` marks prunable; ValueError when there are none."""
+  flags = jax.tree.leaves(masks_lib.prunable(masks) if which is None else which)
+  chosen = [i for i, w in enumerate(flags) if w]
+  if not chosen:
+    rule = ("`which` marks none of them" if which is not None
+            else "none has ndim >= 2, the default rule of masks.prunable; pass `which`")
+    raise ValueError(f"no prunable leaf among the {len(flags)} leaves of masks: {rule}")
+  return chosen
+
+
+def _check_finite(scores, masks, chosen) -> None:
+  """ValueError naming the first leaf whose scores are NaN or infinite at an alive weight (arrays only)."""
+  named, score_leaves = masks_lib.named_leaves(masks), jax.tree.leaves(scores)
+  for i in chosen:
+    (name, m), s = named[i], score_leaves[i]
+    if isinstance(s, jax.core.Tracer) or isinstance(m, jax.core.Tracer):
+      continue   # traced: the ordering in `_order_keys` applies
+    # on the host: under a trace even concrete arrays would become tracers through jnp
+    bad = int(np.sum(~np.isfinite(np.asarray(s, np.float32)) & (np.asarray(m) != 0)))
+    if bad:
+      raise ValueError(f"scores for leaf {name!r} hold {bad} NaN or infinite value(s) at unpruned weights; "
+                       "scores must be finite (did the criterion overflow, or the weights diverge?)")
 
 
 def _scale(name, layer_scale):
@@ -49,33 +72,32 @@ def _scale(name, layer_scale):
 
 def prune_by_score(scores, masks, fraction: float, scope: str = "global", which=None,
                    layer_scale=None):
-  """Remove the lowest-scoring `fraction` of the remaining prunable weights."""
+  """Remove the lowest-scoring `fraction` of the remaining prunable weights.
+
+  Args:
+    scores: pytree shaped like `masks`, higher = keep; finite at every alive prunable weight.
+    masks: the current masks (cumulative: a pruned weight stays pruned).
+    fraction: of the remaining prunable weights (each leaf's, for "layerwise"), in [0, 1].
+    scope: "global" (one ranking over all prunable weights) or "layerwise".
+    which: bool pytree of prunable leaves (default: `masks.prunable`).
+    layer_scale: {glob: factor} on each leaf's fraction, "layerwise" only.
+  Returns:
+    The new masks: round(fraction * remaining) fewer alive weights (per leaf for "layerwise").
+  """
   check(fraction, scope, layer_scale)
-  which = masks_lib.prunable(masks) if which is None else which
-  names = [name for name, _ in masks_lib.named_leaves(masks)]
-  mask_leaves, treedef = jax.tree.flatten(masks)
-  score_leaves = jax.tree.leaves(scores)
-  chosen = [i for i, w in enumerate(jax.tree.leaves(which)) if w]
-  new_leaves = list(mask_leaves)
-
+  chosen = prunable_leaves(masks, which)
+  leaves = jax.tree.leaves(masks)
+  alive = [int(jnp.count_nonzero(leaves[i])) for i in chosen]
   if scope == "global":
-    alive = jnp.concatenate([mask_leaves[i].ravel() != 0 for i in chosen])
-    flat_scores = jnp.concatenate([score_leaves[i].ravel() for i in chosen])
-    alive = _remove_lowest(flat_scores, alive, round(fraction * int(alive.sum())))
-    offset = 0
-    for i in chosen:
-      size = mask_leaves[i].size
-      new_leaves[i] = alive[offset:offset + size].reshape(mask_leaves[i].shape).astype(mask_leaves[i].dtype)
-      offset += size
+    total = sum(alive)
+    counts = total - round(fraction * total)
   else:
-    for i in chosen:
-      layer_fraction = min(1.0, fraction * _scale(names[i], layer_scale))
-      alive = mask_leaves[i].ravel() != 0
-      alive = _remove_lowest(score_leaves[i].ravel(), alive, round(layer_fraction * int(alive.sum())))
-      new_leaves[i] = alive.reshape(mask_leaves[i].shape).astype(mask_leaves[i].dtype)
-  return jax.tree.unflatten(treedef, new_leaves)
+    names = [name for name, _ in masks_lib.named_leaves(masks)]
+    counts = [n - round(min(1.0, fraction * _scale(names[i], layer_scale)) * n) for i, n in zip(chosen, alive)]
+  return keep_counts(scores, masks, counts, which)
 
 
+@jax.jit   # one compiled selection per shape, also when called eagerly (`prune_by_score`)
 def keep_highest(scores, alive, k):
   """Flat bool array: the k alive entries of highest score (all of them when fewer are alive).
 
@@ -83,7 +105,7 @@ def keep_highest(scores, alive, k):
   It runs inside compiled train steps (gradual, SET, RigL), so it selects without sorting: XLA:CPU's
   sort takes ~70 ms for LeNet's 235k weights, this ~20x less (results/bench_cpu, the RigL rows).
   """
-  keys = _order_keys(jnp.where(alive, scores, -jnp.inf))
+  keys = _order_keys(scores, alive)
   threshold = _kth_largest_key(keys, k)
   above, at = keys > threshold, keys == threshold
   # Of the entries at the threshold, the last `need` by position stay: a stable ascending sort puts
@@ -93,12 +115,16 @@ def keep_highest(scores, alive, k):
   return alive & (above | (at & (from_end <= need)))
 
 
-def _order_keys(scores):
-  """uint32 keys in the order of the float32 scores (-0.0 taken as 0.0, as comparisons take it)."""
+def _order_keys(scores, alive):
+  """uint32 keys in the order of the float32 scores (-0.0 taken as 0.0, as comparisons take it), NaN of
+  either sign (key 1) below -inf (0x007fffff); a dead entry's key, 0, is below every alive one's, so it is
+  never counted among the k."""
   scores = scores.astype(jnp.float32)
   # not `scores + 0.0`: XLA folds that away under jit
   bits = jax.lax.bitcast_convert_type(jnp.where(scores == 0, jnp.float32(0), scores), jnp.uint32)
-  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+  keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+  keys = jnp.where(jnp.isnan(scores), jnp.uint32(1), keys)
+  return jnp.where(alive, keys, jnp.uint32(0))
 
 
 def _kth_largest_key(keys, k):
@@ -114,11 +140,12 @@ def keep_counts(scores, masks, counts, which=None):
   prunable leaf, or, when `counts` is one number, that many over all prunable leaves together.
 
   Jit-able (counts may be traced); a leaf keeps at most what is alive in it, so masks stay cumulative.
+  Scores given as arrays must be finite at the alive prunable weights (ValueError otherwise).
   """
-  which = masks_lib.prunable(masks) if which is None else which
+  chosen = prunable_leaves(masks, which)
   mask_leaves, treedef = jax.tree.flatten(masks)
   score_leaves = jax.tree.leaves(scores)
-  chosen = [i for i, w in enumerate(jax.tree.leaves(which)) if w]
+  _check_finite(scores, masks, chosen)
   new_leaves = list(mask_leaves)
   if np.ndim(counts) == 0:
     kept = keep_highest(jnp.concatenate([score_leaves[i].ravel() for i in chosen]),

@@ -9,7 +9,7 @@ BatchNorm's path ('bn_3', 'stage2_block1/bn1'); the conv it follows is the same 
 A channel mask can be used two ways that compute the same function: `expand_channel_masks` turns it into
 an ordinary parameter-mask pytree for the full-width network (the pruned channels output exactly 0: their
 conv filter, BN scale and BN bias are zero, and the next layer ignores them), and `rebuild` copies the
-kept channels into a physically narrower model (config.model.widths / config.model.block_widths).
+kept channels into a physically narrower model (the models' `widths` / `block_widths` options).
 
 Which channels may go (the coupling rule):
 - VGG: every conv/BN pair; the last conv's channels feed the `output` Dense layer's rows.
@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lth_jax.sparsity import masks as masks_lib
-from lth_jax.errors import UserError
 
 KINDS = ("vgg", "resnet")
 REBUILDABLE = ("resnet18", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16")
@@ -45,7 +44,7 @@ def kind_of(model_kind: str) -> str:
   for kind in KINDS:
     if model_kind.startswith(kind):
       return kind
-  raise UserError(f"config.model.name={model_kind!r} has no channel pruning; families: {', '.join(KINDS)}")
+  raise ValueError(f"model_kind={model_kind!r} has no channel pruning; families: {', '.join(KINDS)}")
 
 
 def _infer_kind(params) -> str:
@@ -53,7 +52,7 @@ def _infer_kind(params) -> str:
     return "resnet"
   if any(re.fullmatch(r"bn_\d+", k) for k in params):
     return "vgg"
-  raise UserError("channel pruning needs a VGG (bn_i) or ResNet (stem_bn) model; config.model.name has neither")
+  raise ValueError("channel pruning needs the params of a VGG (bn_i) or ResNet (stem_bn); these have neither")
 
 
 def prunable_bns(params, model_kind=None) -> list[str]:
@@ -67,7 +66,7 @@ def prunable_bns(params, model_kind=None) -> list[str]:
       inner = ("bn1", "bn2") if "bn3" in params[block] else ("bn1",)  # bottleneck or basic
       names += [f"{block}/{bn}" for bn in inner]
   if not names:
-    raise UserError(f"the params hold no prunable BatchNorm of a {kind} model; check config.model.name")
+    raise ValueError(f"the params hold no prunable BatchNorm of a {kind} model; check model_kind")
   return sorted(names, key=network_order)
 
 
@@ -99,7 +98,7 @@ def consumer_of(params, bn: str) -> str:
 
 def _check_ratio(ratio):
   if not 0.0 <= ratio <= 1.0:
-    raise UserError(f"channel pruning ratio {ratio} is outside [0, 1]")
+    raise ValueError(f"ratio={ratio} is outside [0, 1]")
 
 
 def _keep_largest(scores: np.ndarray, n_remove: int) -> np.ndarray:
@@ -219,7 +218,7 @@ def rebuild(model_name: str, model_kwargs: dict, variables: dict, channel_keep) 
   what the full model masked with expand_channel_masks(variables['params'], channel_keep) does.
   """
   if model_name not in REBUILDABLE:
-    raise UserError(f"config.model.name={model_name!r} cannot be rebuilt narrower; "
+    raise ValueError(f"model_name={model_name!r} cannot be rebuilt narrower; "
                     f"allowed: {', '.join(REBUILDABLE)}")
   params = variables["params"]
   _check_keep(params, channel_keep)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+from typing import Callable
 
 import jax
 import numpy as np
@@ -28,11 +29,15 @@ from lth_jax.sparsity.masks import named_leaves
 def _quiet():
   """Orbax logs several INFO lines per save through absl, and a failed write or read as ERROR with its
   traceback; every failure inside is raised to the caller, which reports it in one line."""
-  _contain_background_noise()
+  undo = _contain_background_noise()
   level = logging.get_verbosity()
   logging.set_verbosity(logging.FATAL)
   try:
     yield
+  except BaseException:
+    raise   # the failure's echoes come after it has been raised: the containment stays
+  else:
+    undo()
   finally:
     logging.set_verbosity(level)
 
@@ -58,22 +63,34 @@ def _drop_closed_loop_callbacks(unraisable, previous) -> None:
     previous(unraisable)
 
 
-def _contain_background_noise() -> None:
+def _contain_background_noise() -> Callable[[], None]:
   """What outlives a failed Orbax call, which `_quiet` cannot hold back (issue 18: ~120 traceback lines):
 
   - when a save or restore fails, Orbax closes its asyncio loop while tensorstore's threads still hold
     futures of it; each then reports "Event loop is closed" through sys.unraisablehook, with a traceback;
   - Orbax's own threads go on after the call has raised and log the same failure as ERROR, with a
     traceback, once `_quiet` has restored the verbosity.
-  Both are the failure already raised to our caller, so they are dropped for the rest of the process;
-  any other unraisable exception still reaches the hook that was installed before.
+  Both are the failure already raised to our caller. From here on the hook drops exactly that report and
+  passes every other to the hook installed before, and absl drops Orbax's records. Returns what undoes
+  both (`_quiet` calls it when the Orbax call succeeded: nothing outlives a success, and the process keeps
+  its own hook and Orbax's logs); after a failure they stay, as its echoes may come at any later time.
   """
-  if not getattr(sys.unraisablehook, "lth_jax", False):   # pytest swaps the hook per test: check, not a flag
-    previous = sys.unraisablehook
-    hook = lambda unraisable: _drop_closed_loop_callbacks(unraisable, previous)
-    hook.lth_jax = True
-    sys.unraisablehook = hook
-  logging.get_absl_logger().addFilter(_not_from_orbax)   # a no-op when already there
+  previous = sys.unraisablehook
+  if getattr(previous, "lth_jax", False):   # an earlier failure's containment: keep it
+    return lambda: None
+  hook = lambda unraisable: _drop_closed_loop_callbacks(unraisable, previous)  # noqa: E731
+  hook.lth_jax = True
+  sys.unraisablehook = hook
+  absl_logger = logging.get_absl_logger()
+  added = _not_from_orbax not in absl_logger.filters
+  absl_logger.addFilter(_not_from_orbax)
+
+  def undo():
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous
+    if added:
+      absl_logger.removeFilter(_not_from_orbax)
+  return undo
 
 
 METADATA = "model.json"

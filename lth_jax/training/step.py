@@ -1,9 +1,9 @@
 """The train and eval steps as plain functions of (recipe, state, data); `Trainer` compiles them.
 
-One step: gradients -> optax update -> update * mask -> apply -> params * mask, so pruned weights stay
-exactly zero through momentum, Adam and weight decay; then the recipe's optional `mask_update`. The
-gradients are taken at the masked params for every weight, pruned ones included (the dense gradient
-RigL grows by), and masked before the optimizer sees them. An epoch is one shuffle and `steps_per_epoch`
+One step: gradients -> optax update -> apply -> pruned positions set to 0 (`masks.zero_pruned`, the
+masking `keep_pruned` does), so pruned weights stay exactly zero through momentum, Adam and weight decay;
+then the recipe's optional `mask_update`. The gradients are taken at the masked params for every weight,
+pruned ones included (the dense gradient RigL grows by), and masked before the optimizer sees them. An epoch is one shuffle and `steps_per_epoch`
 steps; `epoch` runs them as one `lax.scan`, and a caller may run the same shuffle and steps one by one
 (`shuffle`, `batch_step`): the numbers are the same to float tolerance.
 """
@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lth_jax.models import cpu_conv
+from lth_jax.sparsity import masks as masks_lib
 from lth_jax.training.state import TrainState
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -47,6 +49,9 @@ class Recipe:
   # uint8 pixels -> model inputs (lth_jax.data.pixels.Normalizer), applied inside the compiled steps before
   # augmentation, so crops pad with the zeros of the normalised image exactly as for float data.
   normalize: Callable | None = None
+  # lth_jax.models.cpu_conv's mode ("auto", "on", "off") for the convolutions traced in these steps, so an
+  # experiment's setting holds for its own programs only; None: the process default.
+  cpu_conv: str | None = None
 
 
 def model_inputs(recipe: Recipe, x):
@@ -72,10 +77,11 @@ def apply_model(recipe: Recipe, variables, x, train: bool):
   if dtype != jnp.float32:
     variables = {**variables, "params": jax.tree.map(lambda p: p.astype(dtype), variables["params"])}
     x = x.astype(dtype)
-  if train and "batch_stats" in variables:
-    logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
-    return logits.astype(jnp.float32), updates["batch_stats"]
-  return recipe.model.apply(variables, x, train=train).astype(jnp.float32), variables.get("batch_stats", {})
+  with cpu_conv.using(recipe.cpu_conv):   # every trace of the model goes through here
+    if train and "batch_stats" in variables:
+      logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
+      return logits.astype(jnp.float32), updates["batch_stats"]
+    return recipe.model.apply(variables, x, train=train).astype(jnp.float32), variables.get("batch_stats", {})
 
 
 def batch_inputs(recipe: Recipe, key, x):
@@ -97,10 +103,12 @@ def train_step(recipe: Recipe, state: TrainState, batch) -> tuple[TrainState, di
     return loss + penalty, (loss, logits, new_stats)
 
   (_, (loss, logits, new_stats)), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.tree.map(jnp.multiply, dense_grads, state.masks)
+  # masks_lib.zero_pruned, as keep_pruned masks: a NaN or inf gradient at a pruned position reaches
+  # neither the optimizer's state nor the weight, which stays exactly 0
+  grads = masks_lib.zero_pruned(dense_grads, state.masks)
   updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
   lr = recipe.lr(state.step)
-  params = jax.tree.map(lambda p, u, m: (p - lr * u * m) * m, state.params, updates, state.masks)
+  params = masks_lib.zero_pruned(jax.tree.map(lambda p, u: p - lr * u, state.params, updates), state.masks)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                             opt_state=opt_state, rng=rng)

@@ -68,6 +68,7 @@ class Trainer:
   which: Any = None                       # prunable leaves for the history's sparsity (None: masks.prunable's)
   mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
   normalize: Callable | None = None       # step.Recipe.normalize: uint8 pixels -> model inputs, inside jit
+  cpu_conv: str | None = None             # step.Recipe.cpu_conv: the convolution lowering its steps trace with
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -81,7 +82,7 @@ class Trainer:
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
                                        self.augment, self.regularizer, self.mesh, self.compute_dtype,
-                                       self.mask_update, self.normalize)
+                                       self.mask_update, self.normalize, self.cpu_conv)
     # The state is donated: `fit` copies the caller's states once, so states that methods keep to
     # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
     self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))
@@ -95,7 +96,7 @@ class Trainer:
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
     """A fresh optimizer state; params are masked so the state starts consistent."""
-    params = jax.tree.map(lambda p, m: p * m, params, masks)
+    params = masks_lib.zero_pruned(params, masks)
     return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
                       batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
 
