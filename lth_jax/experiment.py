@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from lth_jax import checks
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import evaluation
@@ -33,7 +34,11 @@ DEVICE_DTYPES = ("auto", "float32")
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Reject values no run can use, naming the key and what is allowed; every method checks its own section."""
+  checks.validate(config)
   parse_layer_scale(config.prune.layer_scale)
+  check(not config.prune.layer_scale or config.prune.scope == "layerwise",
+        f"config.prune.layer_scale={tuple(config.prune.layer_scale)} scales each layer's own rate: it needs "
+        f"config.prune.scope='layerwise', not {config.prune.scope!r}")
   check(bool(str(config.workdir).strip()), "config.workdir is empty; name a directory for the results, e.g. "
         "--config.workdir=runs/mine (an empty value would write into the current directory)")
   kinds = ("scope",) + distribution.KINDS
@@ -217,8 +222,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   validate(config)
   dataset = data_lib.load(config.data, config.seed)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
-  for name, (x, _) in splits.items():
-    check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
+  check_split_sizes(config.data, splits)
   normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
   # Decided when the steps are traced, for the whole process: an experiment's own setting holds for its run.
   models.cpu_conv.set_mode(config.train.cpu_conv)
@@ -236,7 +240,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   if config.data.augment != "none":
     check(exp.data["train"][0].ndim == 4,
           f"config.data.augment={config.data.augment!r} needs images (N, H, W, C); {config.data.name!r} is not")
-  exp.init_params, exp.init_batch_stats = exp.init_variables(exp.key("init"))
+  exp.init_params, exp.init_batch_stats = init_for_data(exp)
   exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude))
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)
   if total == 0:
@@ -248,6 +252,32 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   return exp
 
 
+def check_split_sizes(data_config, splits: dict) -> None:
+  """Train and test hold examples; val may be empty only when data.val_fraction=0 asks for no validation."""
+  source = f"config.data.name={data_config.name!r}" + (f" ({data_config.dir})" if data_config.get("dir") else "")
+  for name, (x, _) in splits.items():
+    if name == "val" and data_config.val_fraction == 0:
+      continue
+    check(len(x) > 0, f"the {name} split of {source} is empty" + (
+        f": config.data.val_fraction={data_config.val_fraction} of {len(splits['train'][0])} training examples "
+        "rounds to none; raise it, or set 0 to train without a validation split" if name == "val" else
+        f"; it needs at least one example (check config.data.*_fraction and the files)"))
+
+
+def init_for_data(exp: Experiment):
+  """theta_0 (params, batch_stats) of exp.model on exp.data's inputs; a model that cannot take their shape
+  (a convolutional network on tabular data) is refused in one line."""
+  try:
+    return exp.init_variables(exp.key("init"))
+  except UserError:
+    raise
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    x, config = exp.data["train"][0], exp.config
+    need = " (a convolutional network needs images (N, H, W, C))" if x.ndim != 4 else ""
+    raise UserError(f"config.model.name={config.model.name!r} cannot take the inputs of config.data.name="
+                    f"{config.data.name!r}, of shape {tuple(x.shape[1:])}{need}: {str(e).splitlines()[0]}") from None
+
+
 def check_ready(exp: Experiment) -> None:
   """Build now what would otherwise first be built after the dense network has trained, so its errors
   come before any epoch and before the workdir records the config: the trainers (optimizer, schedules,
@@ -256,4 +286,6 @@ def check_ready(exp: Experiment) -> None:
   Experiment.trainer.__wrapped__(exp, exp.config.train.epochs)
   Experiment.trainer.__wrapped__(exp, exp.config.train.epochs, finetune=True)
   exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
+  methods.common.rewind_step(exp)   # config.prune.rewind_step inside the dense run
+  methods.check_sizes(exp)
 

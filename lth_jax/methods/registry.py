@@ -33,17 +33,18 @@ class Method:
   sweep: Callable | None = None        # (exp, dense_run, sparsities, recorder) -> program; joins `compare`
   planned: Callable | None = None      # exp -> epochs `run` trains for one seed, or None: not known in advance
   sweep_planned: Callable | None = None   # (exp, sparsities) -> epochs `sweep` trains, or None
+  ready: Callable | None = None        # exp -> None: the checks that need the data's size (steps per epoch)
 
 
 _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, validate: Callable = lambda config: None, sweep: Callable | None = None,
-             planned: Callable | None = None, sweep_planned: Callable | None = None):
+             planned: Callable | None = None, sweep_planned: Callable | None = None, ready: Callable | None = None):
   def add(run: Callable) -> Callable:
     if name in _METHODS:
       raise ValueError(f"method {name!r} is already registered")
-    _METHODS[name] = Method(name, run, validate, sweep, planned, sweep_planned)
+    _METHODS[name] = Method(name, run, validate, sweep, planned, sweep_planned, ready)
     return run
   return add
 
@@ -71,6 +72,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if method.validate not in seen:   # one check can serve several names (the one-shot family)
       seen.add(method.validate)
       method.validate(config)
+
+
+def check_sizes(exp) -> None:
+  """The `ready` checks of the methods config.method runs (compare: and those it compares), once the data
+  are loaded: a value beyond the run's length is refused before anything trains or is written."""
+  config = exp.config
+  for name in (config.method, *(config.compare.methods if config.method == "compare" else ())):
+    if get(name).ready is not None:
+      get(name).ready(exp)
 
 
 def planned_epochs(experiments: list) -> int | None:

@@ -156,7 +156,8 @@ class Trainer:
       current, metrics = self.train_epoch(current, *data["train"], batched=batched, first=first)
       figures = {"train": metrics}
       if epoch % self.eval_every == 0 or epoch == end_epoch:   # every member at once, on the device
-        figures.update({split: self._evaluate[batched](current.variables, *data[split]) for split in ("val", "test")})
+        figures.update({split: self._evaluate[batched](current.variables, *data[split]) for split in ("val", "test")
+                        if data[split][1].shape[0]})   # no val split (data.val_fraction=0): its figures stay None
       figures = jax.device_get(figures)   # the epoch's one transfer to the host
       members = _unstack(current, len(states)) if batched else [current]
       for i, (member, name, history) in enumerate(zip(members, names, histories)):
