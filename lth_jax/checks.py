@@ -75,6 +75,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_train(config: ml_collections.ConfigDict) -> None:
+  number(config, "train.epochs", 1, integer=True)
   number(config, "train.batch_size", 1, integer=True)
   number(config, "train.eval_batch_size", 1, integer=True)
   number(config, "train.log_every", 0, integer=True, note="0 = quiet")

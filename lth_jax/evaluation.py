@@ -1,8 +1,8 @@
 """One run's figures: accuracy, sparsity and what pruning did beyond accuracy.
 
 Beyond accuracy, on the test split: calibration (ECE/MCE/UCE/NLL/Brier, reliability-diagram data, and
-the same after temperature scaling fitted on the validation split, None without one); OOD detection against each set in
-`config.metrics.ood`; accuracy and ECE under each corruption and severity in
+the same after temperature scaling fitted on the validation split, None without one); OOD detection
+against each set in `config.metrics.ood`; accuracy and ECE under each corruption and severity in
 `config.metrics.corruptions` and on each labelled shifted set in `config.metrics.shifted` (e.g. the
 released CIFAR-10-C through TFDS); and functional similarity to the dense network under uniform input noise
 of each radius in `config.metrics.similarity_eps` (Lost in Pruning's eps-ball). The held-out sets are

@@ -59,12 +59,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.train.cpu_conv={config.train.cpu_conv!r}; allowed: {', '.join(models.cpu_conv.MODES)}")
   check(config.train.compute_dtype in step.COMPUTE_DTYPES,
         f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(step.COMPUTE_DTYPES)}")
+  augment.get(config.data.augment)   # the name is known
   check(config.data.device_dtype in DEVICE_DTYPES,
         f"config.data.device_dtype={config.data.device_dtype!r}; allowed: {', '.join(DEVICE_DTYPES)}")
   check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
-  check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
   check(isinstance(config.prune.from_best, bool),
         f"config.prune.from_best={config.prune.from_best!r}; allowed: True, False")
   check(not config.prune.from_best or config.data.val_fraction > 0,
@@ -222,7 +222,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   validate(config)
   dataset = data_lib.load(config.data, config.seed)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
-  check_split_sizes(config.data, splits)
+  check_val_split(config.data, dataset)
   normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
   # Decided when the steps are traced, for the whole process: an experiment's own setting holds for its run.
   models.cpu_conv.set_mode(config.train.cpu_conv)
@@ -252,16 +252,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   return exp
 
 
-def check_split_sizes(data_config, splits: dict) -> None:
-  """Train and test hold examples; val may be empty only when data.val_fraction=0 asks for no validation."""
+def check_val_split(data_config, dataset) -> None:
+  """The val split may be empty only when data.val_fraction=0 asks for no validation (train and test:
+  data.check_sane)."""
   source = f"config.data.name={data_config.name!r}" + (f" ({data_config.dir})" if data_config.get("dir") else "")
-  for name, (x, _) in splits.items():
-    if name == "val" and data_config.val_fraction == 0:
-      continue
-    check(len(x) > 0, f"the {name} split of {source} is empty" + (
-        f": config.data.val_fraction={data_config.val_fraction} of {len(splits['train'][0])} training examples "
-        "rounds to none; raise it, or set 0 to train without a validation split" if name == "val" else
-        f"; it needs at least one example (check config.data.*_fraction and the files)"))
+  check(len(dataset.val[1]) > 0 or data_config.val_fraction == 0,
+        f"the val split of {source} is empty: config.data.val_fraction={data_config.val_fraction} of "
+        f"{len(dataset.train[1])} training examples rounds to none; raise it, or set 0 to train without validation")
 
 
 def init_for_data(exp: Experiment):

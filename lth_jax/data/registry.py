@@ -68,8 +68,10 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
 
 
 def check_sane(dataset: Dataset, where: str) -> None:
-  """At least 2 classes, finite inputs and every label one of the classes: else a run trains on garbage
-  (a NaN validation loss) or silently builds a model with classes the data do not have."""
+  """Train and test examples, at least 2 classes, finite inputs and every label one of the classes: else a
+  run trains on garbage (a NaN validation loss) or silently builds a model with classes the data do not have."""
+  for part, (x, _) in (("train", dataset.train), ("test", dataset.test)):   # val may be empty: val_fraction=0
+    check(len(x) > 0, f"{where}: the {part} split is empty; it needs at least one example")
   check(dataset.num_classes >= 2, f"{where} has {dataset.num_classes} class(es); classification needs at least 2")
   for part, (x, y) in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)):
     flat = np.asarray(x).ravel()   # a split may be empty (data.val_fraction=0)

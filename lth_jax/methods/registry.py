@@ -11,7 +11,8 @@ the experiment, not only the config, because a ticket rewound to an iteration ne
 A method that cannot know in advance leaves them out (or returns None) and the bar counts without a total.
 
 Every registered check runs on every config before anything trains, so a bad value in any method's
-section is refused at once, whichever method runs.
+section is refused at once, whichever method runs. `ready(exp)` checks what needs the data's size (a
+step count beyond the run) for the methods that will run, also before anything trains or is written.
 """
 
 import dataclasses
