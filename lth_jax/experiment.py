@@ -1,6 +1,7 @@
 """Everything a method needs, built once from the config: data on device, model, initial weights, trainers."""
 
 import dataclasses
+import fnmatch
 import functools
 import zlib
 from typing import Any
@@ -241,6 +242,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     check(exp.data["train"][0].ndim == 4,
           f"config.data.augment={config.data.augment!r} needs images (N, H, W, C); {config.data.name!r} is not")
   exp.init_params, exp.init_batch_stats = init_for_data(exp)
+  check_patterns(config, exp.init_params)
   exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude))
   _, total = masks_lib.count(masks_lib.init(exp.init_params), exp.which)
   if total == 0:
@@ -273,6 +275,18 @@ def init_for_data(exp: Experiment):
     need = " (a convolutional network needs images (N, H, W, C))" if x.ndim != 4 else ""
     raise UserError(f"config.model.name={config.model.name!r} cannot take the inputs of config.data.name="
                     f"{config.data.name!r}, of shape {tuple(x.shape[1:])}{need}: {str(e).splitlines()[0]}") from None
+
+
+def check_patterns(config, params) -> None:
+  """Every leaf-name pattern of config.prune matches a parameter of the model: one that matches none (a
+  typo, another model's layer) would change nothing, silently."""
+  names = [name for name, _ in masks_lib.named_leaves(params)]
+  for key, patterns in (("exclude", config.prune.exclude), ("layer_scale", parse_layer_scale(config.prune.layer_scale)),
+                        ("layer_sparsity", distribution.parse_map(config.prune.layer_sparsity))):
+    for pattern in patterns:
+      check(any(fnmatch.fnmatch(name, pattern) for name in names),
+            lambda: f"config.prune.{key} holds {pattern!r}, which matches no parameter of config.model.name="
+            f"{config.model.name!r}; its parameters: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
 
 
 def check_ready(exp: Experiment) -> None:

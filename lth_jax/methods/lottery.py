@@ -42,7 +42,7 @@ def validate_iterative(config: ml_collections.ConfigDict) -> None:
 
 def validate_dynamic(config: ml_collections.ConfigDict) -> None:
   at = config.dynamic.at
-  check(all(0.0 < a < 1.0 for a in at) and list(at) == sorted(at),
+  check(all(0.0 < a < 1.0 for a in at) and list(at) == sorted(set(at)),
         f"config.dynamic.at={tuple(at)} must be increasing fractions of training in (0, 1)")
   check(0.0 <= config.dynamic.fraction < 1.0, f"config.dynamic.fraction={config.dynamic.fraction} must be in [0, 1)")
 
