@@ -4,14 +4,12 @@ import errno
 import sys
 
 from absl import app
-from ml_collections import config_flags
 
 from lth_jax import cli
 from lth_jax.errors import UserError
 
 _DEFAULT_CONFIG = "configs/default.py"
-cli.check_config_argv(sys.argv, _DEFAULT_CONFIG)
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
+_CONFIG = cli.define_config(sys.argv, _DEFAULT_CONFIG)
 
 
 def main(argv):

@@ -14,7 +14,9 @@ import jax
 import ml_collections
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
+from lth_jax import checks
 from lth_jax import config as config_lib
 from lth_jax import evaluation
 from lth_jax import experiment
@@ -33,12 +35,24 @@ def fail(message: str):
   sys.exit(2)
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values: flags.FlagValues = flags.FLAGS):
   """absl's parser, but a bad flag or config key ends in one line and exit status 2."""
   try:
-    return flags.FLAGS(argv)
+    return flag_values(argv)
   except flags.Error as e:
     fail(str(e).splitlines()[0])
+
+
+def define_config(argv, default: str, flag_values: flags.FlagValues = flags.FLAGS):
+  """The --config flag (a config file, `--config.a.b=value` overrides), once `check_config_argv` passed argv.
+
+  New attributes are accepted because check_config_argv lets through only the keys of the model
+  selected on the command line, which the config file need not have (`--config.model.name=resnet20
+  --config.model.width=4` on configs/default.py); every other unknown key was refused there.
+  """
+  check_config_argv(argv, default)
+  return config_flags.DEFINE_config_file("config", default, "Experiment config file.", flag_values=flag_values,
+                                         lock_config=False, accept_new_attributes=True, sys_argv=argv)
 
 
 def _config_path(argv, default: str) -> str:
@@ -69,17 +83,26 @@ def check_config_argv(argv, default: str) -> None:
     config = module.get_config()
   except Exception as e:  # noqa: BLE001  -- any failure of the user's config file is reported, not traced
     fail(f"--config={path!r} could not be loaded: {type(e).__name__}: {e}")
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    keys = arg[len("--config."):].split("=", 1)[0].split(".")
+  overrides = [arg[len("--config."):].split("=", 1) for arg in argv if arg.startswith("--config.")]
+  model_keys = _model_keys(config, overrides)
+  for name, *_ in overrides:
+    keys = name.split(".")
     node = config
     for depth, key in enumerate(keys):
+      if keys[:depth] == ["model"] and depth == len(keys) - 1 and key in model_keys:
+        break   # the selected model's own key, absent from a config made for another model
       if not hasattr(node, "keys") or key not in node:
         where = "config." + ".".join(keys[:depth + 1])
         allowed = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
         fail(f"{where} is not a config key; keys at this level: {allowed}")
       node = node[key]
+
+
+def _model_keys(config, overrides) -> set[str]:
+  """The keys of the model the command line selects (the last --config.model.name, else the file's)."""
+  names = [value[0] for name, *value in overrides if name == "model.name" and value]
+  name = names[-1] if names else config.get("model", {}).get("name")
+  return models.keys(name) if name in models.names() else set()
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -105,6 +128,7 @@ def run(config, command: str = "") -> list[dict]:
   if config.restore:
     raise UserError("config.restore is read by --config.mode=eval; in train mode a rerun resumes from "
                     "config.workdir's checkpoints")
+  checks.validate_distributed(config)   # before jax.distributed.initialize, which would fail with a traceback
   if config.train.distributed:
     initialize_distributed(config.train)
   report.environment()   # the commit and devices as the run starts
@@ -126,7 +150,12 @@ def initialize_distributed(train) -> None:
   # cross-process computation on CPU fails. It must be chosen before the backend starts.
   if str(jax.config.jax_cpu_collectives_implementation or "none") == "none":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, RuntimeError) as e:   # e.g. no coordinator given and no cluster to take one from
+    raise UserError(f"config.train.distributed=True: jax.distributed.initialize failed ({str(e).splitlines()[0]}); "
+                    "set config.train.coordinator=HOST:PORT, config.train.num_processes and config.train.process_id, "
+                    "or run under a cluster manager (Slurm, Open MPI) that provides them") from None
 
 
 def _train(exp, config, command: str) -> list[dict]:

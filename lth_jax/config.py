@@ -19,6 +19,7 @@ def base() -> ml_collections.ConfigDict:
   #                               | prune_at_init (snip / grasp / synflow / magnitude / random at theta_0)
   #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
   #                               | gradual | static | set | rigl (pruning during / sparse training from scratch)
+  #                               | instability (linear mode connectivity of the dense network and a ticket)
   c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
   c.mode = "train"              # train | eval (evaluate the ticket at `restore` without training)
   c.restore = ""                # mode=eval: a ticket directory, e.g. workdir/tickets/05_iterative_r3_s0.488
@@ -210,16 +211,20 @@ def _flat(config, prefix: str = "") -> dict:
 
 
 def describe() -> str:
-  """One line per key of `base()`: key = default  # its comment in base() (continued comment lines joined)."""
+  """One line per key of `base()`: key = default  # its comment in base() (continued comment lines joined).
+
+  A comment line continues the assignment above it when its text is indented deeper than a comment of
+  the function body's own (`  # Section...`), which starts a new section instead.
+  """
   meanings, last = {}, None
   for line in inspect.getsource(base).splitlines():
-    assignment = re.match(r"\s*c\.([\w.]+)\s*=[^#]*(?:#\s*(.*))?$", line)
-    continued = re.match(r"\s*#\s*(.*)$", line)
+    assignment = re.match(r"(\s*)c\.([\w.]+)\s*=[^#]*(?:#\s*(.*))?$", line)
+    comment = re.match(r"(\s*#\s*)(.*)$", line)
     if assignment:
-      last = assignment.group(1)
-      meanings[last] = assignment.group(2) or ""
-    elif continued and last and meanings.get(last):
-      meanings[last] += " " + continued.group(1)
+      indent, last = len(assignment.group(1)), assignment.group(2)
+      meanings[last] = assignment.group(3) or ""
+    elif comment and last and meanings.get(last) and len(comment.group(1)) > indent + 2:
+      meanings[last] += " " + comment.group(2)
     else:
       last = None
   rows = [(key, repr(value), meanings.get(key, "")) for key, value in _flat(base()).items()]

@@ -1,8 +1,8 @@
 """One run's figures: accuracy, sparsity and what pruning did beyond accuracy.
 
 Beyond accuracy, on the test split: calibration (ECE/MCE/UCE/NLL/Brier, reliability-diagram data, and
-the same after temperature scaling fitted on the validation split); OOD detection against each set in
-`config.metrics.ood`; accuracy and ECE under each corruption and severity in
+the same after temperature scaling fitted on the validation split, None without one); OOD detection
+against each set in `config.metrics.ood`; accuracy and ECE under each corruption and severity in
 `config.metrics.corruptions` and on each labelled shifted set in `config.metrics.shifted` (e.g. the
 released CIFAR-10-C through TFDS); and functional similarity to the dense network under uniform input noise
 of each radius in `config.metrics.similarity_eps` (Lost in Pruning's eps-ball). The held-out sets are
@@ -173,15 +173,17 @@ class Evaluator:
     test_logits = np.asarray(trainer.logits(state, exp.data["test"][0]), np.float64)
     labels = np.asarray(exp.data["test"][1])
     probs = calibration.softmax(test_logits)
-    temperature = calibration.fit_temperature(np.asarray(trainer.logits(state, exp.data["val"][0])),
-                                              np.asarray(exp.data["val"][1]))
-    scaled = calibration.softmax(test_logits, temperature)
+    x_val, y_val = exp.data["val"]
+    # Temperature scaling is fitted on the validation split; without one (data.val_fraction=0) it is absent.
+    temperature = calibration.fit_temperature(np.asarray(trainer.logits(state, x_val)), np.asarray(y_val)) \
+        if y_val.shape[0] else None
+    scaled = None if temperature is None else calibration.softmax(test_logits, temperature)
     rel = calibration.reliability(probs, labels, cfg.num_bins)
     out = {
         **calibration.summary(probs, labels, cfg.num_bins),
         "temperature": temperature,
-        "ece_ts": calibration.ece(scaled, labels, cfg.num_bins),
-        "nll_ts": calibration.nll(scaled, labels),
+        "ece_ts": None if scaled is None else calibration.ece(scaled, labels, cfg.num_bins),
+        "nll_ts": None if scaled is None else calibration.nll(scaled, labels),
         "reliability": {"confidence": _finite(rel["confidence"]), "accuracy": _finite(rel["accuracy"]),
                         "count": [int(c) for c in rel["count"]]},
     }

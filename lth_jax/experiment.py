@@ -1,6 +1,7 @@
 """Everything a method needs, built once from the config: data on device, model, initial weights, trainers."""
 
 import dataclasses
+import fnmatch
 import functools
 import zlib
 from typing import Any, Callable
@@ -11,6 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from lth_jax import checks
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import evaluation
@@ -33,7 +35,11 @@ DEVICE_DTYPES = ("auto", "float32")
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Reject values no run can use, naming the key and what is allowed; every method checks its own section."""
+  checks.validate(config)
   parse_layer_scale(config.prune.layer_scale)
+  check(not config.prune.layer_scale or config.prune.scope == "layerwise",
+        f"config.prune.layer_scale={tuple(config.prune.layer_scale)} scales each layer's own rate: it needs "
+        f"config.prune.scope='layerwise', not {config.prune.scope!r}")
   check(bool(str(config.workdir).strip()), "config.workdir is empty; name a directory for the results, e.g. "
         "--config.workdir=runs/mine (an empty value would write into the current directory)")
   kinds = ("scope",) + distribution.KINDS
@@ -56,6 +62,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.train.cpu_conv={config.train.cpu_conv!r}; allowed: {', '.join(models.cpu_conv.MODES)}")
   check(config.train.compute_dtype in step.COMPUTE_DTYPES,
         f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(step.COMPUTE_DTYPES)}")
+  augment.get(config.data.augment)   # the name is known
   check(config.data.device_dtype in DEVICE_DTYPES,
         f"config.data.device_dtype={config.data.device_dtype!r}; allowed: {', '.join(DEVICE_DTYPES)}")
   check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
@@ -66,7 +73,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.train.best_by={config.train.best_by!r}; allowed: {', '.join(evaluation.BEST_BY)}")
   check(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1,
         "config.checkpoint.every and config.checkpoint.keep must be >= 1")
-  check(config.train.epochs >= 1, f"config.train.epochs={config.train.epochs} must be >= 1")
   check(isinstance(config.prune.from_best, bool),
         f"config.prune.from_best={config.prune.from_best!r}; allowed: True, False")
   check(not config.prune.from_best or config.data.val_fraction > 0,
@@ -258,8 +264,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   validate(config)
   dataset = data_lib.load(config.data, config.seed)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
-  for name, (x, _) in splits.items():
-    check(len(x) > 0, f"the {name} split of {config.data.name!r} is empty; check config.data.*_fraction")
+  check_val_split(config.data, dataset)
   normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
   model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config.model))
   raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
@@ -278,7 +283,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   if config.data.augment != "none":
     check(exp.data["train"][0].ndim == 4,
           f"config.data.augment={config.data.augment!r} needs images (N, H, W, C); {config.data.name!r} is not")
-  exp.init_params, exp.init_batch_stats = exp.init_variables(exp.key("init"))
+  exp.init_params, exp.init_batch_stats = init_for_data(exp)
+  check_patterns(config, exp.init_params)
   exp.which = masks_lib.prunable(exp.init_params, tuple(config.prune.exclude))
   if config.prune.distribution == "uniform_first_dense":   # RigL's uniform: the first layer stays dense, unmasked
     first = distribution.first_layer(exp.init_params, exp.which)
@@ -293,6 +299,41 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   return exp
 
 
+def check_val_split(data_config, dataset) -> None:
+  """The val split may be empty only when data.val_fraction=0 asks for no validation (train and test:
+  data.check_sane)."""
+  source = f"config.data.name={data_config.name!r}" + (f" ({data_config.dir})" if data_config.get("dir") else "")
+  check(len(dataset.val[1]) > 0 or data_config.val_fraction == 0,
+        f"the val split of {source} is empty: config.data.val_fraction={data_config.val_fraction} of "
+        f"{len(dataset.train[1])} training examples rounds to none; raise it, or set 0 to train without validation")
+
+
+def init_for_data(exp: Experiment):
+  """theta_0 (params, batch_stats) of exp.model on exp.data's inputs; a model that cannot take their shape
+  (a convolutional network on tabular data) is refused in one line."""
+  try:
+    return exp.init_variables(exp.key("init"))
+  except UserError:
+    raise
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    x, config = exp.data["train"][0], exp.config
+    need = " (a convolutional network needs images (N, H, W, C))" if x.ndim != 4 else ""
+    raise UserError(f"config.model.name={config.model.name!r} cannot take the inputs of config.data.name="
+                    f"{config.data.name!r}, of shape {tuple(x.shape[1:])}{need}: {str(e).splitlines()[0]}") from None
+
+
+def check_patterns(config, params) -> None:
+  """Every leaf-name pattern of config.prune matches a parameter of the model: one that matches none (a
+  typo, another model's layer) would change nothing, silently."""
+  names = [name for name, _ in masks_lib.named_leaves(params)]
+  for key, patterns in (("exclude", config.prune.exclude), ("layer_scale", parse_layer_scale(config.prune.layer_scale)),
+                        ("layer_sparsity", distribution.parse_map(config.prune.layer_sparsity))):
+    for pattern in patterns:
+      check(any(fnmatch.fnmatch(name, pattern) for name in names),
+            lambda: f"config.prune.{key} holds {pattern!r}, which matches no parameter of config.model.name="
+            f"{config.model.name!r}; its parameters: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+
+
 def check_ready(exp: Experiment) -> None:
   """Build now what would otherwise first be built after the dense network has trained, so its errors
   come before any epoch and before the workdir records the config: the trainers (optimizer, schedules,
@@ -301,4 +342,6 @@ def check_ready(exp: Experiment) -> None:
   exp.new_trainer(exp.config.train.epochs)
   exp.new_trainer(exp.config.train.epochs, finetune=True)
   exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
+  methods.common.rewind_step(exp)   # config.prune.rewind_step inside the dense run
+  methods.check_sizes(exp)
 

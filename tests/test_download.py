@@ -134,7 +134,31 @@ def test_a_bad_file_ends_in_one_line_and_leaves_nothing_to_trust(tmp_path, serve
   assert "\n" not in message and message.startswith("mnist: ")
   assert f"{url}train-labels-idx1-ubyte.gz does not match its checksum" in message
   assert "config.data.dir" in message
+  assert "config.data.checksums" in message   # what a mirror of repacked files needs
   assert_nothing_trusted(cache)
+
+
+def test_the_download_bar_is_labelled_with_the_file_name_not_the_temporary_one(tmp_path, serve, checksums,
+                                                                              monkeypatch):
+  labels = []
+
+  class Bar:
+    def __init__(self, *args, desc="", **kwargs):
+      labels.append(desc)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def update(self, n):
+      pass
+
+  monkeypatch.setattr(download.tqdm, "tqdm", Bar)
+  url, _ = serve(MNIST)
+  download.fetch("mnist", data_config(tmp_path / "cache", url, checksums))
+  assert sorted(labels) == sorted(f"mnist {path.name}" for path in MNIST.iterdir())
 
 
 def test_an_interrupted_download_is_retried_then_reported(tmp_path, serve, checksums):

@@ -18,6 +18,7 @@ Config = ml_collections.ConfigDict
 @register("moons")
 def moons(config: Config, seed: int) -> Dataset:
   check(config.noise >= 0, f"config.data.noise={config.noise} must be >= 0")
+  check(config.n_samples >= 1, f"config.data.n_samples={config.n_samples} must be >= 1")
   x, y = sklearn.datasets.make_moons(n_samples=config.n_samples, noise=config.noise, random_state=seed)
   train, val, test = split(x, y, seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
   return Dataset("moons", train, val, test, num_classes=2)

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -121,8 +122,9 @@ def _download(dataset: str, urls: list[str], path: Path, digest: str) -> None:
     if actual != digest:
       partial.unlink()
       raise UserError(f"{dataset}: {url} does not match its checksum (got {actual}, expected {digest}); the "
-                      f"download was deleted. Retry, set config.data.mirror (or ${MIRROR_ENV}) to a good copy, "
-                      "or point config.data.dir at local files")
+                      f"download was deleted. Retry; a mirror serving repacked files needs their sums in "
+                      f"config.data.checksums (or ${CHECKSUMS_ENV}), a file of 'sha256  name' lines; or set "
+                      f"config.data.mirror (or ${MIRROR_ENV}) to a good copy, or point config.data.dir at local files")
     os.replace(partial, path)  # atomic: a concurrent or later run sees no file or the whole verified one
     return
   raise UserError(f"{dataset}: cannot download {path.name} ({'; '.join(failures)}); check the network, set "
@@ -148,7 +150,9 @@ def _fetch_with_retries(url: str, partial: Path, dataset: str) -> str | None:
 def _stream(url: str, partial: Path, dataset: str) -> None:
   with urllib.request.urlopen(url, timeout=TIMEOUT) as response, open(partial, "wb") as file:
     total = int(response.headers.get("Content-Length") or 0) or None
-    with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc=f"{dataset} {partial.name.split('.partial')[0]}",
+    # labelled with the file's own name (the URL's last part), not the temporary file's
+    name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc=f"{dataset} {name}",
                    disable=not sys.stderr.isatty(), leave=False) as bar:
       received = 0
       while chunk := response.read(CHUNK):

@@ -289,6 +289,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
           f"{path}: x_{part} {x.shape} must be (N, F), (N, H, W) or (N, H, W, C) with N={len(y)} as in y_{part}")
     check(x.shape[1:] == arrays["x_train"].shape[1:],
           f"{path}: x_{part} has examples of shape {x.shape[1:]}, x_train {arrays['x_train'].shape[1:]}")
+    check(len(x) > 0 or part == "val", f"{path}: x_{part} holds no examples; it needs at least one")
   # Grey images (N, H, W) get their channel axis; only tabular inputs stay 2-d.
   return {key: x[..., None] if key.startswith("x_") and x.ndim == 3 else x for key, x in arrays.items()}
 

@@ -68,14 +68,15 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
 
 
 def check_sane(dataset: Dataset, where: str) -> None:
-  """At least 2 classes, finite inputs and every label one of the classes: else a run trains on garbage
-  (a NaN validation loss) or silently builds a model with classes the data do not have."""
+  """Train and test examples, at least 2 classes, finite inputs and every label one of the classes: else a
+  run trains on garbage (a NaN validation loss) or silently builds a model with classes the data do not have."""
+  for part, (x, _) in (("train", dataset.train), ("test", dataset.test)):   # val may be empty: val_fraction=0
+    check(len(x) > 0, f"{where}: the {part} split is empty; it needs at least one example")
   check(dataset.num_classes >= 2, f"{where} has {dataset.num_classes} class(es); classification needs at least 2")
   for part, (x, y) in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)):
-    flat = np.asarray(x).reshape(len(x), -1)
-    bad = np.argwhere(~np.isfinite(flat)) if flat.dtype != np.uint8 else np.zeros((0, 2), int)
-    check(len(bad) == 0, lambda: f"{where}: the {part} inputs hold non-finite values, e.g. "
-          f"{flat[tuple(bad[0])]}")
+    flat = np.asarray(x).ravel()   # a split may be empty (data.val_fraction=0)
+    bad = np.flatnonzero(~np.isfinite(flat)) if flat.dtype != np.uint8 else ()
+    check(len(bad) == 0, lambda: f"{where}: the {part} inputs hold non-finite values, e.g. {flat[bad[0]]}")
     outside = np.asarray(y)[(np.asarray(y) < 0) | (np.asarray(y) >= dataset.num_classes)]
     check(outside.size == 0, lambda: f"{where}: the {part} labels hold {outside[0]}, outside the "
           f"{dataset.num_classes} classes 0..{dataset.num_classes - 1} that the train and test splits agree on")

@@ -9,7 +9,7 @@ from lth_jax.methods import cohort, common, registry  # noqa: F401
 from lth_jax.methods import lottery, structured, at_init, stability, sparse_training  # noqa: F401,I001
 from lth_jax.methods import compare  # noqa: F401,I001
 from lth_jax.methods.record import RunRecord  # noqa: F401
-from lth_jax.methods.registry import Recorder, get, names, planned_epochs, validate  # noqa: F401
+from lth_jax.methods.registry import Recorder, check_sizes, get, names, planned_epochs, validate  # noqa: F401
 from lth_jax.training.progress import Progress
 
 

@@ -29,6 +29,10 @@ def validate_iterative(config: ml_collections.ConfigDict) -> None:
   check(0.0 <= it.rate < 1.0, f"config.iterative.rate={it.rate} must be in [0, 1) (0 derives it from "
         "config.prune.sparsity)")
   check(it.reset in RESETS, f"config.iterative.reset={it.reset!r}; allowed: {', '.join(RESETS)}")
+  for key, meaning in (("round_epochs", "0 = train.epochs"), ("final_epochs", "0 = round_epochs"),
+                       ("random_control_every", "0 = never")):
+    check(isinstance(it[key], int) and it[key] >= 0, f"config.iterative.{key}={it[key]!r} must be an integer >= 0 "
+          f"({meaning})")
   if it.reset == "rewind":
     for key in ("round_epochs", "final_epochs"):
       check(not it[key] or it[key] > config.prune.rewind_epoch,
@@ -38,7 +42,7 @@ def validate_iterative(config: ml_collections.ConfigDict) -> None:
 
 def validate_dynamic(config: ml_collections.ConfigDict) -> None:
   at = config.dynamic.at
-  check(all(0.0 < a < 1.0 for a in at) and list(at) == sorted(at),
+  check(all(0.0 < a < 1.0 for a in at) and list(at) == sorted(set(at)),
         f"config.dynamic.at={tuple(at)} must be increasing fractions of training in (0, 1)")
   check(0.0 <= config.dynamic.fraction < 1.0, f"config.dynamic.fraction={config.dynamic.fraction} must be in [0, 1)")
 

@@ -11,7 +11,8 @@ the experiment, not only the config, because a ticket rewound to an iteration ne
 A method that cannot know in advance leaves them out (or returns None) and the bar counts without a total.
 
 Every registered check runs on every config before anything trains, so a bad value in any method's
-section is refused at once, whichever method runs.
+section is refused at once, whichever method runs. `ready(exp)` checks what needs the data's size (a
+step count beyond the run) for the methods that will run, also before anything trains or is written.
 """
 
 import dataclasses
@@ -33,17 +34,18 @@ class Method:
   sweep: Callable | None = None        # (exp, dense_run, sparsities, recorder) -> program; joins `compare`
   planned: Callable | None = None      # exp -> epochs `run` trains for one seed, or None: not known in advance
   sweep_planned: Callable | None = None   # (exp, sparsities) -> epochs `sweep` trains, or None
+  ready: Callable | None = None        # exp -> None: the checks that need the data's size (steps per epoch)
 
 
 _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, validate: Callable = lambda config: None, sweep: Callable | None = None,
-             planned: Callable | None = None, sweep_planned: Callable | None = None):
+             planned: Callable | None = None, sweep_planned: Callable | None = None, ready: Callable | None = None):
   def add(run: Callable) -> Callable:
     if name in _METHODS:
       raise ValueError(f"method {name!r} is already registered")
-    _METHODS[name] = Method(name, run, validate, sweep, planned, sweep_planned)
+    _METHODS[name] = Method(name, run, validate, sweep, planned, sweep_planned, ready)
     return run
   return add
 
@@ -71,6 +73,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if method.validate not in seen:   # one check can serve several names (the one-shot family)
       seen.add(method.validate)
       method.validate(config)
+
+
+def check_sizes(exp) -> None:
+  """The `ready` checks of the methods config.method runs (compare: and those it compares), once the data
+  are loaded: a value beyond the run's length is refused before anything trains or is written."""
+  config = exp.config
+  for name in (config.method, *(config.compare.methods if config.method == "compare" else ())):
+    if get(name).ready is not None:
+      get(name).ready(exp)
 
 
 def planned_epochs(experiments: list) -> int | None:

@@ -118,13 +118,20 @@ def total_steps(exp) -> int:
   return exp.steps_per_epoch * exp.config.train.epochs
 
 
-def gradual_hook(exp, sparsity: float) -> Gradual:
+def gradual_steps(exp) -> tuple[int, int]:
+  """(t0, n) of Zhu & Gupta's schedule: the first pruning step and how many follow it, every gradual.every."""
   g, total = exp.config.gradual, total_steps(exp)
   t0 = max(1, round(g.start * total))
   n = (round(g.end * total) - t0) // g.every
   if n < 1:
     raise UserError(f"config.gradual: no pruning step fits between start={g.start} and end={g.end} of "
                     f"{total} training steps every {g.every}; lower config.gradual.every")
+  return t0, n
+
+
+def gradual_hook(exp, sparsity: float) -> Gradual:
+  g = exp.config.gradual
+  t0, n = gradual_steps(exp)
   masks = masks_lib.init(exp.init_params)
   _, n_total = masks_lib.count(masks, exp.which)
   layer_map = distribution_lib.parse_map(exp.config.prune.layer_sparsity)
@@ -179,7 +186,8 @@ def _register(method: str) -> None:
   def run(exp, recorder: Recorder):
     yield from sparse_run(exp, method, exp.config.prune.sparsity, recorder)
   register(method, validate=validate, sweep=sweep, planned=lambda exp: exp.config.train.epochs,
-           sweep_planned=lambda exp, sparsities: len(sparsities) * exp.config.train.epochs)(run)
+           sweep_planned=lambda exp, sparsities: len(sparsities) * exp.config.train.epochs,
+           ready=gradual_steps if method == "gradual" else None)(run)
 
 
 for _method in ("gradual", "static", "set", "rigl"):

@@ -38,6 +38,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(s.bn_examples >= 1, f"config.stability.bn_examples={s.bn_examples} must be >= 1")
 
 
+def check_rewind_steps(exp) -> None:
+  """Every rewind step lies inside the dense run."""
+  total = exp.config.train.epochs * exp.steps_per_epoch
+  for k in exp.config.stability.rewind_steps:
+    check(k < total, f"config.stability.rewind_steps holds {k}: the dense run has only {total} iterations "
+          f"(config.train.epochs={exp.config.train.epochs} x {exp.steps_per_epoch} steps per epoch)")
+
+
 def recomputed_stats(exp, params, batch_stats):
   """BatchNorm statistics of `params` on the first bn_examples training examples (unchanged without BN).
 
@@ -69,9 +77,8 @@ def dense_with_snapshots(exp, recorder: Recorder):
   trainer = exp.trainer(epochs)
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params), exp.key("dense"))
   history, snapshots = [], {}
+  check_rewind_steps(exp)
   for k in exp.config.stability.rewind_steps:
-    check(k < epochs * trainer.steps_per_epoch, f"config.stability.rewind_steps holds {k}: the dense run has only "
-          f"{epochs * trainer.steps_per_epoch} iterations")
     epoch, within = divmod(k, trainer.steps_per_epoch)
     state, rows = yield from cohort.fit(trainer, state, epoch, "dense", exp.data)
     history += rows
@@ -89,7 +96,7 @@ def planned(exp) -> int:
   return epochs + sum(2 * len(NETWORKS) * common.epochs_from(exp, epochs, k) for k in exp.config.stability.rewind_steps)
 
 
-@register("instability", validate=validate, planned=planned)
+@register("instability", validate=validate, planned=planned, ready=check_rewind_steps)
 def instability(exp, recorder: Recorder):
   dense_state, snapshots, dense_accuracy = yield from dense_with_snapshots(exp, recorder)
   trainer, epochs = exp.trainer(exp.config.train.epochs), exp.config.train.epochs

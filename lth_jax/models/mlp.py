@@ -46,6 +46,8 @@ class MLP(nn.Module):
 
 @register("mlp")
 def mlp(num_classes: int, widths=(128, 128), activation="relu", output_activation="identity"):
+  if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+    raise UserError(f"config.model.widths={tuple(widths)!r} must be hidden-layer widths, integers >= 1")
   return MLP(tuple(widths), num_classes, activation, output_activation)
 
 

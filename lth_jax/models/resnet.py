@@ -122,6 +122,13 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, name="output")(x)
 
 
+def check_width(width) -> int:
+  """The first stage's filters: a positive int, or a UserError."""
+  if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    raise UserError(f"config.model.width={width!r} must be an integer >= 1 (the first stage's filters)")
+  return width
+
+
 def check_block_widths(block_widths, n_blocks: int, bottleneck: bool):
   """block_widths as a tuple of tuples (hashable, as module fields must be), or a UserError."""
   if block_widths is None:
@@ -142,7 +149,7 @@ def cifar_resnet(depth: int, num_classes: int, width: int, bottleneck: bool, blo
   if rest or n < 1:
     raise UserError(f"config.model.bottleneck={bottleneck} needs a depth of the form "
                     f"{3 * layers_per_block}n+2, and ResNet-{depth} is not; resnet20 and resnet56 are")
-  return ResNet((n,) * 3, BottleneckBlock if bottleneck else BasicBlock, num_classes, width,
+  return ResNet((n,) * 3, BottleneckBlock if bottleneck else BasicBlock, num_classes, check_width(width),
                 check_block_widths(block_widths, 3 * n, bottleneck))
 
 
@@ -164,4 +171,4 @@ def resnet56(num_classes: int, width: int = 16, bottleneck: bool = False, block_
 @register("resnet18")
 def resnet18(num_classes: int, width: int = 64, block_widths=None):
   """kuangliu/pytorch-cifar's ResNet-18 (width 64: 11,173,962 parameters for 10 classes)."""
-  return ResNet((2, 2, 2, 2), BasicBlock, num_classes, width, check_block_widths(block_widths, 8, False))
+  return ResNet((2, 2, 2, 2), BasicBlock, num_classes, check_width(width), check_block_widths(block_widths, 8, False))

@@ -220,14 +220,16 @@ class Trainer:
     return (_unstack(current, len(states)) if batched else [current]), histories
 
   def _evaluate_splits(self, state, data, batched: bool) -> dict:
-    """Validation and test loss / accuracy of `state` (every member at once), left on the device."""
-    return {split: self._evaluate[batched](state.variables, *data[split]) for split in ("val", "test")}
+    """Validation and test loss / accuracy of `state` (every member at once), left on the device; a split
+    without examples (no val split: data.val_fraction=0) is left out, so its figures stay None."""
+    return {split: self._evaluate[batched](state.variables, *data[split]) for split in ("val", "test")
+            if data[split][1].shape[0]}
 
   def _evaluate_at_step(self, state, data, batched: bool, best: list, last: bool) -> dict:
     """A mid-epoch evaluation. With `test_at_best_only`, the test split is evaluated only when some member's
     validation figure beats `best` (updated here) or at the fit's `last` step: every evaluation the run's
     best one (lth_jax.evaluation.best_evaluation) can be has its test figures, at a third of the cost."""
-    if not self.test_at_best_only:
+    if not self.test_at_best_only or not data["val"][1].shape[0]:
       return self._evaluate_splits(state, data, batched)
     val = self._evaluate[batched](state.variables, *data["val"])
     figure = np.atleast_1d(np.asarray(val["accuracy" if self.best_by == "val_accuracy" else "loss"]))
