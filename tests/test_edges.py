@@ -256,6 +256,14 @@ def test_orbax_calls_leave_the_process_hooks_as_they_were_unless_one_failed(tmp_
   checkpoint.load_ticket(str(tmp_path / "ticket"))
   assert sys.unraisablehook is own
   assert checkpoint._not_from_orbax not in logging.get_absl_logger().filters
+  # a store's managers run threads of their own: contained while it is open, restored when it closes
+  store = checkpoint.SegmentStore(str(tmp_path / "checkpoints"), every=1, keep=1)
+  store.save("dense", 1, state, [], final=True)
+  assert getattr(sys.unraisablehook, "lth_jax", False)
+  assert store.restore("dense", state, 1) is not None
+  store.close()
+  assert sys.unraisablehook is own
+  assert checkpoint._not_from_orbax not in logging.get_absl_logger().filters
   # a failed call leaves the containment, which drops only the loop-closed echo and passes the rest on
   with pytest.raises(OSError):
     with checkpoint._quiet():

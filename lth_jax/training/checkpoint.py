@@ -72,8 +72,9 @@ def _contain_background_noise() -> Callable[[], None]:
     traceback, once `_quiet` has restored the verbosity.
   Both are the failure already raised to our caller. From here on the hook drops exactly that report and
   passes every other to the hook installed before, and absl drops Orbax's records. Returns what undoes
-  both (`_quiet` calls it when the Orbax call succeeded: nothing outlives a success, and the process keeps
-  its own hook and Orbax's logs); after a failure they stay, as its echoes may come at any later time.
+  both, called by their owner once nothing of Orbax's runs any more and nothing failed (`_quiet` after a
+  call, `SegmentStore.close`), so the process keeps its own hook and Orbax's logs; after a failure they
+  stay, as its echoes may come at any later time.
   """
   previous = sys.unraisablehook
   if getattr(previous, "lth_jax", False):   # an earlier failure's containment: keep it
@@ -236,6 +237,9 @@ class SegmentStore:
   def __init__(self, directory: str, every: int, keep: int):
     self.directory, self.every, self.keep = os.path.abspath(directory), every, keep
     self._managers = {}
+    # Orbax's managers run threads of their own (metadata writes) that may fail after a call returned:
+    # their noise is contained while a manager is open, and after `close` unless a call failed.
+    self._undo_containment, self._failed = None, False
 
   def _segment_dir(self, name: str) -> str:
     return os.path.join(self.directory, "".join(c if c.isalnum() or c in "-_." else "_" for c in name))
@@ -248,6 +252,8 @@ class SegmentStore:
 
   def _manager(self, name: str) -> ocp.CheckpointManager:
     if name not in self._managers:
+      if self._undo_containment is None:
+        self._undo_containment = _contain_background_noise()
       options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
       with _quiet():
         self._managers[name] = ocp.CheckpointManager(self._segment_dir(name), options=options)
@@ -273,6 +279,7 @@ class SegmentStore:
         if stale.endswith(".sha256") and stale[:-len(".sha256")] not in kept:
           os.remove(os.path.join(self._segment_dir(name), stale))
     except Exception as e:  # noqa: BLE001  -- a full disk reaches us as OSError or as tensorstore's ValueError
+      self._failed = True
       raise UserError(f"cannot write a checkpoint under {self.directory!r} ({_reason(e)}); free space and rerun "
                       "the same command to resume") from None
 
@@ -295,6 +302,7 @@ class SegmentStore:
           restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                    history=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  -- any unreadable checkpoint: fall back to the previous one
+        self._failed = True
         logging.warning("checkpoint %s of %s is unreadable (%s: %s); using the one before it", step, name,
                         type(e).__name__, _first_line(e)[:200])
         continue
@@ -309,6 +317,9 @@ class SegmentStore:
   def close(self) -> None:
     for manager in self._managers.values():
       manager.close()
+    if self._undo_containment is not None and not self._failed:
+      self._undo_containment()
+    self._undo_containment = None
 
 
 def check_compatible(saved_params, model_params, path: str) -> None:
