@@ -242,6 +242,7 @@ def test_an_experiment_and_its_trainers_are_freed_with_it_and_replicates_share_t
 
 
 def test_orbax_calls_leave_the_process_hooks_as_they_were_unless_one_failed(tmp_path, monkeypatch):
+  import logging as std_logging
   import sys
   from absl import logging
   from lth_jax.training import checkpoint
@@ -256,6 +257,16 @@ def test_orbax_calls_leave_the_process_hooks_as_they_were_unless_one_failed(tmp_
   checkpoint.load_ticket(str(tmp_path / "ticket"))
   assert sys.unraisablehook is own
   assert checkpoint._not_from_orbax not in logging.get_absl_logger().filters
+  assert checkpoint._not_an_orbax_future not in std_logging.getLogger("asyncio").filters
+  # a store's managers run threads of their own: contained while it is open, restored when it closes
+  store = checkpoint.SegmentStore(str(tmp_path / "checkpoints"), every=1, keep=1)
+  store.save("dense", 1, state, [], final=True)
+  assert getattr(sys.unraisablehook, "lth_jax", False)
+  assert store.restore("dense", state, 1) is not None
+  store.close()
+  assert sys.unraisablehook is own
+  assert checkpoint._not_from_orbax not in logging.get_absl_logger().filters
+  assert checkpoint._not_an_orbax_future not in std_logging.getLogger("asyncio").filters
   # a failed call leaves the containment, which drops only the loop-closed echo and passes the rest on
   with pytest.raises(OSError):
     with checkpoint._quiet():
@@ -266,5 +277,16 @@ def test_orbax_calls_leave_the_process_hooks_as_they_were_unless_one_failed(tmp_
     sys.unraisablehook(echo)
     sys.unraisablehook(other)
     assert reached == [other]
+    # asyncio's report of a failed future: dropped when the failure came out of Orbax's code only
+    def report(filename):
+      try:
+        exec(compile("raise OSError(28, 'No space left on device')", filename, "exec"))
+      except OSError as e:
+        return std_logging.LogRecord("asyncio", std_logging.ERROR, "base_events.py", 1,
+                                     "Future exception was never retrieved", None, (OSError, e, e.__traceback__))
+    asyncio_logger = std_logging.getLogger("asyncio")
+    assert not asyncio_logger.filter(report("/venv/site-packages/orbax/checkpoint/async_path.py"))
+    assert asyncio_logger.filter(report("/home/me/my_own_code.py"))
   finally:
     logging.get_absl_logger().removeFilter(checkpoint._not_from_orbax)
+    std_logging.getLogger("asyncio").removeFilter(checkpoint._not_an_orbax_future)

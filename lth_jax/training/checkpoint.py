@@ -10,8 +10,10 @@ host writes what is replicated); the files lth_jax adds beside them are process 
 import contextlib
 import hashlib
 import json
+import logging as std_logging
 import os
 import sys
+import traceback
 from typing import Callable
 
 import jax
@@ -57,6 +59,17 @@ def _not_from_orbax(record) -> bool:
   return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
+def _not_an_orbax_future(record) -> bool:
+  """False for asyncio's "exception was never retrieved" report of a future that failed inside Orbax."""
+  error = record.exc_info[1] if record.exc_info else None
+  while error is not None:
+    frames = traceback.extract_tb(error.__traceback__)
+    if any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames):
+      return False
+    error = error.__context__
+  return True
+
+
 def _drop_closed_loop_callbacks(unraisable, previous) -> None:
   if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
           and str(unraisable.exc_value) == "Event loop is closed"):
@@ -69,11 +82,14 @@ def _contain_background_noise() -> Callable[[], None]:
   - when a save or restore fails, Orbax closes its asyncio loop while tensorstore's threads still hold
     futures of it; each then reports "Event loop is closed" through sys.unraisablehook, with a traceback;
   - Orbax's own threads go on after the call has raised and log the same failure as ERROR, with a
-    traceback, once `_quiet` has restored the verbosity.
-  Both are the failure already raised to our caller. From here on the hook drops exactly that report and
-  passes every other to the hook installed before, and absl drops Orbax's records. Returns what undoes
-  both (`_quiet` calls it when the Orbax call succeeded: nothing outlives a success, and the process keeps
-  its own hook and Orbax's logs); after a failure they stay, as its echoes may come at any later time.
+    traceback, once `_quiet` has restored the verbosity;
+  - a future of Orbax's loop that failed (a full disk) is reported by asyncio as "exception was never
+    retrieved", with a traceback, whenever it is garbage-collected.
+  All are the failure already raised to our caller. From here on the hook drops exactly that report and
+  passes every other to the hook installed before, absl drops Orbax's records and asyncio the reports of
+  Orbax's futures. Returns what undoes all three, called by their owner once nothing of Orbax's runs any
+  more and nothing failed (`_quiet` after a call, `SegmentStore.close`), so the process keeps its own hook
+  and logs; after a failure they stay, as its echoes may come at any later time.
   """
   previous = sys.unraisablehook
   if getattr(previous, "lth_jax", False):   # an earlier failure's containment: keep it
@@ -81,15 +97,17 @@ def _contain_background_noise() -> Callable[[], None]:
   hook = lambda unraisable: _drop_closed_loop_callbacks(unraisable, previous)  # noqa: E731
   hook.lth_jax = True
   sys.unraisablehook = hook
-  absl_logger = logging.get_absl_logger()
-  added = _not_from_orbax not in absl_logger.filters
-  absl_logger.addFilter(_not_from_orbax)
+  filters = [(logger, f) for logger, f in ((logging.get_absl_logger(), _not_from_orbax),
+                                           (std_logging.getLogger("asyncio"), _not_an_orbax_future))
+             if f not in logger.filters]
+  for logger, f in filters:
+    logger.addFilter(f)
 
   def undo():
     if sys.unraisablehook is hook:
       sys.unraisablehook = previous
-    if added:
-      absl_logger.removeFilter(_not_from_orbax)
+    for logger, f in filters:
+      logger.removeFilter(f)
   return undo
 
 
@@ -236,6 +254,9 @@ class SegmentStore:
   def __init__(self, directory: str, every: int, keep: int):
     self.directory, self.every, self.keep = os.path.abspath(directory), every, keep
     self._managers = {}
+    # Orbax's managers run threads of their own (metadata writes) that may fail after a call returned:
+    # their noise is contained while a manager is open, and after `close` unless a call failed.
+    self._undo_containment, self._failed = None, False
 
   def _segment_dir(self, name: str) -> str:
     return os.path.join(self.directory, "".join(c if c.isalnum() or c in "-_." else "_" for c in name))
@@ -248,6 +269,8 @@ class SegmentStore:
 
   def _manager(self, name: str) -> ocp.CheckpointManager:
     if name not in self._managers:
+      if self._undo_containment is None:
+        self._undo_containment = _contain_background_noise()
       options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
       with _quiet():
         self._managers[name] = ocp.CheckpointManager(self._segment_dir(name), options=options)
@@ -273,6 +296,7 @@ class SegmentStore:
         if stale.endswith(".sha256") and stale[:-len(".sha256")] not in kept:
           os.remove(os.path.join(self._segment_dir(name), stale))
     except Exception as e:  # noqa: BLE001  -- a full disk reaches us as OSError or as tensorstore's ValueError
+      self._failed = True
       raise UserError(f"cannot write a checkpoint under {self.directory!r} ({_reason(e)}); free space and rerun "
                       "the same command to resume") from None
 
@@ -295,6 +319,7 @@ class SegmentStore:
           restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                    history=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  -- any unreadable checkpoint: fall back to the previous one
+        self._failed = True
         logging.warning("checkpoint %s of %s is unreadable (%s: %s); using the one before it", step, name,
                         type(e).__name__, _first_line(e)[:200])
         continue
@@ -309,6 +334,9 @@ class SegmentStore:
   def close(self) -> None:
     for manager in self._managers.values():
       manager.close()
+    if self._undo_containment is not None and not self._failed:
+      self._undo_containment()
+    self._undo_containment = None
 
 
 def check_compatible(saved_params, model_params, path: str) -> None:
