@@ -93,8 +93,8 @@ def main_py(*args, cwd=ROOT, env=(), timeout: float = 600) -> subprocess.Complet
 def kill_main_py(*args, until, poll_s: float = 0.01) -> str:
   """Start `python main.py ARGS`, SIGKILL it as soon as `until` holds, and return its log up to the kill.
 
-  `until`: a string (a log line holding it has been written) or a function of no arguments (e.g. a
-  checkpoint's file exists). Fails if the run ends on its own before that or before the kill lands: the
+  `until`: a string (a log line holding it has been written) or a function of the log so far (e.g.
+  `checkpoint_saved`'s). Fails if the run ends on its own before that or before the kill lands: the
   kill provably hit a live run. Where exactly it dies varies from run to run; what the tests assert (a
   rerun's numbers, which checkpoint it resumed from) must not.
   """
@@ -107,9 +107,9 @@ def kill_main_py(*args, until, poll_s: float = 0.01) -> str:
       lines.append(line)
   reader = threading.Thread(target=read, daemon=True)
   reader.start()
-  reached = (lambda: any(until in line for line in list(lines))) if isinstance(until, str) else until
+  reached = (lambda log: until in log) if isinstance(until, str) else until
   try:
-    while not reached():
+    while not reached("".join(lines)):
       if proc.poll() is not None:
         reader.join(timeout=60)
         raise AssertionError(f"the run ended (exit {proc.returncode}) before {until!r}:\n{''.join(lines)[-3000:]}")
@@ -133,10 +133,10 @@ def resumed_at(log: str) -> dict[str, int]:
 
 
 def checkpoint_saved(workdir, segment: str, epoch: int):
-  """A function: whether segment `segment` ("dense/0-6") has a complete checkpoint at `epoch` (its checksum,
-  written once the save finished)."""
+  """`until` for kill_main_py: segment `segment` ("dense/0-6") has a complete checkpoint at `epoch` (its
+  checksum, written once the save finished)."""
   checksum = checkpoint.SegmentStore(str(Path(workdir) / "checkpoints"), 1, 1)._checksum(segment, epoch)
-  return lambda: os.path.exists(checksum)
+  return lambda log: os.path.exists(checksum)
 
 
 # What a run measures on the clock, different from run to run: the rest of results.json is reproducible.

@@ -1,7 +1,8 @@
 """Every config reruns to the same results, and the faults a run survives with an uninterrupted run's numbers.
 
 Each file in configs/, scaled down by flags onto built-in data (CASES), runs in this process; the same
-run again is not refused, trains nothing and changes nothing. A representative run of each method family
+run again is not refused, trains nothing and changes nothing (the convnet cases, minutes of compiling,
+where LTH_JAX_SLOW_TESTS=1; every config's workdir check runs always). A representative run of each method family
 (the unstructured ones side by side in one `compare`, slimming, early_bird, instability) is then driven
 through faults on a second workdir by the command line itself -- SIGKILL in training, between rounds and
 around a checkpoint save; checkpoints, tickets and results corrupted, truncated or deleted; a second run
@@ -60,6 +61,12 @@ CASES = {
                                      "stability.bn_examples": 32}),
 }
 
+# The convnet cases compile for minutes on a shared CPU (each process anew): their runs and fault chains
+# run where LTH_JAX_SLOW_TESTS=1; without it, their configs are still checked by `test_every_config_reruns_unchanged`.
+SLOW = {"cifar_conv", "cifar_resnet", "cifar_resnet18", "slimming", "early_bird"}
+slow = pytest.mark.skipif(not os.environ.get("LTH_JAX_SLOW_TESTS"),
+                          reason="convnet runs (minutes of compiling on CPU); set LTH_JAX_SLOW_TESTS=1")
+
 # What the tests below do to a run, each followed by the same command (see each test for where).
 FAULTS = {
     "compare": ["SIGKILL in dense training", "corrupted checkpoint (a byte flipped)",
@@ -74,18 +81,18 @@ FAULTS = {
     "early_bird": ["SIGKILL in the Early-Bird search", "deleted checkpoints of a finished search epoch",
                    "SIGKILL in the rebuilt network's retraining"],
     "instability": ["SIGKILL in a copy's training", "corrupted checkpoint of a finished copy",
-                    "zeroed checkpoint data without its checksum"],
+                    "zeroed checkpoint data without its checksum", "truncated ticket", "deleted ticket"],
     "config.json": ["truncated, binary or non-object config.json: one line, exit 2, nothing trained"],
 }
 
 
-def load_config(name: str, workdir):
-  """The config the command line builds from configs/NAME's file and the case's flags."""
+def load_config(name: str, workdir, scaled: bool = True):
+  """The config the command line builds from the case's file in configs/ and (`scaled`) its flags."""
   path, flags = CASES[name]
   spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return override(module.get_config(), **{**TINY, **flags, "workdir": str(workdir)})
+  return override(module.get_config(), **{**(TINY | flags if scaled else {}), "workdir": str(workdir)})
 
 
 def argv(name: str, workdir) -> list[str]:
@@ -119,16 +126,26 @@ def test_every_config_file_has_a_case():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_every_config_reruns_unchanged(name, tmp_path):
-  # The config comparison alone, on the full-size config: a config file lists only its own model's keys.
+def test_every_config_is_accepted_by_its_own_rerun(name, tmp_path):
+  # The workdir check alone (as cli.run calls it), on the config at full size: a config file lists only its
+  # own model's keys, and a workdir written before a key existed (here train.eval_every) still resumes.
   from lth_jax import config as config_lib, experiment
   from lth_jax.training import resume
-  full = load_config(name, tmp_path)
-  resume.prepare(full, config_lib.base().to_dict(), experiment.model_arguments)
-  resume.prepare(load_config(name, tmp_path), config_lib.base().to_dict(), experiment.model_arguments)
+  check = lambda: resume.prepare(load_config(name, tmp_path, scaled=False), config_lib.base().to_dict(),  # noqa: E731
+                                 experiment.model_arguments)
+  check()
+  check()
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["train"]["eval_every"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  check()
+  saved["model"]["name"] = "vgg11"
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(UserError, match=r"holds a run of a different config \(model\."):   # another model: refused
+    check()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=slow) if n in SLOW else n for n in sorted(CASES)])
 def test_a_finished_run_reruns_to_the_same_results_and_trains_nothing(name, finished):
   workdir = finished(name)
   before, saved = numbers(workdir), files(workdir, "checkpoints")
@@ -227,6 +244,7 @@ def test_compare_survives_kills_and_damage_to_identical_numbers(finished, tmp_pa
   same_as(w, reference)
 
 
+@slow
 def test_slimming_survives_kills_and_damage_to_identical_numbers(finished, tmp_path):
   reference, w = finished("slimming"), tmp_path
   kill("slimming", w, training("slimming dense/0-1", 1, w))
@@ -244,6 +262,7 @@ def test_slimming_survives_kills_and_damage_to_identical_numbers(finished, tmp_p
   assert checkpoint.load_metadata(str(ticket))["name"] == "resnet20"   # the rebuilt network's model.json is back
 
 
+@slow
 def test_early_bird_survives_kills_and_damage_to_identical_numbers(finished, tmp_path):
   reference, w = finished("early_bird"), tmp_path
   kill("early_bird", w, training("early_bird search/1-2", 2, w))
@@ -264,6 +283,11 @@ def test_instability_survives_a_kill_and_damage_to_identical_numbers(finished, t
   (zeroed.parent / "2.sha256").unlink()
   for data in zeroed.rglob("d/*"):
     data.write_bytes(bytes(data.stat().st_size))
+  runs = json.loads((w / "results.json").read_text())["runs"]
+  ticket = w / runs[0]["ticket"]
+  truncate(max((f for f in ticket.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size))
+  pytest.raises(UserError, checkpoint.load_ticket, str(ticket))   # damaged as a user would find it
+  shutil.rmtree(w / runs[-1]["ticket"])   # another one
   log = rerun("instability", w)
   assert "checkpoint 2 of instability/dense/k0/copy0/0-2 is corrupted" in log
   assert "checkpoint 2 of instability/dense/k0/copy1/0-2 is unreadable" in log
@@ -282,4 +306,6 @@ def test_a_damaged_config_json_is_one_line_before_anything_trains(tmp_path, cont
 
 
 def test_the_census_counts_at_least_25_faults():
+  # tests/test_resume.py, test_reliability.py and test_sparse_training.py add 11 more (kills at other points,
+  # damaged checkpoints and tickets, a full disk, a busy workdir)
   assert sum(len(v) for v in FAULTS.values()) >= 25
