@@ -108,7 +108,8 @@ def test_unwritable_workdir(tmp_path):
 @pytest.mark.skipif(not MNIST.is_dir(), reason="../shared/data/mnist is absent")
 def test_mnist_lenet_config_runs_scaled_down(tmp_path):
   proc = run("--config=configs/mnist_lenet.py", f"--config.data.dir={MNIST}", "--config.data.subset=3000",
-             "--config.train.epochs=1", "--config.iterative.rounds=1", "--config.iterative.random_control_every=1",
+             "--config.train.steps=0", "--config.train.epochs=1", "--config.iterative.rounds=1",
+             "--config.iterative.random_control_every=1",
              f"--config.workdir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   runs = json.loads((tmp_path / "results.json").read_text())["runs"]

@@ -213,7 +213,8 @@ def test_a_dead_server_exits_2_with_one_line(tmp_path):
 def test_mnist_lenet_fetches_through_the_mirror_and_runs(tmp_path, serve, checksums):
   url, _ = serve(MNIST)
   proc = run_main("--config=configs/mnist_lenet.py", f"--config.data.cache_dir={tmp_path / 'cache'}",
-                  f"--config.data.checksums={checksums}", "--config.data.subset=2000", "--config.train.epochs=1",
+                  f"--config.data.checksums={checksums}", "--config.data.subset=2000", "--config.train.steps=0",
+                  "--config.train.epochs=1",
                   "--config.iterative.rounds=1", "--config.iterative.random_control_every=0",
                   f"--config.workdir={tmp_path / 'work'}", env={download.MIRROR_ENV: url})
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -49,7 +49,7 @@ CASES = {
     "moons_mlp": ("moons_mlp.py", {"data.n_samples": 200, "model.widths": (8,)}),
     "penguins_mlp": ("penguins_mlp.py", {"model.widths": (4,)}),
     "fashion_mnist_mlp": ("fashion_mnist_mlp.py", {**IMAGES, "model.widths": (16,)}),
-    "mnist_lenet": ("mnist_lenet.py", {**IMAGES, "iterative.random_control_every": 1}),
+    "mnist_lenet": ("mnist_lenet.py", {**IMAGES, "iterative.random_control_every": 1, "train.steps": 0}),
     "cifar_conv": ("cifar_conv.py", {**IMAGES, "train.epochs": 1}),
     "cifar_resnet": ("cifar_resnet.py", {**CONVNET, "model.width": 4}),
     "cifar_resnet18": ("cifar_resnet18.py", {**CONVNET, "model.width": 4, "iterative.round_epochs": 1,
