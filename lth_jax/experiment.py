@@ -47,8 +47,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.prune.distribution={config.prune.distribution!r}; allowed: {', '.join(kinds)}")
   check(config.prune.distribution == "scope" or not config.prune.layer_scale,
         "config.prune.layer_scale needs config.prune.distribution='scope' (use prune.layer_sparsity with 'map')")
-  check(config.prune.scope == "layerwise" or not config.prune.layer_scale,
-        f"config.prune.layer_scale needs config.prune.scope='layerwise', not {config.prune.scope!r}")
   parse_layer_sparsity(config.prune.layer_sparsity)
   check(config.replicates >= 1, f"config.replicates={config.replicates} must be >= 1")
   check(config.prune.criterion in criteria.names(),

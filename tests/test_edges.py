@@ -188,7 +188,7 @@ def test_library_functions_raise_value_errors_naming_their_own_arguments():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"prune.scope": "global", "prune.layer_scale": ("output/*=0.5",)},
-     "config.prune.layer_scale needs config.prune.scope='layerwise', not 'global'"),
+     "it needs config.prune.scope='layerwise', not 'global'"),
     ({"prune.distribution": "map", "prune.layer_sparsity": ("output/*",)},
      "config.prune.layer_sparsity entry 'output/*' must read 'PATTERN=SPARSITY'"),
     ({"prune.scope": "layerwise", "prune.layer_scale": ("output/*",)},
