@@ -14,6 +14,7 @@ import jax
 import matplotlib.ticker
 import numpy as np
 
+from lth_jax import aggregate
 from lth_jax import report_sanity
 from lth_jax.metrics import potential
 from lth_jax.plots import figure
@@ -343,7 +344,6 @@ def main(argv: list) -> int:
   """Re-render a finished run's results.md and plots from its results.json (environment and command kept)."""
   import ml_collections
   if argv and argv[0] == "aggregate":
-    from lth_jax import aggregate
     return aggregate.main(argv[1:])
   if len(argv) != 1:
     print("usage: python -m lth_jax.report WORKDIR", file=sys.stderr)

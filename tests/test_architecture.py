@@ -13,7 +13,7 @@ LAYERS = {
     "lth_jax.training": 2,
     "lth_jax.methods": 3,
     "lth_jax.experiment": 4, "lth_jax.evaluation": 4, "lth_jax.report": 4, "lth_jax.report_sanity": 4, "lth_jax.plots": 4, "lth_jax.cli": 4,
-    "lth_jax.config": 4, "lth_jax": 5,
+    "lth_jax.config": 4, "lth_jax.checks": 4, "lth_jax.aggregate": 4, "lth_jax": 5,
 }
 MAX_LINES = 400
 
