@@ -14,11 +14,14 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import ml_collections
 import numpy as np
+import pooch
 import pytest
+import tqdm
 
 from lth_jax.data import download, idx, registry
 from lth_jax.errors import UserError
@@ -42,8 +45,10 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 class CutShort(Quiet):
   """Announces the whole file but sends half of it and hangs up: an interrupted download."""
+  requests: list[str] = []
 
   def do_GET(self):
+    CutShort.requests.append(self.path)
     data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
     self.send_response(200)
     self.send_header("Content-Length", str(len(data)))
@@ -77,7 +82,7 @@ def checksums(tmp_path):
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
-  monkeypatch.setattr(download, "RETRY_DELAYS", (0.0, 0.0))
+  monkeypatch.setattr(pooch.core, "time", types.SimpleNamespace(sleep=lambda seconds: None))   # between retries
   monkeypatch.delenv(download.MIRROR_ENV, raising=False)
   monkeypatch.delenv(download.CHECKSUMS_ENV, raising=False)
 
@@ -98,8 +103,11 @@ def broken_copy(tmp_path, change):
 
 
 def assert_nothing_trusted(cache, bad="train-labels-idx1-ubyte.gz"):
-  left = sorted(p.name for p in (cache / "mnist").iterdir())
-  assert bad not in left and not [name for name in left if "partial" in name], left
+  """No file of the bad name and nothing half-written: whatever is left is a whole, good file of that name."""
+  left = sorted((cache / "mnist").iterdir())
+  assert bad not in [p.name for p in left], left
+  for path in left:
+    assert (MNIST / path.name).is_file() and path.read_bytes() == (MNIST / path.name).read_bytes(), path.name
 
 
 def test_first_run_downloads_and_caches_then_the_cache_is_read_without_the_server(tmp_path, serve, checksums):
@@ -142,18 +150,10 @@ def test_the_download_bar_is_labelled_with_the_file_name_not_the_temporary_one(t
                                                                               monkeypatch):
   labels = []
 
-  class Bar:
+  class Bar(tqdm.tqdm):
     def __init__(self, *args, desc="", **kwargs):
       labels.append(desc)
-
-    def __enter__(self):
-      return self
-
-    def __exit__(self, *exc):
-      return False
-
-    def update(self, n):
-      pass
+      super().__init__(*args, desc=desc, **kwargs)
 
   monkeypatch.setattr(download.tqdm, "tqdm", Bar)
   url, _ = serve(MNIST)
@@ -161,13 +161,26 @@ def test_the_download_bar_is_labelled_with_the_file_name_not_the_temporary_one(t
   assert sorted(labels) == sorted(f"mnist {path.name}" for path in MNIST.iterdir())
 
 
-def test_an_interrupted_download_is_retried_then_reported(tmp_path, serve, checksums):
+def test_an_interrupted_download_is_retried_then_reported(tmp_path, serve, checksums, monkeypatch):
+  monkeypatch.setattr(CutShort, "requests", [])
   url, _ = serve(MNIST, CutShort)
   cache = tmp_path / "cache"
   with pytest.raises(UserError) as error:
     download.fetch("mnist", data_config(cache, url, checksums))
   assert "cannot download train-images-idx3-ubyte.gz" in str(error.value) and "IncompleteRead" in str(error.value)
+  assert "\n" not in str(error.value)
+  assert CutShort.requests == ["/train-images-idx3-ubyte.gz"] * 3   # 3 attempts (README), then the error
   assert list((cache / "mnist").iterdir()) == []
+
+
+def test_a_file_url_mirror_is_copied_and_verified(tmp_path, checksums):
+  cache = tmp_path / "cache"
+  folder = download.fetch("mnist", data_config(cache, MNIST.as_uri() + "/", checksums))
+  for path in MNIST.iterdir():
+    assert (folder / path.name).read_bytes() == path.read_bytes()
+  with pytest.raises(UserError, match="train-images-idx3-ubyte.gz does not match its checksum .* expected "
+                                      "sha256:440fcabf"):
+    download.fetch("mnist", data_config(tmp_path / "published", MNIST.as_uri()))
 
 
 def test_the_published_checksums_reject_the_rebuilt_shared_files(tmp_path, serve):

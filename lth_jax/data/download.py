@@ -1,9 +1,11 @@
 """Fetch, verify and cache the canonical files of the file-based data sets when `config.data.dir` is empty.
 
+pooch does the work: it checks a cached file against its checksum before every use and fetches it anew if it no
+longer matches, downloads to a temporary name in the cache and renames the file only once verified, and retries
+a failed download. Here: the catalog of files and sums, the mirror, the checksum override and one-line errors.
+
 The cache is `config.data.cache_dir`, else `$XDG_CACHE_HOME/lth_jax`, else `~/.cache/lth_jax`; each data set
-has its own folder there holding the files under their published names. A file is written under a temporary
-name, its checksum verified, and only then renamed into place, so a name in the cache is always a whole,
-verified file; a cached file is verified again before every use and fetched anew if it no longer matches.
+has its own folder there holding the files under their published names.
 
 A mirror (`config.data.mirror` or `$LTH_JAX_DATA_MIRROR`) is a base URL serving the same file names; it
 replaces the canonical hosts. `config.data.checksums` (or `$LTH_JAX_DATA_CHECKSUMS`) is a file of
@@ -12,29 +14,29 @@ repacked files; names are matched by their last path component.
 """
 
 import dataclasses
-import hashlib
-import http.client
+import logging
 import os
+import shutil
 import sys
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import pooch
 import tqdm
 
 from lth_jax.errors import UserError, check
 
 CHUNK = 1 << 20
-RETRY_DELAYS = (1.0, 3.0)   # seconds before the 2nd and 3rd attempt on a failed connection
-TIMEOUT = 30.0              # seconds without a byte before a connection counts as failed
+RETRIES = 2      # pooch's retries of a failed download (a refused or cut connection, a wrong sum): 3 attempts per URL
+TIMEOUT = 30.0   # seconds without a byte before a connection counts as failed
 
 
 @dataclasses.dataclass(frozen=True)
 class Files:
   urls: tuple[str, ...]       # base URLs tried in order, each holding every file
-  digests: dict[str, str]     # file name -> "sha256:<hex>" or "md5:<hex>"
+  digests: dict[str, str]     # file name -> "sha256:<hex>" or "md5:<hex>" (pooch's notation)
 
 
 # MNIST and Fashion-MNIST: the sha256 sums TFDS publishes (tensorflow_datasets/url_checksums/*.txt, checked
@@ -78,7 +80,15 @@ def cache_root(cache_dir: str = "") -> Path:
 
 
 def fetch(name: str, config) -> Path:
-  """The cache folder of data set `name`, holding its verified files (downloaded when missing)."""
+  """The cache folder of one data set, holding its verified files (downloaded when missing or corrupted).
+
+  Args:
+    name: a data set of `CATALOG`.
+    config: config.data (`cache_dir`, `mirror` and `checksums`; empty values defer to the environment).
+
+  Returns:
+    The folder holding the data set's files under their published names.
+  """
   files = CATALOG[name]
   mirror = config.get("mirror", "") or os.environ.get(MIRROR_ENV, "")
   urls = (mirror.rstrip("/") + "/",) if mirror else files.urls
@@ -90,11 +100,9 @@ def fetch(name: str, config) -> Path:
   except OSError as e:
     raise UserError(f"cannot create the data cache {folder} ({e}); set config.data.cache_dir to a writable "
                     "folder or point config.data.dir at local files") from e
-  for file_name, digest in digests.items():
-    path = folder / file_name
-    if path.is_file() and _digest(path, digest) == digest:
-      continue
-    _download(name, [url + file_name for url in urls], path, digest)
+  pooch.get_logger().setLevel(logging.WARNING)   # its "Downloading ..." lines would break a failure's one line
+  for file_name in digests:
+    _fetch_file(name, file_name, urls, folder, digests)
   return folder
 
 
@@ -109,64 +117,37 @@ def _read_checksums(value: str, published: dict[str, str]) -> dict[str, str]:
   return digests
 
 
-def _download(dataset: str, urls: list[str], path: Path, digest: str) -> None:
-  """Tries each URL in turn; the file appears under `path` only once whole and verified."""
-  partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+def _fetch_file(dataset: str, file_name: str, urls: tuple[str, ...], folder: Path, digests: dict[str, str]) -> None:
+  """`folder / file_name`, verified: from the cache, else from the first of `urls` that serves it."""
   failures = []
   for url in urls:
-    error = _fetch_with_retries(url, partial, dataset)
-    if error:
-      failures.append(f"{url}: {error}")
-      continue
-    actual = _digest(partial, digest)
-    if actual != digest:
-      partial.unlink()
-      raise UserError(f"{dataset}: {url} does not match its checksum (got {actual}, expected {digest}); the "
-                      f"download was deleted. Retry; a mirror serving repacked files needs their sums in "
-                      f"config.data.checksums (or ${CHECKSUMS_ENV}), a file of 'sha256  name' lines; or set "
-                      f"config.data.mirror (or ${MIRROR_ENV}) to a good copy, or point config.data.dir at local files")
-    os.replace(partial, path)  # atomic: a concurrent or later run sees no file or the whole verified one
-    return
-  raise UserError(f"{dataset}: cannot download {path.name} ({'; '.join(failures)}); check the network, set "
+    store = pooch.create(path=folder, base_url=url, registry=digests, retry_if_failed=RETRIES)
+    try:
+      store.fetch(file_name, downloader=_downloader(f"{dataset} {file_name}"))
+      return
+    except ValueError as e:   # pooch's hash mismatch, after its retries; it deleted the download
+      raise UserError(
+          f"{dataset}: {url}{file_name} does not match its checksum ({RETRIES + 1} attempts; expected "
+          f"{digests[file_name]}); the download was deleted. A mirror serving repacked files needs their sums in "
+          f"config.data.checksums (or ${CHECKSUMS_ENV}), a file of 'sha256  name' lines; or set config.data.mirror "
+          f"(or ${MIRROR_ENV}) to a good copy, or point config.data.dir at local files") from e
+    except OSError as e:      # refused, reset, timed out, cut short, HTTP errors (requests' errors are OSErrors)
+      failures.append(f"{url}{file_name}: {' '.join(str(e).split())}")
+  raise UserError(f"{dataset}: cannot download {file_name} ({'; '.join(failures)}); check the network, set "
                   f"config.data.mirror (or ${MIRROR_ENV}) to a reachable copy, or point config.data.dir at local files")
 
 
-def _fetch_with_retries(url: str, partial: Path, dataset: str) -> str | None:
-  """None once `partial` holds the whole response, else why not; only failed connections are retried."""
-  for delay in (0.0, *RETRY_DELAYS):
-    time.sleep(delay)
-    try:
-      _stream(url, partial, dataset)
-      return None
-    except urllib.error.HTTPError as e:  # the server answered: asking again will not change its answer
-      partial.unlink(missing_ok=True)
-      return f"HTTP {e.code} {e.reason}"
-    except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, cut short
-      partial.unlink(missing_ok=True)
-      reason = getattr(e, "reason", None) or e
-  return str(reason)
+def _downloader(label: str) -> Callable[[str, str, pooch.Pooch], None]:
+  """A pooch downloader: HTTP(S) by pooch's own, with a progress bar named `label` on a terminal; file:// copies."""
 
+  def download(url: str, output_file: str, store: pooch.Pooch) -> None:
+    if url.startswith("file://"):   # pooch has no downloader for local mirrors
+      shutil.copyfile(urllib.request.url2pathname(urllib.parse.urlsplit(url).path), output_file)
+      return
+    # total=1 until pooch sets the announced size: pooch asks the bar for its truth value, which a tqdm bar
+    # without a total refuses to give
+    with tqdm.tqdm(total=1, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty(),
+                   leave=False) as bar:
+      pooch.HTTPDownloader(progressbar=bar, chunk_size=CHUNK, timeout=TIMEOUT)(url, output_file, store)
 
-def _stream(url: str, partial: Path, dataset: str) -> None:
-  with urllib.request.urlopen(url, timeout=TIMEOUT) as response, open(partial, "wb") as file:
-    total = int(response.headers.get("Content-Length") or 0) or None
-    # labelled with the file's own name (the URL's last part), not the temporary file's
-    name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
-    with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc=f"{dataset} {name}",
-                   disable=not sys.stderr.isatty(), leave=False) as bar:
-      received = 0
-      while chunk := response.read(CHUNK):
-        file.write(chunk)
-        received += len(chunk)
-        bar.update(len(chunk))
-  if total is not None and received != total:
-    raise http.client.IncompleteRead(b"", total - received)
-
-
-def _digest(path: Path, digest: str) -> str:
-  algorithm = digest.partition(":")[0]
-  hasher = hashlib.new(algorithm)
-  with open(path, "rb") as file:
-    while block := file.read(CHUNK):
-      hasher.update(block)
-  return f"{algorithm}:{hasher.hexdigest()}"
+  return download
