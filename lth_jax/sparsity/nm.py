@@ -79,9 +79,9 @@ def _grouped(x, m: int):
   return moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
 
 
-def _ungrouped(g, shape):
-  moved = g.reshape(g.shape[:-2] + (-1,))
-  return jnp.moveaxis(moved, -1, -2).reshape(shape)
+def _ungrouped(g):
+  """The inverse of `_grouped`."""
+  return jnp.moveaxis(g.reshape(g.shape[:-2] + (-1,)), -1, -2)
 
 
 def top_n_per_group(keys, pattern: NM):
@@ -103,4 +103,4 @@ def top_n_per_group(keys, pattern: NM):
   position = jnp.arange(pattern.m)
   later = position[None, :] > position[:, None]          # [i, j]: j comes after i
   outranked = jnp.sum((other > mine) | ((other == mine) & later), axis=-1)
-  return _ungrouped(outranked < pattern.n, keys.shape)
+  return _ungrouped(outranked < pattern.n)

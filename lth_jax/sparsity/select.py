@@ -163,8 +163,10 @@ def keep_counts(scores, masks, counts, which=None, pattern: nm.NM | None = None)
   alive = [mask_leaves[i] != 0 for i in chosen]
   forced = [None] * len(chosen)
   if pattern is not None:
-    forced = _pattern_floor(masks, [score_leaves[i] for i in chosen], alive, chosen, pattern)
-    _check_floor(counts, forced, [masks_lib.named_leaves(masks)[i][0] for i in chosen], pattern)
+    named = masks_lib.named_leaves(masks)
+    names = [named[i][0] for i in chosen]
+    forced = _pattern_floor([score_leaves[i] for i in chosen], alive, names, pattern)
+    _check_floor(counts, forced, names, pattern)
   new_leaves = list(mask_leaves)
   if np.ndim(counts) == 0:
     kept = keep_highest(_flat([score_leaves[i] for i in chosen]), _flat(alive), counts,
@@ -182,14 +184,13 @@ def _flat(arrays):
   return jnp.concatenate([a.ravel() for a in arrays])
 
 
-def _pattern_floor(masks, scores, alive, chosen, pattern: nm.NM) -> list:
-  """Per chosen leaf: its n best alive weights in every group of m (ValueError naming a leaf that cannot
-  hold the pattern)."""
-  named = masks_lib.named_leaves(masks)
-  for i, a in zip(chosen, alive):
+def _pattern_floor(scores, alive, names, pattern: nm.NM) -> list:
+  """Per leaf: its n best alive weights in every group of m (ValueError naming a leaf that cannot hold
+  the pattern)."""
+  for name, a in zip(names, alive):
     why = nm.misfit(a.shape, pattern)
     if why:
-      raise ValueError(f"leaf {named[i][0]!r} cannot hold the {pattern} pattern: {why}")
+      raise ValueError(f"leaf {name!r} cannot hold the {pattern} pattern: {why}")
   return [_group_floor(s, a, pattern) for s, a in zip(scores, alive)]
 
 
