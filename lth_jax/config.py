@@ -171,6 +171,8 @@ def base() -> ml_collections.ConfigDict:
   #                                  | uniform_first_dense (RigL's uniform: the first layer dense, unmasked)
   #                                  | map (prune.layer_sparsity): how a pruning target is shared among layers
   c.prune.layer_sparsity = ()      # distribution=map: ("output/*=0.2",) per-layer sparsity; the rest prune.sparsity
+  c.prune.pattern = "unstructured"   # unstructured | "N:M" (e.g. "2:4"): of every M consecutive weights along a
+  #                                    kernel's input axis N stay; the sparsity is 1 - N/M (prune.sparsity must equal it)
   c.gradual = ml_collections.ConfigDict()   # Zhu & Gupta 2017: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3
   c.gradual.start = 0.1            # t0 as a fraction of training
   c.gradual.end = 0.6              # the last pruning step (t0 + n dt) as a fraction of training

@@ -341,5 +341,6 @@ def check_ready(exp: Experiment) -> None:
   exp.new_trainer(exp.config.train.epochs, finetune=True)
   exp.evaluator  # noqa: B018  -- a cached property: built here, used by every record
   methods.common.rewind_step(exp)   # config.prune.rewind_step inside the dense run
+  methods.common.check_pattern_fits(exp)   # config.prune.pattern's m divides every pruned layer's inputs
   methods.check_sizes(exp)
 

@@ -12,18 +12,24 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lth_jax.errors import check
+from lth_jax.errors import UserError, check
 from lth_jax.methods import cohort
 from lth_jax.methods.registry import Recorder
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity import nm
 from lth_jax.sparsity import pruning
 from lth_jax.training import Trainer, TrainState
 from lth_jax.training import step
 
 # The sanity checks of "Missing the Mark" (Frankle et al. 2021), on any method's mask before retraining.
 CONTROLS = ("none", "shuffle", "reinit", "invert")
+# Methods that cannot keep an N:M pattern: channel pruning, and drop-and-grow, which moves single weights
+# across groups.
+NO_PATTERN = {"slimming": "prunes whole channels", "early_bird": "prunes whole channels",
+              "set": "drops and regrows weights one by one, across the groups",
+              "rigl": "drops and regrows weights one by one, across the groups"}
 
 
 def validate_prune(config: ml_collections.ConfigDict) -> None:
@@ -37,6 +43,78 @@ def validate_prune(config: ml_collections.ConfigDict) -> None:
   check(p.rewind_step >= 0, f"config.prune.rewind_step={p.rewind_step} must be >= 0")
   check(not (p.rewind_step and p.rewind_epoch), f"config.prune.rewind_step={p.rewind_step} and "
         f"config.prune.rewind_epoch={p.rewind_epoch} are both set; set one (0 = theta_0)")
+  validate_pattern(config)
+
+
+def prune_pattern(config: ml_collections.ConfigDict) -> nm.NM | None:
+  """config.prune.pattern parsed: None for "unstructured", else the N:M pattern."""
+  try:
+    return nm.parse(config.prune.pattern)
+  except ValueError as e:
+    raise UserError(f"config.prune.pattern={e}") from None
+
+
+def validate_pattern(config: ml_collections.ConfigDict) -> None:
+  """An N:M pattern fixes every pruned layer's sparsity at 1 - n/m: prune.sparsity (and compare's
+  sparsities) must say so, and what would give layers other sparsities, or break the groups, is refused."""
+  pattern = prune_pattern(config)
+  if pattern is None:
+    return
+  p, key = config.prune, f"config.prune.pattern='{pattern}'"
+  fixed = f"{key} fixes the sparsity at 1 - {pattern.n}/{pattern.m} = {pattern.sparsity:g}"
+  check(abs(p.sparsity - pattern.sparsity) < 1e-9, f"{fixed}; set config.prune.sparsity={pattern.sparsity:g} "
+        f"(it is {p.sparsity:g})")
+  running = {config.method} | (set(config.compare.methods) if config.method == "compare" else set())
+  if config.method == "compare":
+    check(all(abs(s - pattern.sparsity) < 1e-9 for s in config.compare.sparsities),
+          f"{fixed}; set config.compare.sparsities=({pattern.sparsity:g},) (it is {tuple(config.compare.sparsities)})")
+  blocked = sorted(running & set(NO_PATTERN))
+  check(not blocked, lambda: f"{key} cannot apply to method {blocked[0]!r}, which {NO_PATTERN[blocked[0]]}; "
+        "use config.prune.pattern='unstructured', or a one-shot, iterative, dynamic, prune_at_init, gradual or "
+        "static method")
+  check(p.distribution in ("scope", "global", "uniform", "uniform_first_dense"),
+        f"{key} gives every layer the sparsity {pattern.sparsity:g}; config.prune.distribution={p.distribution!r} "
+        "would give layers their own: use scope, global, uniform or uniform_first_dense")
+  check(not p.layer_scale, f"{key} gives every layer the same sparsity; config.prune.layer_scale="
+        f"{tuple(p.layer_scale)} would scale it per layer: leave it empty")
+  check(p.control != "shuffle", f"{key}: config.prune.control='shuffle' permutes each layer's mask, which breaks "
+        "the groups; use none, reinit or invert")
+  # a set rate per round or per event ends wherever it compounds to; 0 derives it from the sparsity
+  check("iterative" not in running or not config.iterative.rate,
+        f"{fixed}; config.iterative.rate={config.iterative.rate} would end elsewhere: leave it 0")
+  check("dynamic" not in running or not config.dynamic.fraction,
+        f"{fixed}; config.dynamic.fraction={config.dynamic.fraction} would end elsewhere: leave it 0")
+
+
+def check_pattern_fits(exp) -> None:
+  """Every prunable layer can hold config.prune.pattern: m divides its input dimension (nothing is padded)."""
+  pattern = prune_pattern(exp.config)
+  if pattern is None:
+    return
+  for (name, leaf), prunable in zip(masks_lib.named_leaves(exp.init_params), jax.tree.leaves(exp.which)):
+    why = nm.misfit(leaf.shape, pattern) if prunable else None
+    check(why is None, lambda: f"config.prune.pattern='{pattern}' cannot apply to {name}: {why}; leave the layer "
+          f"out (config.prune.exclude=('{name}',)) or choose an M that divides it")
+
+
+def distribution_kind(config) -> str:
+  """config.prune.distribution, with "scope" read from prune.scope: global -> "global", layerwise -> "uniform"."""
+  p = config.prune
+  if p.distribution != "scope":
+    return p.distribution
+  return "global" if p.scope == "global" else "uniform"
+
+
+def pattern_fraction(exp, masks, fraction: float, last: bool) -> float:
+  """`fraction` of the remaining weights, or at a schedule's last pruning event under config.prune.pattern
+  the fraction that leaves exactly the pattern's n of every m. Each event removes round(fraction x
+  remaining), and the roundings of a per-event rate compound: the last event would land a few weights
+  off the pattern's count."""
+  pattern = prune_pattern(exp.config)
+  if pattern is None or not last:
+    return fraction
+  remaining, total = masks_lib.count(masks, exp.which)
+  return (remaining - (total - round(pattern.sparsity * total))) / remaining
 
 
 @dataclasses.dataclass
@@ -118,9 +196,10 @@ def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, i
   jitted = jax.jit(lambda params_, masks_: score(params_, masks_, context))   # SynFlow rescores 100 times
   criterion = lambda params_, masks_, _: jitted(params_, masks_)   # noqa: E731
   iterations = p.synflow_iterations if p.criterion == "synflow" else iterations
-  if p.distribution != "scope":
-    pruned = pruning.prune_distributed(criterion, params, masks, fraction, p.distribution, exp.which,
-                                       distribution.parse_map(p.layer_sparsity), context, iterations)
+  pattern = prune_pattern(exp.config)
+  if p.distribution != "scope" or pattern is not None:
+    pruned = pruning.prune_distributed(criterion, params, masks, fraction, distribution_kind(exp.config), exp.which,
+                                       distribution.parse_map(p.layer_sparsity), context, iterations, pattern)
   else:
     pruned = pruning.prune_iteratively(criterion, params, masks, fraction, iterations, p.scope, exp.which,
                                        exp.layer_scale, context)

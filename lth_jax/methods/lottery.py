@@ -133,6 +133,8 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   and at the trained dense weights (accuracy_at_dense_weights), the ResNet-20 seed's @w(t-1) and @w0.
   The last round trains `final_epochs` instead when that is set (the CNN-pruning seed's 5 then 100).
   Every `random_control_every`-th round also trains its mask from a random initialisation.
+  Under config.prune.pattern (n:m) each round keeps n of every m as its floor and the last one exactly
+  n of every m (`common.pattern_fraction`): the rounds are k:m-or-denser masks narrowing to n:m.
   """
   cfg = exp.config.iterative
   rate = cfg.rate or pruning.rate_per_round(max(sparsities), cfg.rounds)
@@ -140,7 +142,8 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   masks = masks_lib.init(state.params)
   for round_ in range(1, cfg.rounds + 1):
     started, name = time.time(), f"iterative round {round_}"
-    masks = common.prune(exp, state.params, masks, rate, name, state.batch_stats)
+    fraction = common.pattern_fraction(exp, masks, rate, last=round_ == cfg.rounds)
+    masks = common.prune(exp, state.params, masks, fraction, name, state.batch_stats)
     before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
     at_dense = common.masked_accuracy(exp, dense_run.prune_state.params, dense_run.prune_state.batch_stats, masks)
     epochs = round_epochs(exp, round_)
@@ -221,10 +224,11 @@ def dynamic_run(exp, sparsity: float, recorder: Recorder, dense_accuracy: float 
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
                              exp.key(name))
   history, events, before = [], [], None
-  for epoch in prune_epochs:
+  for i, epoch in enumerate(prune_epochs):
     state, rows = yield from cohort.fit(trainer, state, epoch, name, exp.data)
     history += rows
-    masks = common.prune(exp, state.params, state.masks, fraction, f"{name}/{epoch}", state.batch_stats)
+    event_fraction = common.pattern_fraction(exp, state.masks, fraction, last=i == len(prune_epochs) - 1)
+    masks = common.prune(exp, state.params, state.masks, event_fraction, f"{name}/{epoch}", state.batch_stats)
     state = state.replace(masks=masks, params=masks_lib.apply(state.params, masks))
     before = trainer.evaluate(state, exp.data["test"])["accuracy"]
     events.append({"epoch": epoch, "sparsity": masks_lib.sparsity(masks, exp.which), "test_accuracy": before})

@@ -19,11 +19,13 @@ import ml_collections
 
 from lth_jax.errors import UserError, check
 from lth_jax.methods import cohort
+from lth_jax.methods import common
 from lth_jax.methods.common import DenseRun
 from lth_jax.methods.registry import Recorder, register
 from lth_jax.sparsity import criteria, during_training, pruning, select
 from lth_jax.sparsity import distribution as distribution_lib
 from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity import nm
 
 GROW = {"set": "random", "rigl": "gradient"}
 
@@ -39,13 +41,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(0.0 < s.end <= 1.0, f"config.sparse.end={s.end} must be in (0, 1] (a fraction of training)")
 
 
-def distribution_kind(config) -> str:
-  p = config.prune
-  if p.distribution != "scope":
-    return p.distribution
-  return "global" if p.scope == "global" else "uniform"
-
-
 def _which_tree(masks, which: tuple):
   return jax.tree.unflatten(jax.tree.structure(masks), list(which))
 
@@ -58,6 +53,7 @@ class Gradual:
   n: int
   counts: tuple          # per event: one count (global) or a tuple of per-layer counts
   which: tuple           # prunable flag per leaf
+  pattern: nm.NM | None = None   # N:M: every event keeps n of every m as its floor, the last exactly that
 
   def __call__(self, state, dense_grads, tx):
     t = state.step
@@ -66,7 +62,7 @@ class Gradual:
     def prune(state):
       counts = jnp.asarray(self.counts, jnp.int32)[event]
       masks = select.keep_counts(jax.tree.map(jnp.abs, state.params), state.masks, counts,
-                                 _which_tree(state.masks, self.which))
+                                 _which_tree(state.masks, self.which), self.pattern)
       return state.replace(masks=masks, params=masks_lib.apply(state.params, masks))
     on = during_training.is_update(t, self.every, self.t0, self.t0 + self.n * self.every)
     return jax.lax.cond(on, prune, lambda s: s, state)
@@ -138,19 +134,21 @@ def gradual_hook(exp, sparsity: float) -> Gradual:
   counts = []
   for k in range(n + 1):
     s = float(during_training.polynomial_sparsity(t0 + k * g.every, g.initial_sparsity, sparsity, t0, n, g.every))
-    c = pruning.target_counts(masks, exp.which, distribution_kind(exp.config), round((1.0 - s) * n_total), layer_map)
+    c = pruning.target_counts(masks, exp.which, common.distribution_kind(exp.config), round((1.0 - s) * n_total), layer_map)
     counts.append(tuple(c) if isinstance(c, list) else c)
-  return Gradual(t0, g.every, n, tuple(counts), tuple(jax.tree.leaves(exp.which)))
+  return Gradual(t0, g.every, n, tuple(counts), tuple(jax.tree.leaves(exp.which)),
+                 common.prune_pattern(exp.config))
 
 
 def random_masks(exp, sparsity: float, purpose: str):
-  """A random mask at `sparsity` with config.prune.distribution's per-layer counts (exact)."""
+  """A random mask at `sparsity` with config.prune.distribution's per-layer counts (exact); under
+  config.prune.pattern a random n of every m."""
   masks = masks_lib.init(exp.init_params)
   _, n_total = masks_lib.count(masks, exp.which)
   scores = criteria.get("random")(masks, masks, criteria.Context(key=exp.key(f"mask/{purpose}")))
-  counts = pruning.target_counts(masks, exp.which, distribution_kind(exp.config),
+  counts = pruning.target_counts(masks, exp.which, common.distribution_kind(exp.config),
                                  round((1.0 - sparsity) * n_total), distribution_lib.parse_map(exp.config.prune.layer_sparsity))
-  return select.keep_counts(scores, masks, counts, exp.which)
+  return select.keep_counts(scores, masks, counts, exp.which, common.prune_pattern(exp.config))
 
 
 def sparse_run(exp, method: str, sparsity: float, recorder: Recorder, dense_accuracy: float | None = None):
@@ -158,7 +156,7 @@ def sparse_run(exp, method: str, sparsity: float, recorder: Recorder, dense_accu
   started, epochs, s = time.time(), exp.config.train.epochs, exp.config.sparse
   name = f"{method}@{sparsity:g}"
   which = tuple(jax.tree.leaves(exp.which))
-  extra = {"distribution": distribution_kind(exp.config)}
+  extra = {"distribution": common.distribution_kind(exp.config)}
   if method == "gradual":
     masks, hook = masks_lib.init(exp.init_params), gradual_hook(exp, sparsity)
     extra.update(prune_steps=[hook.t0 + k * hook.every for k in range(hook.n + 1)])
