@@ -152,6 +152,7 @@ _TABLE = _crc32c_table()
 
 
 def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli) of `data`, the checksum TFRecord frames carry."""
   crc = 0xFFFFFFFF
   for byte in data:
     crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
