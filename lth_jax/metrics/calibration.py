@@ -89,6 +89,7 @@ def _weighted_gap(b: dict) -> float:
 
 
 def confidences(probs) -> np.ndarray:
+  """The top-class probability of each row of `probs` (N, classes), as float64."""
   return np.max(np.asarray(probs, dtype=np.float64), axis=1)
 
 
@@ -98,6 +99,7 @@ def correct(probs, labels) -> np.ndarray:
 
 
 def accuracy(probs, labels) -> float:
+  """The fraction of rows whose top class is the label."""
   probs, labels = _validate(probs, labels)
   return float(np.mean(correct(probs, labels)))
 

@@ -29,6 +29,7 @@ def _params(variables):
 
 
 def count_params(params) -> int:
+  """All parameters in `params` (a params pytree or a Flax variables dict), pruned or not."""
   return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(_params(params)))
 
 
@@ -41,6 +42,7 @@ def count_nonzero(params, masks=None) -> int:
 
 
 def compression_ratio(params, masks) -> float:
+  """All parameters over the non-zero ones under `masks` (`count_nonzero`): 1 for a dense network."""
   return count_params(params) / count_nonzero(params, masks)
 
 
@@ -89,6 +91,7 @@ def flops(model, params, input_shape, masks=None) -> int:
 
 
 def theoretical_speedup(model, params, input_shape, masks) -> float:
+  """Dense FLOPs over the FLOPs of the weights alive under `masks`, as `layer_flops` counts them."""
   rows = layer_flops(model, params, input_shape, masks)
   return sum(r["dense"] for r in rows) / sum(r["nonzero"] for r in rows)
 

@@ -18,6 +18,7 @@ def interpolate(params_a, params_b, alpha: float):
 
 
 def alphas(points: int) -> np.ndarray:
+  """`points` evenly spaced interpolation weights from 0 to 1, both ends included."""
   if points < 2:
     raise ValueError(f"a path needs at least its two ends; got {points} points")
   return np.linspace(0.0, 1.0, points)

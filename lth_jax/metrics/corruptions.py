@@ -59,15 +59,18 @@ SEVERITIES = (1, 2, 3, 4, 5)
 
 
 def gaussian_noise(x, c, rng):
+  """x plus Gaussian noise of standard deviation c."""
   return x + rng.normal(scale=c, size=x.shape)
 
 
 def shot_noise(x, c, rng):
+  """Poisson noise: photon counts of mean x * c, divided back by c."""
   # Poisson photon counts with c photons at full intensity.
   return rng.poisson(x * c) / c
 
 
 def impulse_noise(x, c, rng):
+  """Salt-and-pepper noise: a fraction c of the elements set to 0 or 1, alike."""
   flipped = rng.random(x.shape) < c
   salted = rng.random(x.shape) < 0.5
   out = x.copy()
@@ -77,6 +80,7 @@ def impulse_noise(x, c, rng):
 
 
 def speckle_noise(x, c, rng):
+  """Multiplicative noise: x plus x times Gaussian noise of standard deviation c."""
   return x + x * rng.normal(scale=c, size=x.shape)
 
 
@@ -147,6 +151,7 @@ def pixelate(x, c, rng=None):
 
 
 def contrast(x, c, rng=None):
+  """Each image and channel's deviations from its mean scaled by c."""
   means = x.mean(axis=(1, 2), keepdims=True)  # Per image and channel, as the reference.
   return (x - means) * c + means
 
@@ -160,12 +165,14 @@ def _on_hsv(x, channel, fn):
 
 
 def brightness(x, c, rng=None):
+  """c added to the HSV value (to the grey value for one channel)."""
   if x.shape[-1] == 1:
     return x + c  # For grey pixels V is the grey value.
   return _on_hsv(x, 2, lambda v: v + c)
 
 
 def saturate(x, c, rng=None):
+  """The HSV saturation S made S * a + b for c = (a, b); one channel stays as it is."""
   if x.shape[-1] == 1:
     return x  # No saturation to change in a single channel.
   a, b = c
@@ -173,6 +180,7 @@ def saturate(x, c, rng=None):
 
 
 def jpeg_compression(x, c, rng=None):
+  """Each image through JPEG at quality c, by Pillow."""
   from PIL import Image  # Pillow comes with matplotlib; only JPEG needs it.
   images = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
   out = np.empty(x.shape, dtype=np.float64)

@@ -28,10 +28,6 @@ import optax
 
 from lth_jax.sparsity import masks as masks_lib
 
-Criterion = Callable[[Any, Any, "Context"], Any]
-_REGISTRY: dict[str, Criterion] = {}
-
-
 _BATCHNORM: dict[str, str] = {}
 BATCHNORM_MODES = ("train", "eval")
 GRASP_TEMPERATURE = 200.0   # the T of GraSP's and Synaptic-Flow's code: logits / T while scoring
@@ -46,6 +42,11 @@ class Context:
   logits_fn: Callable | None = None  # (params, x) -> logits: GraSP, SynFlow
   which: Any = None                 # bool pytree of the prunable leaves (None: masks.prunable's rule)
   grasp_temperature: float = GRASP_TEMPERATURE
+
+
+Criterion = Callable[[Any, Any, Context], Any]
+"""A criterion: `(params, masks, context) -> scores`, a pytree shaped like `params`, higher = keep."""
+_REGISTRY: dict[str, Criterion] = {}
 
 
 def register(name: str, batchnorm: str = "train"):
@@ -67,6 +68,7 @@ def register(name: str, batchnorm: str = "train"):
 
 
 def names() -> tuple[str, ...]:
+  """The registered criteria's names, in the order they were registered."""
   return tuple(_REGISTRY)
 
 
@@ -77,6 +79,7 @@ def batchnorm_mode(name: str) -> str:
 
 
 def get(name: str) -> Criterion:
+  """The criterion registered as `name`; ValueError listing the registered names when there is none."""
   if name not in _REGISTRY:
     raise ValueError(f"criterion {name!r} is not registered; allowed: {', '.join(_REGISTRY)}")
   return _REGISTRY[name]

@@ -30,6 +30,7 @@ from lth_jax.sparsity import masks as masks_lib
 
 
 class MaskedState(NamedTuple):
+  """The state of `keep_pruned`: the inner optimizer's state and the masks in force."""
   inner_state: optax.OptState
   masks: Any
 
@@ -43,8 +44,16 @@ def _check_shapes(masks, params) -> None:
       raise ValueError(f"keep_pruned: mask {name!r} has shape {jnp.shape(m)}, its param {jnp.shape(p)}")
 
 
-def keep_pruned(inner: optax.GradientTransformation, masks) -> optax.GradientTransformation:
-  """Wrap `inner` so that the weights `masks` prunes stay exactly 0.0 after every update."""
+def keep_pruned(inner: optax.GradientTransformation, masks: masks_lib.PyTree) -> optax.GradientTransformation:
+  """Wraps `inner` so that the weights `masks` prunes stay exactly 0.0 after every update.
+
+  Args:
+    inner: any optax transformation (SGD, Adam, a chain with weight decay).
+    masks: the masks `init` puts in the state, shaped like the params.
+
+  Returns:
+    The wrapping transformation; its state is a `MaskedState` and its `update` needs the params.
+  """
 
   def init_fn(params):
     _check_shapes(masks, params)
@@ -71,18 +80,33 @@ def _masked_state(opt_state) -> MaskedState:
   return opt_state
 
 
-def masks_of(opt_state):
-  """The masks held in the state of `keep_pruned`."""
+def masks_of(opt_state: MaskedState) -> masks_lib.PyTree:
+  """The masks held in the state of `keep_pruned`.
+
+  Args:
+    opt_state: the state of `keep_pruned` (the outermost transformation).
+
+  Returns:
+    Its masks.
+  """
   return _masked_state(opt_state).masks
 
 
-def with_masks(opt_state, new_masks, params=None, tx=None, reset: bool = True) -> MaskedState:
+def with_masks(opt_state: MaskedState, new_masks: masks_lib.PyTree, params: masks_lib.PyTree | None = None,
+               tx: optax.GradientTransformation | None = None, reset: bool = True) -> MaskedState:
   """`opt_state` holding `new_masks` instead of its masks.
 
-  reset=True re-initialises the inner state from `params` (fresh momentum and step count, as after a
-  lottery-ticket rewind); it needs `params` and `tx`, the `keep_pruned` transformation (a TrainState's
-  `state.tx`) or its inner one. reset=False keeps the inner state as it is; its moments may be nonzero
-  at newly pruned positions, which is harmless: they are masked out before they reach a weight.
+  Args:
+    opt_state: the state of `keep_pruned`.
+    new_masks: masks of the same structure as the old ones.
+    params: the params the inner state is re-initialised from (reset=True only).
+    tx: the `keep_pruned` transformation (a TrainState's `state.tx`) or its inner one (reset=True only).
+    reset: True re-initialises the inner state from `params` (fresh momentum and step count, as after
+      a lottery-ticket rewind). False keeps the inner state as it is; its moments may be nonzero at
+      newly pruned positions, which is harmless: they are masked out before they reach a weight.
+
+  Returns:
+    The new state.
   """
   old = _masked_state(opt_state)
   if jax.tree.structure(new_masks) != jax.tree.structure(old.masks):

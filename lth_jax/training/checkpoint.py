@@ -277,6 +277,7 @@ class SegmentStore:
     return self._managers[name]
 
   def save(self, name: str, epoch: int, state, history: list, final: bool) -> None:
+    """Checkpoints segment `name` at `epoch` (its state and history so far) every `every` epochs and when `final`."""
     if not (final or epoch % self.every == 0):
       return
     manager = self._manager(name)
@@ -332,6 +333,7 @@ class SegmentStore:
     return None
 
   def close(self) -> None:
+    """Waits for the pending writes and closes every segment's manager."""
     for manager in self._managers.values():
       manager.close()
     if self._undo_containment is not None and not self._failed:

@@ -26,14 +26,17 @@ class Progress:
 
   @property
   def shown(self) -> bool:
+    """Whether the bar is drawn (enabled, on a terminal)."""
     return not self._bar.disable
 
   def advance(self, epochs: int, what: str = "") -> None:
+    """Counts `epochs` more epochs trained; `what` (a segment's name) labels the bar."""
     if what:
       self._bar.set_description_str(what, refresh=False)
     self._bar.update(epochs)
 
   def close(self) -> None:
+    """Removes the bar and gives the log its stream back."""
     self._bar.close()
     if self._handler is not None:
       self._handler.stream = self._stream

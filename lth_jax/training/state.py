@@ -19,6 +19,7 @@ SCHEDULES = ("constant", "step", "cosine")
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything that changes while training one network, a pytree that jit, vmap and Orbax take as it is."""
   step: jax.Array          # global step: the learning-rate schedule reads it
   params: Any
   batch_stats: Any         # {} for models without BatchNorm
@@ -28,6 +29,7 @@ class TrainState:
 
   @property
   def variables(self):
+    """The Flax variables to `apply` the model with: params, and batch_stats when the model has them."""
     return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
 
 
@@ -71,6 +73,7 @@ def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, epoch
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
+  """Full batches per epoch, the last partial one dropped; a UserError when `batch_size` is not in [1, n_train]."""
   if batch_size < 1 or batch_size > n_train:
     raise UserError(f"config.train.batch_size={batch_size} must be in [1, {n_train}] (the training set size)")
   return n_train // batch_size  # the last partial batch is dropped; the next epoch reshuffles

@@ -130,9 +130,11 @@ class Trainer:
     return self.train_epoch(copy, *data["train"], last=steps)[0]
 
   def logits(self, state: TrainState, x) -> jax.Array:
+    """The model's logits on `x` in eval mode, compiled once."""
     return self._logits(state.variables, x)
 
   def evaluate(self, state: TrainState, split) -> dict:
+    """{"loss", "accuracy"} on `split` = (x, y), as floats."""
     return {k: float(v) for k, v in self._evaluate[False](state.variables, *split).items()}
 
   def fit(self, states: list, data, end_epoch: int, names: list, log_every: int = 0, progress=None):
