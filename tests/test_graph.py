@@ -245,8 +245,13 @@ def mlp(params, x):
 
 def test_plain_jax_function_of_a_params_dict():
   params = {"w1": jnp.ones((5, 6)), "b1": jnp.ones(6), "w2": jnp.ones((6, 3))}
-  (g,) = graph.channel_groups(mlp, params, jnp.ones((2, 5)))
+  x = jnp.ones((2, 5))
+  (g,) = graph.channel_groups(mlp, params, x)
   assert g == graph.Group(6, (trivial("b1", 0, 6), trivial("w1", 1, 6), trivial("w2", 0, 6)))
+  narrow_fn, narrow_params = graph.shrink(mlp, params, [g], [np.arange(6) % 3 == 0])
+  assert jax.tree.map(jnp.shape, narrow_params) == {"w1": (5, 2), "b1": (2,), "w2": (2, 3)}
+  grads = jax.grad(lambda p: narrow_fn(p, x).sum())(narrow_params)   # a narrow ticket can be retrained
+  np.testing.assert_allclose(grads["b1"], [6.0, 6.0])   # d/db1 of sum(relu(.) @ w2) = rows of w2 summed
 
 
 def test_channels_summed_with_an_input_are_in_no_group():

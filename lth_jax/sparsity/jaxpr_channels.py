@@ -194,8 +194,8 @@ class ChannelGraph:
         self.union(n(eqn.invars[0], a), n(out, b))
     elif name == "squeeze":
       x = eqn.invars[0]
-      kept = [a for a in range(len(shapes[x])) if a not in set(d % len(shapes[x]) for d in eqn.params["dimensions"])]
-      for b, a in enumerate(kept):
+      dropped = {d % len(shapes[x]) for d in eqn.params["dimensions"]}
+      for b, a in enumerate(a for a in range(len(shapes[x])) if a not in dropped):
         self.union(n(x, a), n(out, b))
     elif name == "concatenate":
       self._along(eqn.params["dimension"], eqn.invars, [out], kind_of_whole="out")
