@@ -262,6 +262,15 @@ def test_channels_summed_with_an_input_are_in_no_group():
   assert g.leaves() == {"w1", "w2"} and g.size == 6
 
 
+@pytest.mark.parametrize("mix", [lambda h: h - h.mean(-1, keepdims=True), lambda h: jnp.sort(h, axis=-1)])
+def test_channels_mixed_along_their_axis_are_in_no_group(mix):
+  """A mean over the channels (LayerNorm's) or an operation without a rule (sort) fixes the width."""
+  params = {"w1": jnp.ones((5, 6)), "w2": jnp.ones((6, 3)), "w3": jnp.ones((3, 2))}
+  fn = lambda p, x: jax.nn.relu(mix(x @ p["w1"]) @ p["w2"]) @ p["w3"]
+  (g,) = graph.channel_groups(fn, params, jnp.ones((2, 5)))
+  assert g.leaves() == {"w2", "w3"}
+
+
 def test_nnx_model_through_split_and_merge():
   class MLP(nnx.Module):
     def __init__(self, rngs):
