@@ -59,6 +59,7 @@ class _Traced:
 
 
 def _trace(fn: Callable, params, args) -> _Traced:
+  """Traces fn(params, *args) and reads its groups; the non-param arguments' axes are pinned."""
   closed, out_shapes = jax.make_jaxpr(fn, return_shape=True)(params, *args)
   prog = jaxpr_channels.flatten(closed)
   graph = jaxpr_channels.ChannelGraph(prog)
