@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from lth_jax import methods
 from lth_jax.config import base
@@ -154,3 +155,9 @@ def last_ticket_arrays(workdir) -> list:
   runs = json.loads((Path(workdir) / "results.json").read_text())["runs"]
   ticket = checkpoint.load_ticket(str(Path(workdir) / runs[-1]["ticket"]))
   return [np.asarray(x) for x in jax.tree.leaves((ticket["masks"], ticket["params"]))]
+
+
+# Tests that compile convnets for minutes on a CPU, or repeat what a faster test already proves on a larger
+# model: they run where LTH_JAX_SLOW_TESTS=1 (the suite's time budget on 2 cores keeps them out of CI).
+slow = pytest.mark.skipif(not os.environ.get("LTH_JAX_SLOW_TESTS"),
+                          reason="minutes of compiling on CPU; set LTH_JAX_SLOW_TESTS=1")

@@ -20,8 +20,9 @@ import pytest
 
 from lth_jax import masks, models, pruning
 from lth_jax.config import base
-from lth_jax.models import cpu_conv
+from lth_jax.models import cpu_conv, resnet
 from lth_jax.training import trainer as train
+from tests.helpers import slow
 
 RTOL = 1e-5
 BATCH, STEPS = 8, 3
@@ -43,7 +44,10 @@ def _close(a, b, rtol=RTOL):
 
 
 def _setup(name, size=8):
-  model = models.get(name, num_classes=10, **({"width": 4} if name == "resnet20" else {}))
+  if name == "resnet8":   # He et al.'s CIFAR ResNet at depth 8 (one basic block per stage): BatchNorm, projections
+    model = resnet.cifar_resnet(8, num_classes=10, width=4, bottleneck=False)
+  else:
+    model = models.get(name, num_classes=10, **({"width": 4} if name == "resnet20" else {}))
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((BATCH * STEPS, size, size, 3), dtype=np.float32))
   y = jnp.asarray(rng.integers(0, 10, BATCH * STEPS).astype(np.int32))
@@ -71,7 +75,9 @@ def _run(name, loop):
           "batch_stats": state.batch_stats}
 
 
-@pytest.mark.parametrize("name,loop", [("conv2", "steps"), ("resnet20", "steps"), ("resnet20", "scan")])
+@pytest.mark.parametrize("name,loop", [("conv2", "steps"), ("resnet8", "scan"),
+                                       pytest.param("resnet20", "steps", marks=slow),
+                                       pytest.param("resnet20", "scan", marks=slow)])
 def test_same_numbers_as_plain_lowering(mode, name, loop):
   mode("off")
   plain = _run(name, loop)

@@ -64,8 +64,6 @@ CASES = {
 # The convnet cases compile for minutes on a shared CPU (each process anew): their runs and fault chains
 # run where LTH_JAX_SLOW_TESTS=1; without it, their configs are still checked by `test_every_config_reruns_unchanged`.
 SLOW = {"cifar_conv", "cifar_resnet", "cifar_resnet18", "slimming", "early_bird"}
-slow = pytest.mark.skipif(not os.environ.get("LTH_JAX_SLOW_TESTS"),
-                          reason="convnet runs (minutes of compiling on CPU); set LTH_JAX_SLOW_TESTS=1")
 
 # What the tests below do to a run, each followed by the same command (see each test for where).
 FAULTS = {
@@ -202,6 +200,7 @@ def same_as(workdir, reference) -> None:
     checkpoint.load_ticket(str(Path(workdir) / run["ticket"]))   # every ticket whole (checksums verified)
 
 
+@slow   # the MLP chains of the other families run in CI; this one repeats them on compare's four runs
 def test_compare_survives_kills_and_damage_to_identical_numbers(finished, tmp_path):
   reference, w = finished("default"), tmp_path
   kill("default", w, training("dense/0-2", 1, w))

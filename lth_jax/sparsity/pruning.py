@@ -1,14 +1,9 @@
 """Unstructured pruning: a registered criterion's scores, selected by `select.prune_by_score`.
 
-<<<<<<< HEAD
-`fraction` is the fraction of the *currently remaining* prunable weights to remove; masks are
-cumulative (see `select` for the exact counting and tie rule). Every function takes an N:M `pattern`
-(`nm.NM`, e.g. `nm.parse("2:4")`): the selection keeps n of every m along each kernel's input axis as its
-floor, so pruning to the pattern's sparsity 1 - n/m gives exactly n in every group (lth_jax.sparsity.nm).
-=======
 Every function here takes `(params, masks, amount, scope, ...)` in that order (`prune` and its kin
 take the criterion first), and returns new masks; masks are cumulative, a pruned weight never comes
-back. The amount is said one of two ways:
+back. Every function takes an N:M `pattern` too: pruning to its sparsity 1 - n/m leaves exactly n alive
+weights in every group of m (lth_jax.sparsity.nm). The amount is said one of two ways:
 
 - `fraction` (`prune`, `magnitude`, `random`): the fraction of the *currently remaining* prunable
   weights to remove, `round(fraction * remaining)` of them (see `select` for the exact counting and
@@ -18,7 +13,6 @@ back. The amount is said one of two ways:
 
     m = pruning.magnitude(params, m, 0.2)       # remove 20% of what remains
     m = pruning.magnitude_to(params, m, 0.9)    # prune until 90% of the prunable weights are 0
->>>>>>> r28api
 """
 
 import jax
@@ -27,26 +21,17 @@ from lth_jax.sparsity import criteria
 from lth_jax.sparsity import distribution
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import select
-<<<<<<< HEAD
-from lth_jax.sparsity.nm import NM  # noqa: F401  (public)
-=======
 from lth_jax.sparsity.masks import PyTree
->>>>>>> r28api
+from lth_jax.sparsity.nm import NM
 from lth_jax.sparsity.select import SCOPES, keep_counts, prune_by_score, rate_per_round  # noqa: F401  (public)
 
 __all__ = ["SCOPES", "prune", "magnitude", "random", "prune_to", "magnitude_to", "random_to", "prune_iteratively",
-           "prune_distributed", "exponential_kept", "target_counts", "keep_counts", "prune_by_score", "rate_per_round"]
+           "prune_distributed", "exponential_kept", "target_counts", "keep_counts", "prune_by_score", "rate_per_round", "NM"]
 
-<<<<<<< HEAD
-def prune(criterion: str | criteria.Criterion, params, masks, fraction: float, scope: str = "global", which=None,
-          layer_scale=None, context: criteria.Context = criteria.Context(), pattern: NM | None = None):
-  """Remove the `fraction` of the remaining prunable weights that `criterion` (a name or a function)
-  scores lowest."""
-=======
 
 def prune(criterion: str | criteria.Criterion, params: PyTree, masks: PyTree, fraction: float, scope: str = "global",
           which: PyTree | None = None, layer_scale: dict[str, float] | None = None,
-          context: criteria.Context = criteria.Context()) -> PyTree:
+          context: criteria.Context = criteria.Context(), pattern: NM | None = None) -> PyTree:
   """Removes the `fraction` of the remaining prunable weights that `criterion` scores lowest.
 
   Args:
@@ -59,30 +44,19 @@ def prune(criterion: str | criteria.Criterion, params: PyTree, masks: PyTree, fr
     which: bool pytree of the prunable leaves (default: `masks.prunable`).
     layer_scale: {glob over leaf names: factor} on each leaf's fraction, "layerwise" only.
     context: what the criterion reads besides the weights (a key, a batch, ...).
+    pattern: an N:M pattern (`nm.NM`, e.g. `nm.parse("2:4")`) each selection keeps as its floor: n
+      alive of every m along each kernel's input axis (lth_jax.sparsity.nm); None for unstructured.
 
   Returns:
     The new masks: `round(fraction * remaining)` fewer alive weights (per leaf for "layerwise").
   """
->>>>>>> r28api
   score = criteria.get(criterion) if isinstance(criterion, str) else criterion
   scores = score(params, masks, context)
   return prune_by_score(scores, masks, fraction, scope, which, layer_scale, pattern)
 
 
-<<<<<<< HEAD
-def magnitude(params, masks, fraction: float, scope: str = "global", which=None, layer_scale=None,
-              pattern: NM | None = None):
-  """Magnitude pruning: remove the remaining weights of smallest |w| (L1Unstructured)."""
-  return prune("magnitude", params, masks, fraction, scope, which, layer_scale, pattern=pattern)
-
-
-def random(key: jax.Array, masks, fraction: float, scope: str = "global", which=None, layer_scale=None,
-           pattern: NM | None = None):
-  """Random pruning: remove a uniformly random `fraction` of the remaining weights."""
-  return prune("random", masks, masks, fraction, scope, which, layer_scale, criteria.Context(key=key), pattern)
-=======
 def magnitude(params: PyTree, masks: PyTree, fraction: float, scope: str = "global", which: PyTree | None = None,
-              layer_scale: dict[str, float] | None = None) -> PyTree:
+              layer_scale: dict[str, float] | None = None, pattern: NM | None = None) -> PyTree:
   """Magnitude pruning: removes the remaining weights of smallest |w| (torch's L1Unstructured).
 
   Args:
@@ -92,15 +66,17 @@ def magnitude(params: PyTree, masks: PyTree, fraction: float, scope: str = "glob
     scope: "global" or "layerwise".
     which: bool pytree of the prunable leaves (default: `masks.prunable`).
     layer_scale: {glob over leaf names: factor} on each leaf's fraction, "layerwise" only.
+    pattern: an N:M pattern (`nm.NM`, e.g. `nm.parse("2:4")`) each selection keeps as its floor: n
+      alive of every m along each kernel's input axis (lth_jax.sparsity.nm); None for unstructured.
 
   Returns:
     The new masks, as `prune` counts them.
   """
-  return prune("magnitude", params, masks, fraction, scope, which, layer_scale)
+  return prune("magnitude", params, masks, fraction, scope, which, layer_scale, pattern=pattern)
 
 
 def random(params: PyTree, masks: PyTree, fraction: float, scope: str = "global", which: PyTree | None = None,
-           layer_scale: dict[str, float] | None = None, *, key: jax.Array) -> PyTree:
+           layer_scale: dict[str, float] | None = None, pattern: NM | None = None, *, key: jax.Array) -> PyTree:
   """Random pruning: removes a uniformly random `fraction` of the remaining weights.
 
   Args:
@@ -111,12 +87,14 @@ def random(params: PyTree, masks: PyTree, fraction: float, scope: str = "global"
     scope: "global" or "layerwise".
     which: bool pytree of the prunable leaves (default: `masks.prunable`).
     layer_scale: {glob over leaf names: factor} on each leaf's fraction, "layerwise" only.
+    pattern: an N:M pattern (`nm.NM`, e.g. `nm.parse("2:4")`) each selection keeps as its floor: n
+      alive of every m along each kernel's input axis (lth_jax.sparsity.nm); None for unstructured.
     key: the PRNG key the selection is drawn with.
 
   Returns:
     The new masks, as `prune` counts them.
   """
-  return prune("random", params, masks, fraction, scope, which, layer_scale, criteria.Context(key=key))
+  return prune("random", params, masks, fraction, scope, which, layer_scale, criteria.Context(key=key), pattern)
 
 
 def prune_to(criterion: str | criteria.Criterion, params: PyTree, masks: PyTree, sparsity: float, scope: str = "global",
@@ -184,7 +162,6 @@ def random_to(params: PyTree, masks: PyTree, sparsity: float, scope: str = "glob
     The new masks, as `prune_to` counts them.
   """
   return prune_to("random", params, masks, sparsity, scope, which, criteria.Context(key=key))
->>>>>>> r28api
 
 
 def exponential_kept(start: int, density: float, t: float) -> int:
@@ -205,18 +182,11 @@ def exponential_kept(start: int, density: float, t: float) -> int:
   return start - int((1.0 - density ** t) * start)
 
 
-<<<<<<< HEAD
-def prune_iteratively(criterion: str | criteria.Criterion, params, masks, fraction: float, iterations: int, scope: str = "global",
-                      which=None, layer_scale=None, context: criteria.Context = criteria.Context(),
-                      pattern: NM | None = None):
-  """Remove `fraction` of the remaining weights in `iterations` rescorings, exponentially spaced.
-=======
 def prune_iteratively(criterion: str | criteria.Criterion, params: PyTree, masks: PyTree, fraction: float,
                       iterations: int, scope: str = "global", which: PyTree | None = None,
                       layer_scale: dict[str, float] | None = None,
-                      context: criteria.Context = criteria.Context()) -> PyTree:
+                      context: criteria.Context = criteria.Context(), pattern: NM | None = None) -> PyTree:
   """Removes `fraction` of the remaining weights in `iterations` rescorings, exponentially spaced.
->>>>>>> r28api
 
   SynFlow's schedule (Tanaka et al. 2020): after iteration i < k of k, `exponential_kept(N, 1 -
   fraction, i/k)` of the N weights alive at the start remain, as Synaptic-Flow's `prune_loop`
@@ -236,6 +206,8 @@ def prune_iteratively(criterion: str | criteria.Criterion, params: PyTree, masks
     which: bool pytree of the prunable leaves (default: `masks.prunable`).
     layer_scale: {glob over leaf names: factor} on each leaf's fraction, "layerwise" only.
     context: what the criterion reads besides the weights.
+    pattern: an N:M pattern (`nm.NM`, e.g. `nm.parse("2:4")`) each selection keeps as its floor: n
+      alive of every m along each kernel's input axis (lth_jax.sparsity.nm); None for unstructured.
 
   Returns:
     The new masks.
@@ -271,16 +243,11 @@ def target_counts(masks: PyTree, which: PyTree, kind: str, keep: int,
   return keep if counts is None else counts
 
 
-<<<<<<< HEAD
-def prune_distributed(criterion: str | criteria.Criterion, params, masks, fraction: float, kind: str, which=None, layer_map=None,
-                      context: criteria.Context = criteria.Context(), iterations: int = 1, pattern: NM | None = None):
-  """Remove round(fraction * remaining) of the remaining prunable weights in all, shared among the layers
-=======
 def prune_distributed(criterion: str | criteria.Criterion, params: PyTree, masks: PyTree, fraction: float, kind: str,
                       which: PyTree | None = None, layer_map: dict[str, float] | None = None,
-                      context: criteria.Context = criteria.Context(), iterations: int = 1) -> PyTree:
+                      context: criteria.Context = criteria.Context(), iterations: int = 1,
+                      pattern: NM | None = None) -> PyTree:
   """Removes round(fraction * remaining) of the remaining prunable weights, shared among the layers
->>>>>>> r28api
   as the distribution `kind` says for the sparsity reached (see `lth_jax.sparsity.distribution`).
 
   With `iterations` > 1 the criterion rescores that many times on SynFlow's exponential schedule, per
@@ -298,6 +265,8 @@ def prune_distributed(criterion: str | criteria.Criterion, params: PyTree, masks
     layer_map: {glob over leaf names: sparsity}, for kind "map".
     context: what the criterion reads besides the weights.
     iterations: how many times the criterion rescores.
+    pattern: an N:M pattern (`nm.NM`, e.g. `nm.parse("2:4")`) each selection keeps as its floor: n
+      alive of every m along each kernel's input axis (lth_jax.sparsity.nm); None for unstructured.
 
   Returns:
     The new masks.
