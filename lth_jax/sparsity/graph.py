@@ -48,6 +48,7 @@ class Group:
   slices: tuple[Slice, ...]   # sorted by (leaf, axis)
 
   def leaves(self) -> set[str]:
+    """The names of the parameter leaves the group slices."""
     return {s.leaf for s in self.slices}
 
 

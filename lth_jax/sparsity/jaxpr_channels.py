@@ -62,6 +62,7 @@ class Program:
   outputs: list = dataclasses.field(default_factory=list)
 
   def new(self, aval) -> int:
+    """Adds a value of `aval`'s shape; returns its number."""
     self.shapes.append(tuple(getattr(aval, "shape", ())))
     return len(self.shapes) - 1
 
@@ -116,20 +117,24 @@ class ChannelGraph:
 
   # --- union-find ---------------------------------------------------------------------------------
   def node(self, value: int, axis: int) -> int:
+    """The union-find node of `value`'s axis `axis`."""
     return self.offset[value] + axis
 
   def virtual(self, size: int) -> int:
+    """A new node of `size` channels that is no value's axis: a merged axis of a reshape, or a factor of a grouped one."""
     self.parent.append(len(self.parent))
     self.size.append(size)
     return len(self.parent) - 1
 
   def find(self, n: int) -> int:
+    """The representative of node `n`'s set (with path halving)."""
     while self.parent[n] != n:
       self.parent[n] = self.parent[self.parent[n]]
       n = self.parent[n]
     return n
 
   def union(self, a: int, b: int) -> None:
+    """Ties nodes `a` and `b`: their channels are pruned together."""
     a, b = self.find(a), self.find(b)
     if a == b:
       return
@@ -166,6 +171,7 @@ class ChannelGraph:
       self.pinned.update([root, *other[1]])
 
   def pin_value(self, v) -> None:
+    """Pins every axis of value `v`: none of its channels may be pruned."""
     if not isinstance(v, jex.Literal):
       self.pinned.update(self.node(v, a) for a in range(len(self.prog.shapes[v])))
 
