@@ -121,7 +121,7 @@ class ChannelGraph:
     return self.offset[value] + axis
 
   def virtual(self, size: int) -> int:
-    """A new node of `size` channels that is no value's axis: a merged axis of a reshape, or a factor of a grouped one."""
+    """A new node of `size` channels that is no value's axis (a reshape's merged axis, a grouped axis' factor)."""
     self.parent.append(len(self.parent))
     self.size.append(size)
     return len(self.parent) - 1
