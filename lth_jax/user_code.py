@@ -37,3 +37,11 @@ def first_line(error: BaseException) -> str:
   """'TypeError: the message's first line': how an exception of a user's code appears in a one-line error."""
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def kind(obj) -> str:
+  """What `obj` is, for an error message: 'the class Dataset', 'an int', 'a Net'."""
+  if isinstance(obj, type):
+    return f"the class {obj.__name__}"
+  name = type(obj).__name__
+  return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"

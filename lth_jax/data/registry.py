@@ -81,7 +81,7 @@ def _load_own(config: ml_collections.ConfigDict, seed: int) -> Dataset:
   """The Dataset of the user's source config.name ("pkg.module:load"), called as a registered source is."""
   source = user_code.load(config.name, "config.data.name")
   check(callable(source) and not isinstance(source, type),
-        f"config.data.name={config.name!r} is a {type(source).__name__}, not a function load(config, seed) "
+        lambda: f"config.data.name={config.name!r} is {user_code.kind(source)}, not a function load(config, seed) "
         "returning an lth_jax.data.Dataset")
   try:
     dataset = source(config, seed)
@@ -89,7 +89,7 @@ def _load_own(config: ml_collections.ConfigDict, seed: int) -> Dataset:
     raise
   except Exception as e:  # noqa: BLE001  -- whatever the user's source raises
     raise UserError(f"config.data.name={config.name!r} failed: {user_code.first_line(e)}") from None
-  check(isinstance(dataset, Dataset), f"config.data.name={config.name!r} returned a {type(dataset).__name__}, "
+  check(isinstance(dataset, Dataset), f"config.data.name={config.name!r} returned {user_code.kind(dataset)}, "
         "not an lth_jax.data.Dataset (the train, val and test splits and num_classes)")
   return dataset
 

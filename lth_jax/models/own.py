@@ -74,27 +74,24 @@ def build(name: str, kwargs: dict, num_classes: int | None = None, input_shape: 
     raise UserError(f"{KEY}={name!r} could not be built with config.model.kwargs={dict(kwargs)}: "
                     f"{user_code.first_line(e)}") from None
   if not isinstance(inner, nn.Module):
-    raise UserError(f"{KEY}={name!r} returned a {type(inner).__name__}, not a flax.linen Module")
+    raise UserError(f"{KEY}={name!r} returned {user_code.kind(inner)}, not a flax.linen Module")
   return Own(inner, "train" in inspect.signature(call).parameters)
 
 
 def _parameters(name: str, obj: Any) -> set[str]:
   """The argument names of `obj`'s constructor (or of the function), refusing what builds no Flax model."""
   if isinstance(obj, (nn.Module, nnx.Module)):
-    raise UserError(f"{KEY}={name!r} is a {type(obj).__name__} instance; name its class, which "
+    raise UserError(f"{KEY}={name!r} is {user_code.kind(obj)} instance; name its class, which "
                     "config.model.kwargs are passed to")
   if isinstance(obj, type) and issubclass(obj, nnx.Module):
     function: Callable = obj.__init__
   elif isinstance(obj, type) and issubclass(obj, nn.Module) or callable(obj) and not isinstance(obj, type):
     function = obj
   else:
-    raise UserError(f"{KEY}={name!r} is {_kind(obj)}, not a flax.linen or flax.nnx Module class, nor a function "
+    raise UserError(f"{KEY}={name!r} is {user_code.kind(obj)}, not a flax.linen or flax.nnx Module class, nor a function "
                     "returning a linen Module")
   try:
     return set(inspect.signature(function).parameters)
   except (TypeError, ValueError):   # a builtin without a signature: it gets only config.model.kwargs
     return set()
 
-
-def _kind(obj) -> str:
-  return f"the class {obj.__name__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
