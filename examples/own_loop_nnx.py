@@ -9,8 +9,6 @@ linen params dict; `keep_pruned` wraps the optax optimizer that nnx.Optimizer dr
     python examples/own_loop_nnx.py
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx

@@ -88,7 +88,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
   """config.model's options for models.get. A key the model does not take is dropped while it holds its
   default (`--config.model.name=resnet20` on a config made for the MLP); set to anything else, it is refused."""
-  defaults, taken = config_lib.base().model, models.keys(model_config.name)
+  defaults, taken = config_lib.base().model.to_dict(), models.keys(model_config.name)
   return {k: v for k, v in models.config_kwargs(model_config).items() if k in taken or v != defaults.get(k)}
 
 

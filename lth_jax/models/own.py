@@ -85,11 +85,11 @@ def _parameters(name: str, obj: Any) -> set[str]:
                     "config.model.kwargs are passed to")
   if isinstance(obj, type) and issubclass(obj, nnx.Module):
     function: Callable = obj.__init__
-  elif isinstance(obj, type) and issubclass(obj, nn.Module) or callable(obj) and not isinstance(obj, type):
+  elif (isinstance(obj, type) and issubclass(obj, nn.Module)) or (callable(obj) and not isinstance(obj, type)):
     function = obj
   else:
-    raise UserError(f"{KEY}={name!r} is {user_code.kind(obj)}, not a flax.linen or flax.nnx Module class, nor a function "
-                    "returning a linen Module")
+    raise UserError(f"{KEY}={name!r} is {user_code.kind(obj)}, not a flax.linen or flax.nnx Module class, nor a "
+                    "function returning a linen Module")
   try:
     return set(inspect.signature(function).parameters)
   except (TypeError, ValueError):   # a builtin without a signature: it gets only config.model.kwargs
