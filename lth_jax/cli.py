@@ -23,6 +23,7 @@ from lth_jax import experiment
 from lth_jax import methods
 from lth_jax import models
 from lth_jax import report
+from lth_jax import user_code
 from lth_jax.errors import UserError
 from lth_jax.methods import structured
 from lth_jax.training import checkpoint
@@ -91,6 +92,9 @@ def check_config_argv(argv, default: str) -> None:
     for depth, key in enumerate(keys):
       if keys[:depth] == ["model"] and depth == len(keys) - 1 and key in model_keys:
         break   # the selected model's own key, absent from a config made for another model
+      if len(keys) == 3 and depth == 2 and keys[1] == "kwargs" and keys[0] in ("model", "data"):
+        _check_own_argument(config, overrides, keys[0], key)
+        break   # an argument of the user's own model or data source: any name
       if not hasattr(node, "keys") or key not in node:
         where = "config." + ".".join(keys[:depth + 1])
         allowed = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
@@ -98,11 +102,25 @@ def check_config_argv(argv, default: str) -> None:
       node = node[key]
 
 
+def _selected(config, overrides, section: str):
+  """config.<section>.name as the command line selects it (the last --config.<section>.name, else the file's)."""
+  names = [value[0] for name, *value in overrides if name == f"{section}.name" and value]
+  return names[-1] if names else config.get(section, {}).get("name")
+
+
 def _model_keys(config, overrides) -> set[str]:
-  """The keys of the model the command line selects (the last --config.model.name, else the file's)."""
-  names = [value[0] for name, *value in overrides if name == "model.name" and value]
-  name = names[-1] if names else config.get("model", {}).get("name")
+  """The keys of the model the command line selects."""
+  name = _selected(config, overrides, "model")
   return models.keys(name) if name in models.names() else set()
+
+
+def _check_own_argument(config, overrides, section: str, key: str) -> None:
+  """--config.<section>.kwargs.<key> sets an argument of a model or data source given as "pkg.module:Name"."""
+  name = _selected(config, overrides, section)
+  if not user_code.is_import_path(name):
+    fail(f"config.{section}.kwargs.{key}: config.{section}.kwargs holds the arguments of your own "
+         f"{'model' if section == 'model' else 'data source'}, given as config.{section}.name='pkg.module:Name'; "
+         f"config.{section}.name={name!r} is built in")
 
 
 def prepare_workdir(workdir: str) -> None:

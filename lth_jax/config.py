@@ -31,7 +31,9 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint.restart = False  # True: delete the workdir's checkpoints and results and start over
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"        # moons | penguins | digits | mnist
+  c.data.name = "digits"        # moons | penguins | digits | mnist | ... | your own source as "pkg.module:load"
+  c.data.kwargs = ml_collections.ConfigDict()   # your own source's options (--config.data.kwargs.n=100): it reads
+  #                               them as config.kwargs
   c.data.dir = ""               # files for sources that read them; "" = fetch (mnist, fashion_mnist, cifar10/100)
   c.data.val_fraction = 0.15
   c.data.test_fraction = 0.15   # for sources without a test split of their own
@@ -57,7 +59,8 @@ def base() -> ml_collections.ConfigDict:
   c.log.progress = True         # one progress bar over the whole experiment (epochs of every run, ETA); only on a terminal
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "mlp"
+  c.model.name = "mlp"          # a zoo model, or your own as "pkg.module:Name" (a flax.linen or flax.nnx Module class)
+  c.model.kwargs = ml_collections.ConfigDict()  # your own model's constructor arguments (--config.model.kwargs.width=64)
   c.model.widths = (128, 64)
   c.model.activation = "relu"
   c.model.output_activation = "identity"
@@ -205,8 +208,10 @@ def base() -> ml_collections.ConfigDict:
 def _flat(config, prefix: str = "") -> dict:
   flat = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
+    if isinstance(value, ml_collections.ConfigDict) and value:
       flat.update(_flat(value, f"{prefix}{key}."))
+    elif isinstance(value, ml_collections.ConfigDict):   # an empty group of free keys (model.kwargs)
+      flat[f"{prefix}{key}"] = {}
     else:
       flat[f"{prefix}{key}"] = value
   return flat

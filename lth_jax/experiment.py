@@ -19,6 +19,7 @@ from lth_jax import evaluation
 from lth_jax import methods
 from lth_jax import models
 from lth_jax import training
+from lth_jax import user_code
 from lth_jax.data import augment, download, pixels
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
@@ -87,7 +88,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
   """config.model's options for models.get. A key the model does not take is dropped while it holds its
   default (`--config.model.name=resnet20` on a config made for the MLP); set to anything else, it is refused."""
-  defaults, taken = config_lib.base().model, models.keys(model_config.name)
+  defaults, taken = config_lib.base().model.to_dict(), models.keys(model_config.name)
   return {k: v for k, v in models.config_kwargs(model_config).items() if k in taken or v != defaults.get(k)}
 
 
@@ -96,7 +97,7 @@ def model_arguments(model: dict) -> dict:
   keys that apply to it (`model_kwargs`) and its builder's defaults for the others. Two configs build the
   same model exactly when these are equal, whichever model keys each happens to list."""
   name = model.get("name", config_lib.base().model.name)
-  if name not in models.names():   # a model no longer registered: compared as written
+  if name not in models.names() and not user_code.is_import_path(name):   # no longer registered: as written
     return dict(model)
   as_config = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
   return {"name": name, **models.defaults(name), **model_kwargs(as_config)}
@@ -264,7 +265,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
   check_val_split(config.data, dataset)
   normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
-  model = models.get(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config.model))
+  model = models.get(config.model.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape,
+                     **model_kwargs(config.model))
   raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), raw_test, normalizer)

@@ -8,7 +8,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "lth_jax"
 # Lower numbers are lower layers; a module may import its own layer's modules and any lower layer's.
 LAYERS = {
-    "lth_jax.errors": 0,
+    "lth_jax.errors": 0, "lth_jax.user_code": 0,
     "lth_jax.sparsity": 1, "lth_jax.metrics": 1, "lth_jax.models": 1, "lth_jax.data": 1,
     "lth_jax.training": 2,
     "lth_jax.methods": 3,

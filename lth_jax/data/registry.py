@@ -1,9 +1,11 @@
 """Data sets by name, as numpy arrays split into train / val / test: the registry and the split.
 
 `load(config.data, seed)` returns a `Dataset`. Sources register themselves with `@register(name)` and
-read only the config keys they need. 8-bit images stay uint8 pixels (v stands for v / 255,
-`pixels.to_float` scales them) and other inputs become float32: normalising by mean and standard
-deviation is the training code's job, inside jit for pixels (`pixels.Normalizer`).
+read only the config keys they need. A user's own source is named "pkg.module:load" in config.data.name:
+a function of the same form, `load(config.data, seed) -> Dataset`, reading its options from config.data.kwargs.
+8-bit images stay uint8 pixels (v stands for v / 255, `pixels.to_float` scales them) and other inputs become
+float32: normalising by mean and standard deviation is the training code's job, inside jit for pixels
+(`pixels.Normalizer`).
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from lth_jax import user_code
 from lth_jax.errors import UserError, check
 
 Split = tuple[np.ndarray, np.ndarray]  # x float32 or uint8 pixels (N, ...features), y int32 (N,)
@@ -47,9 +50,16 @@ def names() -> list[str]:
 
 def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
   """Loads `config.name`, split with `seed`; `config.subset` > 0 keeps that many training examples."""
-  if config.name not in _REGISTRY:
-    raise UserError(f"config.data.name={config.name!r} is not a data set; allowed: {', '.join(names())}")
-  dataset = _REGISTRY[config.name](config, seed)
+  own = user_code.is_import_path(config.name)
+  check(own or not config.get("kwargs"), lambda: f"config.data.kwargs={config.kwargs.to_dict()} holds the options "
+        f"of a source given as 'pkg.module:load'; config.data.name={config.name!r} is built in")
+  if own:
+    dataset = _load_own(config, seed)
+  elif config.name not in _REGISTRY:
+    raise UserError(f"config.data.name={config.name!r} is not a data set; allowed: {', '.join(names())}, or your "
+                    "own as 'pkg.module:load'")
+  else:
+    dataset = _REGISTRY[config.name](config, seed)
   check_sane(dataset, f"config.data.name={config.name!r}" + (f" ({config.dir})" if config.get("dir") else ""))
   if config.subset:
     x, y = dataset.train
@@ -64,6 +74,23 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
     # Test splits are often sorted by class: take a seeded random subset, not the head.
     keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:config.test_subset])
     dataset = dataclasses.replace(dataset, test=(x[keep], y[keep]))
+  return dataset
+
+
+def _load_own(config: ml_collections.ConfigDict, seed: int) -> Dataset:
+  """The Dataset of the user's source config.name ("pkg.module:load"), called as a registered source is."""
+  source = user_code.load(config.name, "config.data.name")
+  check(callable(source) and not isinstance(source, type),
+        lambda: f"config.data.name={config.name!r} is {user_code.kind(source)}, not a function load(config, seed) "
+        "returning an lth_jax.data.Dataset")
+  try:
+    dataset = source(config, seed)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001  -- whatever the user's source raises
+    raise UserError(f"config.data.name={config.name!r} failed: {user_code.first_line(e)}") from None
+  check(isinstance(dataset, Dataset), f"config.data.name={config.name!r} returned {user_code.kind(dataset)}, "
+        "not an lth_jax.data.Dataset (the train, val and test splits and num_classes)")
   return dataset
 
 

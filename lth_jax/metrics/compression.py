@@ -10,7 +10,8 @@ Definitions follow ShrinkBench (Blalock et al. 2020, `shrinkbench/metrics`):
 
 FLOPs come from tracing the model (`nn.intercept_methods` under `jax.eval_shape`: shapes only, nothing
 is computed), so every Conv and Dense a model calls is counted with its real output size, without
-per-architecture formulas.
+per-architecture formulas. The interception sees flax.linen layers only: for a model that calls none (an
+NNX model behind `nnx.bridge.ToLinen`) the FLOP figures are None, not counted, rather than a wrong 0.
 """
 
 import math
@@ -125,6 +126,8 @@ def figures(model, params, input_shape, masks=None, dense_model=None, dense_para
     dense_flops, dense_count = all_flops, count_params(params)
   else:
     dense_flops, dense_count = flops(dense_model, dense_params, input_shape), count_params(dense_params)
-  return {"params": count_params(params), "nonzero_params": nonzero_params, "flops": all_flops,
-          "nonzero_flops": nonzero_flops, "compression_ratio": dense_count / nonzero_params,
-          "theoretical_speedup": dense_flops / nonzero_flops}
+  counted = bool(rows)   # else no layer was seen: the FLOPs are unknown (None), not 0
+  return {"params": count_params(params), "nonzero_params": nonzero_params,
+          "flops": all_flops if counted else None, "nonzero_flops": nonzero_flops if counted else None,
+          "compression_ratio": dense_count / nonzero_params,
+          "theoretical_speedup": dense_flops / nonzero_flops if counted and nonzero_flops else None}

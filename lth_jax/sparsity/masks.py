@@ -3,6 +3,11 @@
 Leaves that may not be pruned (biases, BatchNorm scales, by choice the output layer) keep all-ones
 masks; which leaves are prunable is a bool pytree of the same structure, from `prunable`. Functions
 that count take that pytree; without it they fall back to the default rule (ndim >= 2).
+
+The params may be any pytree: a linen params dict, or a Flax NNX model's state, `nnx.state(model,
+nnx.Param)` (its Variables, which the masks then mirror) or `nnx.as_pure` of it (plain arrays). A leaf is
+named by its path either way, "hidden/kernel": the `value` attribute an NNX Variable holds its array in is
+not part of the name. The trees a function combines (params, masks, scores) must share one of these forms.
 """
 
 import fnmatch
@@ -20,12 +25,18 @@ def leaf_name(path: tuple) -> str:
   """The name masks use for a leaf: its key path joined by "/".
 
   Args:
-    path: a pytree key path such as (DictKey('hidden_0'), DictKey('kernel')).
+    path: a pytree key path such as (DictKey('hidden_0'), DictKey('kernel')), or the same path ending in an
+      NNX Variable's GetAttrKey('value'), which the name leaves out.
 
   Returns:
     'hidden_0/kernel'.
   """
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path if not _variable_value(k))
+
+
+def _variable_value(key) -> bool:
+  """Whether `key` is the step from an NNX Variable (a pytree node) to the array it holds."""
+  return isinstance(key, jax.tree_util.GetAttrKey) and key.name == "value"
 
 
 def named_leaves(tree: PyTree) -> list[tuple[str, jax.Array]]:

@@ -18,6 +18,15 @@ Conventions:
   * The wrapper must be the outermost transformation: anything applied after it (a chain, MultiSteps)
     would change the updates it zeroed. `masks_of` and `with_masks` look for its state at the top
     level only.
+  * Flax NNX: the params may be a model's state, `nnx.state(model, nnx.Param)`, and the masks built from
+    it (`masks.init`, `pruning.magnitude`). nnx.Optimizer initialises with that state, whose leaves are
+    Variables, and updates with plain arrays (`nnx.as_pure`); so the wrapper works on plain arrays
+    throughout and keeps the masks as plain arrays in its state. The updates it returns have the form of
+    the gradients it was given. With nnx.Optimizer (`wrt=nnx.Param`):
+
+        optimizer = nnx.Optimizer(model, keep_pruned(optax.sgd(0.1), m), wrt=nnx.Param)
+        optimizer.update(model, grads)              # pruned weights stay exactly 0.0
+        nnx.update(optimizer.opt_state, nnx.state(with_masks(optimizer.opt_state, m2, params, optimizer.tx)))
 """
 
 from typing import Any, NamedTuple
@@ -25,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from lth_jax.sparsity import masks as masks_lib
 
@@ -33,6 +43,13 @@ class MaskedState(NamedTuple):
   """The state of `keep_pruned`: the inner optimizer's state and the masks in force."""
   inner_state: optax.OptState
   masks: Any
+
+
+def _arrays(tree):
+  """`tree` with each NNX Variable replaced by the array it holds (`nnx.as_pure`); a tree without
+  Variables (a linen params dict, a plain mask pytree) is returned as it is, the same object."""
+  is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+  return nnx.as_pure(tree) if any(map(is_variable, jax.tree.leaves(tree, is_leaf=is_variable))) else tree
 
 
 def _check_shapes(masks, params) -> None:
@@ -56,19 +73,21 @@ def keep_pruned(inner: optax.GradientTransformation, masks: masks_lib.PyTree) ->
   """
 
   def init_fn(params):
-    _check_shapes(masks, params)
-    return MaskedState(inner.init(masks_lib.zero_pruned(params, masks)), masks)
+    m, params = _arrays(masks), _arrays(params)
+    _check_shapes(m, params)
+    return MaskedState(inner.init(masks_lib.zero_pruned(params, m)), m)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("keep_pruned needs the params in update(grads, state, params): it returns "
                        "-params at pruned positions so that apply_updates sets them to exactly 0")
-    m = state.masks
-    inner_updates, inner_state = inner.update(masks_lib.zero_pruned(updates, m), state.inner_state,
-                                              masks_lib.zero_pruned(params, m))
+    m, grads, params_ = _arrays(state.masks), _arrays(updates), _arrays(params)
+    inner_updates, inner_state = inner.update(masks_lib.zero_pruned(grads, m), state.inner_state,
+                                              masks_lib.zero_pruned(params_, m))
     # p + (-p) is exactly 0.0 in floating point, whatever p was.
-    updates = jax.tree.map(lambda u, p, mask: jnp.where(mask != 0, u, -p), inner_updates, params, m)
-    return updates, MaskedState(inner_state, m)
+    masked = jax.tree.map(lambda u, p, mask: jnp.where(mask != 0, u, -p), inner_updates, params_, m)
+    # in the form of the gradients given (NNX Variables or not): the leaves are the same, in the same order
+    return jax.tree.unflatten(jax.tree.structure(updates), jax.tree.leaves(masked)), MaskedState(inner_state, m)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -108,16 +127,16 @@ def with_masks(opt_state: MaskedState, new_masks: masks_lib.PyTree, params: mask
   Returns:
     The new state.
   """
-  old = _masked_state(opt_state)
-  if jax.tree.structure(new_masks) != jax.tree.structure(old.masks):
+  old, new_masks = _masked_state(opt_state), _arrays(new_masks)
+  if jax.tree.structure(new_masks) != jax.tree.structure(_arrays(old.masks)):
     raise ValueError("with_masks: the new masks do not have the structure of the old ones: "
-                     f"{jax.tree.structure(new_masks)} vs {jax.tree.structure(old.masks)}")
+                     f"{jax.tree.structure(new_masks)} vs {jax.tree.structure(_arrays(old.masks))}")
   if not reset:
     return MaskedState(old.inner_state, new_masks)
   if params is None or tx is None:
     raise ValueError("with_masks(reset=True) re-initialises the inner optimizer: pass params= and "
                      "tx= (the keep_pruned transformation or its inner one)")
-  fresh = tx.init(masks_lib.zero_pruned(params, new_masks))
+  fresh = tx.init(masks_lib.zero_pruned(_arrays(params), new_masks))
   # tx is either the wrapper (its init returns a MaskedState) or the inner transformation itself.
   inner_state = fresh.inner_state if isinstance(fresh, MaskedState) else fresh
   return MaskedState(inner_state, new_masks)
