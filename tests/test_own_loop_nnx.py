@@ -52,7 +52,7 @@ def test_masks_and_pruning_take_an_nnx_state():
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(pure), jax.tree.leaves(m)))
   layerwise = pruning.magnitude(state, masks.init(state), 0.5, scope="layerwise", which=which)
   assert [row["remaining"] for row in masks.layer_report(layerwise, which)] == [96, 32]
-  assert masks.count(pruning.random(jax.random.key(1), m, 0.25, which=which), which) == (96, 256)
+  assert masks.count(pruning.random(state, m, 0.25, which=which, key=jax.random.key(1)), which) == (96, 256)
 
 
 def test_a_data_driven_criterion_scores_an_nnx_state():
