@@ -139,8 +139,12 @@ def channel_keep(params, groups: Sequence[graph.Group], ratio: float, criterion:
   """The channels of each group kept at `ratio` by `criterion` (a group it cannot score keeps all).
 
   Args:
-    params, groups, criterion, grads: as `group_scores`.
-    ratio, scope: as `select`.
+    params: the pytree the groups were traced with.
+    groups: groups from `graph.channel_groups`.
+    ratio: the fraction of the scored channels to remove (see `select`).
+    criterion: one of CRITERIA.
+    scope: "global" or "layerwise" (see `select`).
+    grads: dL/dparams for "taylor" (see `group_scores`), else None.
 
   Returns:
     One bool array of length group.size per group, for `graph.channel_mask` / `graph.shrink`.
@@ -151,5 +155,17 @@ def channel_keep(params, groups: Sequence[graph.Group], ratio: float, criterion:
 
 def channel_mask(params, groups: Sequence[graph.Group], ratio: float, criterion: str,
                  scope: str = "global", grads=None):
-  """The 0/1 mask pytree (structure of params) removing `channel_keep`'s channels from every group member."""
+  """The 0/1 mask pytree (structure of params) removing `channel_keep`'s channels from every group member.
+
+  Args:
+    params: the pytree the groups were traced with.
+    groups: groups from `graph.channel_groups`.
+    ratio: the fraction of the scored channels to remove.
+    criterion: one of CRITERIA.
+    scope: "global" or "layerwise".
+    grads: dL/dparams for "taylor", else None.
+
+  Returns:
+    `graph.channel_mask(params, groups, channel_keep(...))`.
+  """
   return graph.channel_mask(params, groups, channel_keep(params, groups, ratio, criterion, scope, grads))
