@@ -44,6 +44,13 @@ def test_norms_sum_the_producer_filter_and_the_consumer_rows(criterion, power):
   np.testing.assert_allclose(got[1], hidden2, rtol=1e-6)
 
 
+def test_l1_filter_reads_only_the_producers_output_filters():
+  p = {k: np.asarray(v) for k, v in mlp_params().items()}
+  got = group_criteria.group_scores(mlp_params(), mlp_groups(mlp_params()), "l1_filter")
+  np.testing.assert_allclose(got[0], np.abs(p["w1"]).sum(0), rtol=1e-6)   # w1's columns; not w2's rows
+  np.testing.assert_allclose(got[1], np.abs(p["w2"]).sum(0), rtol=1e-6)
+
+
 def with_l1(hidden1, hidden2):
   """MLP params whose group L1 scores are exactly hidden1 and hidden2: one non-zero entry per channel."""
   w1, w2, w3 = np.zeros((3, 4)), np.zeros((4, 3)), np.zeros((3, 2))
@@ -154,7 +161,7 @@ def test_taylor_reads_only_the_leaves_grads_holds():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(criterion="l3"), "allowed: l1, l2, bn_scale, taylor"),
+    (dict(criterion="l3"), "allowed: l1, l2, l1_filter, bn_scale, taylor"),
     (dict(criterion="taylor"), "grads are needed"),
     (dict(criterion="l1", ratio=1.5), r"ratio=1.5 is outside \[0, 1\]"),
     (dict(criterion="l1", scope="per_layer"), "allowed: global, layerwise")])

@@ -6,7 +6,10 @@ the positions `index[c]` along `axis` of each member leaf):
 - "l1", "l2": the L1 norm / the squared L2 norm of all the channel's kernel entries (leaves of ndim >= 2,
   as `masks.prunable`), summed over the group's slices: the producing conv's output filter *and* the
   consuming layers' input weights, as Torch-Pruning's `GroupNormImportance` (p=1 / p=2, which also sums
-  |w|^p without a square root). Li et al.'s L1 of the conv's own filter alone is `structured.l1_filter_masks`.
+  |w|^p without a square root).
+- "l1_filter": Li et al. 2017's L1 norm of the output filters alone: the kernel slices along their leaf's
+  last axis (Flax's output features), not the consumers' input weights; Torch-Pruning's
+  `MagnitudeImportance(p=1, group_reduction="first")`. Per layer ("layerwise") it is Li et al.'s rule.
 - "bn_scale": network slimming's |gamma| (Liu et al. 2017), summed over the group's BatchNorm scale slices
   (leaves named '.../scale' of ndim 1); a residual stream's group sums every BatchNorm feeding it.
 - "taylor": Molchanov et al. 2019's first-order Taylor estimate of the loss change when the whole channel is
@@ -32,16 +35,20 @@ import numpy as np
 
 from lth_jax.sparsity import graph, masks
 
-CRITERIA = ("l1", "l2", "bn_scale", "taylor")
+CRITERIA = ("l1", "l2", "l1_filter", "bn_scale", "taylor")
 SCOPES = ("global", "layerwise")
 
 
-def _is_kernel(name: str, leaf) -> bool:
+def _is_kernel(s: graph.Slice, leaf) -> bool:
   return np.ndim(leaf) >= 2
 
 
-def _is_bn_scale(name: str, leaf) -> bool:
-  return np.ndim(leaf) == 1 and name.rsplit("/", 1)[-1] == "scale"
+def _is_output_filter(s: graph.Slice, leaf) -> bool:
+  return np.ndim(leaf) >= 2 and s.axis == np.ndim(leaf) - 1
+
+
+def _is_bn_scale(s: graph.Slice, leaf) -> bool:
+  return np.ndim(leaf) == 1 and s.leaf.rsplit("/", 1)[-1] == "scale"
 
 
 def _per_position(values: np.ndarray, axis: int) -> np.ndarray:
@@ -55,11 +62,14 @@ def _slice_sum(per_position: np.ndarray, s: graph.Slice) -> np.ndarray:
 
 
 def _summed(tree, group: graph.Group, include, entry) -> np.ndarray | None:
-  """sum over the group's slices whose leaf `include` accepts of entry(leaf values), per channel; or None."""
+  """sum over the group's slices that include(slice, leaf) accepts of entry(name, leaf values), per channel.
+
+  None when it accepts none.
+  """
   leaves, total = dict(masks.named_leaves(tree)), None
   for s in group.slices:
     leaf = leaves.get(s.leaf)
-    if leaf is None or not include(s.leaf, leaf):
+    if leaf is None or not include(s, leaf):
       continue
     part = _slice_sum(_per_position(entry(s.leaf, np.asarray(leaf, np.float64)), s.axis), s)
     total = part if total is None else total + part
@@ -86,10 +96,12 @@ def group_scores(params, groups: Sequence[graph.Group], criterion: str, grads=No
   if criterion in ("l1", "l2"):
     power = 1 if criterion == "l1" else 2
     return [_summed(params, g, _is_kernel, lambda _, w: np.abs(w) ** power) for g in groups]
+  if criterion == "l1_filter":
+    return [_summed(params, g, _is_output_filter, lambda _, w: np.abs(w)) for g in groups]
   if criterion == "bn_scale":
     return [_summed(params, g, _is_bn_scale, lambda _, w: np.abs(w)) for g in groups]
   weights = dict(masks.named_leaves(params))
-  products = [_summed(grads, g, lambda name, _: name in weights,
+  products = [_summed(grads, g, lambda s, _: s.leaf in weights,
                       lambda name, dw: np.asarray(weights[name], np.float64) * dw) for g in groups]
   return [None if p is None else np.abs(p) for p in products]
 
