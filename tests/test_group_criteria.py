@@ -20,8 +20,8 @@ def mlp(params, x):
 
 def mlp_params(seed=0):
   rng = np.random.default_rng(seed)
-  return {"w1": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b1": jnp.asarray(rng.normal(size=4), jnp.float32),
-          "w2": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "w3": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)}
+  shapes = {"w1": (3, 4), "b1": (4,), "w2": (4, 3), "w3": (3, 2)}
+  return {k: jnp.asarray(rng.normal(size=shape), jnp.float32) for k, shape in shapes.items()}
 
 
 X = jnp.asarray(np.random.default_rng(9).normal(size=(5, 3)), jnp.float32)
@@ -109,7 +109,7 @@ class TwoConvBN(nn.Module):
 
 def test_bn_scale_reads_the_groups_batchnorm_gamma():
   model, x = TwoConvBN(), jnp.ones((1, 4, 4, 2))
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), jax.eval_shape(model.init, jax.random.key(0), x))
   variables["params"]["bn0"]["scale"] = jnp.asarray([0.5, -0.1, 0.3])
   variables["params"]["bn1"]["scale"] = jnp.asarray([0.2, 0.05, -0.4, 0.6])
   groups = graph.channel_groups(model.apply, variables, x)
@@ -138,18 +138,16 @@ def loss(params):
 
 def test_taylor_is_the_first_order_loss_change_of_removing_the_channel():
   params = mlp_params(1)
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   got = group_criteria.group_scores(params, mlp_groups(params), "taylor", grads)
   p, g = ({k: np.asarray(v, np.float64) for k, v in t.items()} for t in (params, grads))
   hidden1 = [abs((p["w1"][:, c] * g["w1"][:, c]).sum() + p["b1"][c] * g["b1"][c] + (p["w2"][c] * g["w2"][c]).sum())
              for c in range(4)]
   np.testing.assert_allclose(got[0], hidden1, rtol=1e-5)
   # The same number as the derivative of the loss along the path that scales channel c of hidden2 to 0.
-  for c in range(3):
-    def scaled(t, c=c):
-      w2, w3 = params["w2"].at[:, c].multiply(1 - t), params["w3"].at[c].multiply(1 - t)
-      return loss({**params, "w2": w2, "w3": w3})
-    np.testing.assert_allclose(got[1][c], abs(float(jax.grad(scaled)(0.0))), rtol=1e-4)
+  def scaled(t):   # t[c] scales channel c of hidden2 (w2's column, w3's row) by 1 - t[c]
+    return loss({**params, "w2": params["w2"] * (1 - t)[None, :], "w3": params["w3"] * (1 - t)[:, None]})
+  np.testing.assert_allclose(got[1], np.abs(jax.jit(jax.grad(scaled))(jnp.zeros(3))), rtol=1e-4)
 
 
 def test_taylor_reads_only_the_leaves_grads_holds():
