@@ -107,6 +107,8 @@ CONFIG_CASES = [
     ("resnet_block_widths", {"data.name": "digits", "model": model(name="resnet20", width=4, block_widths=(1, 2))},
      ["config.model.block_widths"]),
     ("vgg_widths", {"data.name": "digits", "model": model(name="vgg11", widths=(4, 4))}, ["config.model.widths"]),
+    ("vgg11_on_8x8_images", {"data.name": "digits", "model": model(name="vgg11")},
+     ["config.model.name=vgg11", "needs at least 32x32 pixels", "8x8"]),
     # train
     ("epochs_zero", {"train.epochs": 0}, ["config.train.epochs=0", ">= 1"]),
     ("epochs_negative", {"train.epochs": -2}, ["config.train.epochs=-2", ">= 1"]),
