@@ -107,6 +107,8 @@ CONFIG_CASES = [
     ("resnet_block_widths", {"data.name": "digits", "model": model(name="resnet20", width=4, block_widths=(1, 2))},
      ["config.model.block_widths"]),
     ("vgg_widths", {"data.name": "digits", "model": model(name="vgg11", widths=(4, 4))}, ["config.model.widths"]),
+    ("dir_for_a_generated_source", {"data.dir": "/data/mnist"},
+     ["config.data.dir='/data/mnist' is not read by config.data.name='moons'", "mnist", "npz"]),
     ("vgg11_on_8x8_images", {"data.name": "digits", "model": model(name="vgg11")},
      ["config.model.name=vgg11", "needs at least 32x32 pixels", "8x8"]),
     # train
