@@ -47,3 +47,20 @@ def test_l1_keep_removes_the_lowest_norms_and_never_empties_a_group():
   keep = shrink_speedup.l1_keep(params, groups, 2 / 3)
   assert [k.tolist() for k in keep] == [[False, True, False], [True]]
   assert shrink_speedup.l1_keep(params, groups, 1.0)[0].tolist() == [False, True, False]
+
+
+def resnet20_params(w: int) -> int:
+  """ResNet-20 (option-B 1x1 projections) with stage widths w, 2w, 4w, 10 classes: convs, BatchNorms, output."""
+  def stage(cin, c):   # three basic blocks, the first projecting cin -> c when they differ
+    first = 9 * cin * c + 9 * c * c + 4 * c + (cin * c + 2 * c if cin != c else 0)
+    return first + 2 * (18 * c * c + 4 * c)
+  return 27 * w + 2 * w + stage(w, w) + stage(w, 2 * w) + stage(2 * w, 4 * w) + 40 * w + 10
+
+
+def test_torch_pruning_halves_resnet20_to_the_hand_count():
+  pytest.importorskip("torch_pruning")
+  assert resnet20_params(16) == 272474   # the count lth_jax's resnet module states
+  rows = shrink_speedup.torch_rows("resnet20", (0.5,), batch=2, repeats=1, load=shrink_speedup.Load())
+  assert [r["fraction"] for r in rows] == [0.0, 0.5]
+  assert [r["params"] for r in rows] == [resnet20_params(16), resnet20_params(8)]
+  assert rows[1]["infer_ms"] > 0 and rows[1]["train_ms"] > 0 and rows[0]["train_speedup"] == 1.0
