@@ -55,7 +55,8 @@ def l1_keep(variables, groups, fraction: float) -> list[np.ndarray]:
   """Per group, False on the round(fraction * size) channels of lowest L1 norm (never all of them).
 
   A channel's norm sums |w| over its positions in every kernel (ndim >= 2) slice of the group: the
-  producing filter and the consuming layers' input weights.
+  producing filter and the consuming layers' input weights. (Issue 27's structured criteria, in progress
+  on another branch, bring this as a library function; this script then calls it.)
   """
   leaves = dict(masks.named_leaves(variables))
   keep = []
