@@ -35,43 +35,19 @@ if not __package__:   # `python benchmarks/shrink_speedup.py`: import `benchmark
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.common import Load  # noqa: E402
 from lth_jax import models  # noqa: E402
 from lth_jax.metrics import compression  # noqa: E402
-from lth_jax.sparsity import graph, masks  # noqa: E402
+from lth_jax.sparsity import graph, group_criteria  # noqa: E402
 
 FRACTIONS = (0.3, 0.5, 0.7)
 ARCHS = ("vgg16", "resnet20")
 INPUT_SHAPE = (32, 32, 3)
 LR = 0.01
 
-
-def l1_keep(variables, groups, fraction: float) -> list[np.ndarray]:
-  """Per group, False on the round(fraction * size) channels of lowest L1 norm (never all of them).
-
-  A channel's norm sums |w| over its positions in every kernel (ndim >= 2) slice of the group: the
-  producing filter and the consuming layers' input weights. (Issue 27's structured criteria, in progress
-  on another branch, bring this as a library function; this script then calls it.)
-  """
-  leaves = dict(masks.named_leaves(variables))
-  keep = []
-  for g in groups:
-    score = np.zeros(g.size)
-    for s in g.slices:
-      w = np.abs(np.asarray(leaves[s.leaf], np.float64))
-      if w.ndim < 2:
-        continue
-      per_position = np.moveaxis(w, s.axis, 0).reshape(w.shape[s.axis], -1).sum(axis=1)
-      score += [per_position[list(positions)].sum() for positions in s.index]
-    k = np.ones(g.size, bool)
-    k[np.argsort(score, kind="stable")[:min(round(fraction * g.size), g.size - 1)]] = False
-    keep.append(k)
-  return keep
 
 
 def median_seconds(load: Load, what: str, call: Callable[[], object], repeats: int) -> float:
@@ -122,7 +98,7 @@ def jax_rows(arch: str, fractions, batch: int, repeats: int, load: Load, model_k
            "model_apply_infer_ms": 1e3 * median_seconds(
                load, f"{arch} model.apply forward", lambda: jax.block_until_ready(applied(variables, x)), repeats)}]
   for fraction in (0.0, *fractions):
-    keep = l1_keep(variables, groups, fraction)
+    keep = group_criteria.channel_keep(variables, groups, fraction, "l1", scope="layerwise")
     narrow_fn, narrow_vars = graph.shrink(fn, variables, groups, keep)
     row = rows[0] if fraction == 0.0 else {"framework": "jax", "arch": arch, "fraction": fraction}
     flops = compression.flops(model, narrow_vars, INPUT_SHAPE)   # the full model's layers, narrow kernels

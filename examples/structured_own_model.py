@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from lth_jax.metrics import compression
-from lth_jax.sparsity import graph, masks
+from lth_jax.sparsity import graph, group_criteria
 
 FRACTION = 0.5
 BATCH_SIZE = 64
@@ -49,26 +49,6 @@ def digits(seed: int):
   x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)  # pixel values are 0..16
   return train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
 
-
-def l1_keep(variables, groups, fraction: float) -> list[np.ndarray]:
-  """Per group, False on the round(fraction * size) channels whose kernel slices have the lowest L1 norm.
-
-  A channel's norm sums |w| over its positions in every kernel of the group (its filters and the next
-  layers' input weights); a group always keeps one channel.
-  """
-  leaves = dict(masks.named_leaves(variables))
-  keep = []
-  for g in groups:
-    score = np.zeros(g.size)
-    for s in g.slices:
-      w = np.abs(np.asarray(leaves[s.leaf]))
-      if w.ndim >= 2:   # kernels only: BatchNorm scales and statistics are on another scale
-        per_position = np.moveaxis(w, s.axis, 0).reshape(w.shape[s.axis], -1).sum(axis=1)
-        score += [per_position[list(positions)].sum() for positions in s.index]
-    k = np.ones(g.size, bool)
-    k[np.argsort(score, kind="stable")[:min(round(fraction * g.size), g.size - 1)]] = False
-    keep.append(k)
-  return keep
 
 
 def make_step(loss_of, tx):
@@ -109,7 +89,7 @@ def main(steps: int = 300, retrain_steps: int = 200, seed: int = 0) -> dict:
   # -- channel groups of the eval-mode program, half of each group's channels dropped by L1 ------------
   full_fn = lambda v, x: model.apply(v, x, train=False)
   groups = graph.channel_groups(full_fn, variables, x_test)
-  keep = l1_keep(variables, groups, FRACTION)
+  keep = group_criteria.channel_keep(variables, groups, FRACTION, "l1", scope="layerwise")
   narrow_fn, narrow_vars = graph.shrink(full_fn, variables, groups, keep)
   full_jit, narrow_jit = jax.jit(full_fn), jax.jit(narrow_fn)
   for g, k in zip(groups, keep):

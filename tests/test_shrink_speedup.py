@@ -4,11 +4,9 @@ VGG-11 with every conv 4 wide (config D's pools: 32, 16, 8, 8, 4, 4, 2, 2 pixels
 convs), half the channels removed: every group keeps 2 of its 4 channels.
 """
 
-import numpy as np
 import pytest
 
 from benchmarks import shrink_speedup
-from lth_jax.sparsity import graph
 
 TINY = {"vgg11": {"widths": (4,) * 8}}
 SIDES = (32, 16, 8, 8, 4, 4, 2, 2)   # the output side of each conv
@@ -37,16 +35,6 @@ def test_rows_hold_the_hand_counted_params_and_flop_ratio():
   assert {"cpu_model", "cpu_count", "batch", "repeats", "load_note"} <= set(result["meta"])
   table = shrink_speedup.markdown(result["rows"], {**result["meta"], "command": "python benchmarks/shrink_speedup.py"})
   assert "| vgg11 | 50% | 368 |" in table
-
-
-def test_l1_keep_removes_the_lowest_norms_and_never_empties_a_group():
-  groups = (graph.Group(3, (graph.Slice("w", 1, ((0,), (1,), (2,))),)),
-            graph.Group(1, (graph.Slice("v", 0, ((0,),)),)))
-  params = {"w": np.array([[1.0, -5.0, 2.0], [0.5, 1.0, -2.0]]), "v": np.ones((1, 2))}
-  # column L1 norms 1.5, 6, 4: at 2/3 removed the column of norm 6 stays; the one-channel group stays whole
-  keep = shrink_speedup.l1_keep(params, groups, 2 / 3)
-  assert [k.tolist() for k in keep] == [[False, True, False], [True]]
-  assert shrink_speedup.l1_keep(params, groups, 1.0)[0].tolist() == [False, True, False]
 
 
 def resnet20_params(w: int) -> int:
