@@ -16,6 +16,7 @@ from lth_jax import experiment
 from lth_jax.config import base
 from lth_jax.data import stream
 from lth_jax.methods import common
+from lth_jax.training import streamed
 from tests.helpers import Collect, drive
 
 CLASSES = ("cat", "dog", "owl")
@@ -102,16 +103,18 @@ def test_auto_streams_only_past_the_budget(folder):
   assert isinstance(build(folder, "auto", budget_mb=33 * 196 / 2**20 * 0.99).data["train"], stream.Split)
 
 
-def test_read_gathers_the_rows_in_order():
+def test_a_split_reads_the_rows_in_order():
   x = np.arange(40, dtype=np.uint8).reshape(10, 2, 2)
   y = np.arange(10, dtype=np.int32) * 3
   rows = np.array([[3, 1], [0, 9], [7, 7]])
-  batches = list(stream.to_device(stream.read(stream.Split(x, y), rows, threads=2), size=1))
+  split = stream.Split(x, y)
+  assert isinstance(split, streamed.HostSplit) and not isinstance((x, y), streamed.HostSplit)
+  batches = list(streamed.to_device(split.batches(rows, threads=2), size=1))
   assert len(batches) == 3
   for (bx, by), row in zip(batches, rows):
     assert bx.dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(bx), x[row])
     np.testing.assert_array_equal(np.asarray(by), 3 * row)
-  rows, valid = stream.eval_rows(5, 2)
+  rows, valid = streamed.eval_rows(5, 2)
   np.testing.assert_array_equal(rows, [[0, 1], [2, 3], [4, 0]])
   np.testing.assert_array_equal(valid, [[1, 1], [1, 1], [1, 0]])

@@ -2,20 +2,19 @@
 
 `memory` puts every split on the device once and gathers batches there; `stream` keeps a split in host
 memory (numpy, or an .npz memory map) and feeds it by batches: grain reads the rows of example indices it is
-handed on host threads (`grain.MapDataset` over the rows, `grain.ReadOptions`), and `to_device` keeps a
-few batches transferred ahead of the step that consumes them. The rows are the ones the memory path would
-gather on the device (the trainer draws them with the same permutation), and the stream delivers the same
-raw values -- uint8 pixels stay uint8 -- so augmentation and normalisation run where they always do, inside
-the compiled step with the same keys, and the two pipelines give the same numbers.
+handed on host threads (`grain.MapDataset` over the rows, `grain.ReadOptions`), and the trainer
+(lth_jax.training.streamed) keeps a few batches transferred ahead of the step that consumes them. The rows
+are the ones the memory path would gather on the device (the trainer draws them with the same
+permutation), and the stream delivers the same raw values -- uint8 pixels stay uint8 -- so augmentation
+and normalisation run where they always do, inside the compiled step with the same keys, and the two
+pipelines give the same numbers.
 
 `auto` streams when the splits would take more than `data.device_budget_mb` of device memory.
 """
 
-import collections
 from typing import Iterator, NamedTuple
 
 import grain
-import jax
 import numpy as np
 
 from lth_jax.errors import check
@@ -27,6 +26,22 @@ class Split(NamedTuple):
   """A split on the host, (x, y) as the registry's Dataset holds it; the trainer feeds it batch by batch."""
   x: np.ndarray   # (N, ...) uint8 pixels or float32 inputs
   y: np.ndarray   # (N,) int32
+
+  def batches(self, rows: np.ndarray, threads: int = 2, prefetch: int = 2) -> Iterator[tuple]:
+    """Host batches (x[row], y[row]), one per row of example indices, in order.
+
+    Args:
+      rows: (steps, *batch_shape) int example indices; batch i is x[rows[i]], shaped (*batch_shape, ...).
+      threads: grain's reading threads (0: read in the calling thread).
+      prefetch: batches grain reads ahead.
+    Returns:
+      An iterator of (x, y) numpy batches.
+    """
+    rows = np.asarray(rows)
+    if len(rows) == 0:
+      return iter(())
+    read = grain.MapDataset.source(rows).map(lambda row: (self.x[row], self.y[row]))
+    return iter(read.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
 
 
 def choose(pipeline: str, split_bytes: int, budget_mb: float) -> str:
@@ -44,42 +59,3 @@ def choose(pipeline: str, split_bytes: int, budget_mb: float) -> str:
   if pipeline != "auto":
     return pipeline
   return "stream" if split_bytes > budget_mb * 2**20 else "memory"
-
-
-def read(split: Split, rows: np.ndarray, threads: int = 2, prefetch: int = 2) -> Iterator[tuple]:
-  """Host batches (x[row], y[row]) of `split`, one per row of example indices, in order.
-
-  Args:
-    split: the host split.
-    rows: (steps, *batch_shape) int example indices; a batch is x[rows[i]] (shape (*batch_shape, ...)).
-    threads: grain's reading threads (0: read in the calling thread).
-    prefetch: batches grain reads ahead.
-  Returns:
-    An iterator of (x, y) numpy batches.
-  """
-  rows = np.asarray(rows)
-  if len(rows) == 0:
-    return iter(())
-  batches = grain.MapDataset.source(rows).map(lambda row: (split.x[row], split.y[row]))
-  return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
-
-
-def to_device(batches: Iterator, size: int = 2) -> Iterator:
-  """The items of `batches` (pytrees of numpy arrays) on the default device, `size` transfers kept in flight
-  (jax.device_put returns before the copy ends, so the next batches travel while a step computes)."""
-  queue = collections.deque()
-  for batch in batches:
-    queue.append(jax.device_put(batch))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
-
-
-def eval_rows(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Rows of `batch_size` indices covering 0..n-1 in order, the last padded with index 0, and each row's
-  validity (1.0 for a real example, 0.0 for padding): every batch has one shape, so one compiled program."""
-  batches = -(-n // batch_size)
-  index = np.arange(batches * batch_size)
-  valid = (index < n).astype(np.float32)
-  return np.where(index < n, index, 0).reshape(batches, batch_size), valid.reshape(batches, batch_size)

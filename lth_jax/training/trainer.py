@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lth_jax.data import stream
 from lth_jax.errors import UserError
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.training import step, streamed
@@ -106,7 +105,7 @@ class Trainer:
 
   def train_epoch(self, state: TrainState, x, y=None, batched: bool = False, first: int = 0, last: int | None = None,
                   after_step: Callable | None = None):
-    """One epoch on (x, y), or on a streamed split x (a stream.Split; y None); `batched`: `state` stacks
+    """One epoch on (x, y), or on a streamed split x (a streamed.HostSplit; y None); `batched`: `state` stacks
     several tickets along a leading axis. Consumes `state`.
 
     Steps `first` .. `last`-1 of the epoch only, when given: a state rewound to an iteration inside an
@@ -115,7 +114,7 @@ class Trainer:
     the next step consumes the state: mid-epoch evaluations (the steps are then dispatched one by one).
     """
     last = self.steps_per_epoch if last is None else last
-    if isinstance(x, stream.Split):   # the same order and steps, batches gathered on the host
+    if isinstance(x, streamed.HostSplit):   # the same order and steps, batches gathered on the host
       return self._feeder.epoch(state, x, batched, first, last, after_step)
     if self.loop == "scan" and (first, last) == (0, self.steps_per_epoch) and after_step is None:
       return self._epoch[batched](state, x, y)
@@ -143,11 +142,11 @@ class Trainer:
     return self._logits(state.variables, x)
 
   def evaluate(self, state: TrainState, split) -> dict:
-    """{"loss", "accuracy"} on `split` = (x, y) or a stream.Split, as floats."""
+    """{"loss", "accuracy"} on `split` = (x, y) or a streamed.HostSplit, as floats."""
     return {k: float(v) for k, v in self._evaluate_split(state.variables, split, False).items()}
 
   def _evaluate_split(self, variables, split, batched: bool) -> dict:
-    if isinstance(split, stream.Split):
+    if isinstance(split, streamed.HostSplit):
       return self._feeder.evaluate(variables, split, batched)
     return self._evaluate[batched](variables, *split)
 
@@ -271,7 +270,7 @@ class Trainer:
 
 def _fed(split) -> tuple:
   """train_epoch's (x, y) for a split: a streamed one goes whole, as x."""
-  return (split, None) if isinstance(split, stream.Split) else split
+  return (split, None) if isinstance(split, streamed.HostSplit) else split
 
 
 def _member(figures: dict | None, i: int, batched: bool) -> dict:
