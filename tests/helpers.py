@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import methods
+from absl import flags
+
+from lth_jax import cli, methods
 from lth_jax.config import base
 from lth_jax.methods import cohort, lottery
 from lth_jax.sparsity import masks
@@ -208,3 +210,14 @@ def check_imp_example_rounds(results):
   for a, b in zip(results, results[1:]):
     assert all(np.all(np.asarray(nb)[np.asarray(na) == 0] == 0)
                for na, nb in zip(jax.tree.leaves(a["masks"]), jax.tree.leaves(b["masks"])))
+
+
+def flag_run(argv, capsys):
+  """main.py's flag handling in this process: (exit status or None, stderr, the config)."""
+  flag_values = flags.FlagValues()
+  try:
+    holder = cli.define_config(argv, "configs/default.py", flag_values)
+    cli.parse_flags(argv, flag_values)
+    return None, capsys.readouterr().err, holder.value
+  except SystemExit as e:
+    return e.code, capsys.readouterr().err, None

@@ -21,12 +21,11 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
-from absl import flags
 
 from lth_jax import cli
 from lth_jax import report
 from lth_jax.errors import UserError
-from tests.helpers import main_py, override, small_config
+from tests.helpers import flag_run, main_py, override, small_config
 
 NAN, INF = math.nan, math.inf
 
@@ -589,17 +588,6 @@ FLAG_CASES = [
     ("other_models_key", ["--config.model.width=4"], "config.model.width is not a config key"),
     ("key_below_a_value", ["--config.seed.x=1"], "config.seed.x is not a config key; keys at this level: none"),
 ]
-
-
-def flag_run(argv, capsys):
-  """main.py's flag handling in this process: (exit status or None, stderr, the config)."""
-  flag_values = flags.FlagValues()
-  try:
-    holder = cli.define_config(argv, "configs/default.py", flag_values)
-    cli.parse_flags(argv, flag_values)
-    return None, capsys.readouterr().err, holder.value
-  except SystemExit as e:
-    return e.code, capsys.readouterr().err, None
 
 
 @pytest.mark.parametrize("args, fragment", [case[1:] for case in FLAG_CASES], ids=[case[0] for case in FLAG_CASES])
