@@ -20,12 +20,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from lth_jax.errors import UserError
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.training import step
-from lth_jax.training.state import TrainState, learning_rate, optimizer
+from lth_jax.sparsity.optax import keep_pruned
+from lth_jax.training.state import TrainState, config_optimizer, learning_rate
 
 # "scan": an epoch is one compiled lax.scan. "steps": one compiled step per batch, called from Python.
 # "auto": steps on CPU, scan elsewhere -- XLA CPU (jaxlib 0.10) lowers convolutions not in its canonical
@@ -45,9 +47,15 @@ def _compiled(fn, in_axes, donate: bool = True) -> tuple[Callable, Callable]:
 
 @dataclasses.dataclass
 class Trainer:
-  """Compiled train and eval functions for one model, optimizer and batch size."""
+  """Compiled train and eval functions for one model, optimizer and batch size.
+
+  `optimizer` is config.optimizer (the command line's, built by `state.config_optimizer`) or any optax
+  transformation with its learning rate, e.g. optax.chain(optax.clip_by_global_norm(1.0),
+  optax.adamw(optax.warmup_cosine_decay_schedule(...))). Either way the step wraps it in `keep_pruned`
+  with each state's masks, and its schedules read the global step (`state.at_step`).
+  """
   model: nn.Module
-  opt_config: ml_collections.ConfigDict
+  optimizer: ml_collections.ConfigDict | optax.GradientTransformation
   batch_size: int
   steps_per_epoch: int
   epochs: int                       # length of the schedule
@@ -69,6 +77,8 @@ class Trainer:
   mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
   normalize: Callable | None = None       # step.Recipe.normalize: uint8 pixels -> model inputs, inside jit
   cpu_conv: str | None = None             # step.Recipe.cpu_conv: the convolution lowering its steps trace with
+  lr: optax.Schedule | None = None        # an optax `optimizer`'s learning rate, for the history's "lr" only
+                                          # (None: recorded as None); a config's is built from it
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -76,8 +86,11 @@ class Trainer:
     if self.compute_dtype not in step.COMPUTE_DTYPES:
       raise UserError(f"config.train.compute_dtype={self.compute_dtype!r} is not supported; "
                       f"allowed: {', '.join(step.COMPUTE_DTYPES)}")
-    self.tx = optimizer(self.opt_config)
-    self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs, self.last_step)
+    if isinstance(self.optimizer, optax.GradientTransformation):
+      self.tx = self.optimizer
+    else:
+      self.tx = config_optimizer(self.optimizer, self.steps_per_epoch, self.epochs, self.last_step)
+      self.lr = learning_rate(self.optimizer, self.steps_per_epoch, self.epochs, self.last_step)
     if self.loop == "auto":
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
@@ -95,10 +108,12 @@ class Trainer:
     self._logits = jax.jit(functools.partial(step.logits, recipe), out_shardings=whole)
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
-    """A fresh optimizer state; params are masked so the state starts consistent."""
+    """A fresh optimizer state (keep_pruned's inner one: the state keeps the masks); params are masked so
+    the state starts consistent."""
     params = masks_lib.zero_pruned(params, masks)
+    opt_state = keep_pruned(self.tx, masks).init(params).inner_state
     return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
-                      batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
+                      batch_stats=batch_stats, masks=masks, opt_state=opt_state, rng=key)
 
   def train_epoch(self, state: TrainState, x, y, batched: bool = False, first: int = 0, last: int | None = None,
                   after_step: Callable | None = None):
@@ -203,7 +218,8 @@ class Trainer:
         history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
                         "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "test_loss": test["loss"],
-                        "test_accuracy": test["accuracy"], "lr": train_metrics["lr"], "sparsity": sparsities[i]})
+                        "test_accuracy": test["accuracy"], "lr": _known(train_metrics["lr"]),
+                        "sparsity": sparsities[i]})
         if self.eval_every_steps:
           history[-1]["evals"] = [{"step": at, **{f"{split}_{k}": v for split in ("val", "test")
                                                   for k, v in _member(e.get(split), i, batched).items()}}
@@ -260,6 +276,11 @@ def _member(figures: dict | None, i: int, batched: bool) -> dict:
   if figures is None:
     return {"loss": None, "accuracy": None}
   return {k: float(v[i] if batched else v) for k, v in figures.items()}
+
+
+def _known(value: float) -> float | None:
+  """None for a figure the step could not know (NaN: the learning rate of an optax optimizer given without `lr`)."""
+  return None if np.isnan(value) else value
 
 
 def _fmt(value) -> str:
