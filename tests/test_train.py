@@ -62,6 +62,36 @@ def test_one_sgd_step_matches_the_definition():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_an_optax_optimizer_gives_the_config_s_numbers():
+  """optax.sgd with coupled weight decay is the config's sgd: the same weights, bit for bit."""
+  opt = dict(name="sgd", momentum=0.9, weight_decay=5e-4, lr=0.1)
+  trainer, data, params, m = setup(opt, epochs=2)
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+  own = train.Trainer(trainer.model, tx, batch_size=32, steps_per_epoch=8, epochs=2)
+  a, _ = fit(trainer, trainer.init_state(params, {}, m, jax.random.key(1)), data, 2)
+  b, history = fit(own, own.init_state(params, {}, m, jax.random.key(1)), data, 2)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  assert history[0]["lr"] is None   # the optimizer's own learning rate is not known to the trainer
+
+
+def test_an_optax_schedule_reads_the_global_step_after_a_rewind():
+  """A fresh optimizer state at epoch 2 (step 16) steps with lr(16), not lr(0): p - lr(16) * g at the kept weights."""
+  trainer, data, params, m = setup(dict(name="sgd"))
+  schedule = lambda count: 0.1 * (count + 1)  # noqa: E731
+  own = train.Trainer(trainer.model, optax.sgd(schedule), batch_size=32, steps_per_epoch=8, epochs=5)
+  state = own.init_state(params, {}, m, jax.random.key(3), start_epoch=2)
+  x, y = data["train"][0][:32], data["train"][1][:32]
+  new_state, _ = step.train_step(own.recipe, state, (x, y))
+
+  def loss(p):
+    return step.cross_entropy(own.model.apply({"params": p}, x), y).mean()
+  grads = jax.grad(loss)(masks.apply(params, m))
+  expected = jax.tree.map(lambda p, g, mk: (p - 1.7 * g) * mk, params, grads, m)
+  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_step_schedule_and_warmup():
   opt = ml_collections.ConfigDict(base().optimizer.to_dict())
   opt.update(dict(lr=0.1, schedule="step", milestones=(2, 4), gamma=0.1))
