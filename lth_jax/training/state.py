@@ -59,7 +59,9 @@ def config_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, ep
 
   Args:
     config: config.optimizer.
-    steps_per_epoch, epochs, total_steps: the schedule's length, as `learning_rate` takes it.
+    steps_per_epoch: iterations per epoch (milestones and warmup are in epochs).
+    epochs: the schedule's length in epochs.
+    total_steps: the cosine's length in iterations (config.train.steps), or None: `epochs` epochs.
 
   Returns:
     The transformation: its updates are added to the params.
