@@ -67,7 +67,22 @@ class ResNet20(nn.Module):
     return self.output(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-MODELS = {"lenet300_100": lenet, "conv6": conv6, "resnet20": ResNet20}
+def vgg16():
+  """lth_jax's VGG-16 (network slimming's CIFAR VGG): 3x3 convs without bias + BN + ReLU, a 2x2 average
+  pool to 1x1 and one classifier layer `output` from 512 features."""
+  layers, width = [], 3
+  for f in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+    if f == "M":
+      layers.append(nn.MaxPool2d(2))
+      continue
+    layers += [nn.Conv2d(width, f, 3, padding=1, bias=False), nn.BatchNorm2d(f), nn.ReLU()]
+    width = f
+  model = nn.Sequential(*layers, nn.AvgPool2d(2), nn.Flatten())
+  model.output = nn.Linear(512, 10)
+  return model
+
+
+MODELS = {"lenet300_100": lenet, "conv6": conv6, "resnet20": ResNet20, "vgg16": vgg16}
 
 
 # -- setup --------------------------------------------------------------------------------------

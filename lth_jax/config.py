@@ -45,6 +45,10 @@ def base() -> ml_collections.ConfigDict:
   c.data.augment = "none"       # none | crop_flip (random crop with 4 pixels of padding, horizontal flip)
   c.data.device_dtype = "auto"  # auto: 8-bit images stay uint8 on the device, normalised inside jit (4x less
   #                               memory, the same numbers) | float32: normalised on the host, float32 there
+  c.data.pipeline = "memory"    # memory: every split on the device, batches gathered there | stream: splits stay
+  #                               on the host, batches read by grain and prefetched to the device (the same
+  #                               numbers) | auto: stream when the splits would take more than device_budget_mb
+  c.data.device_budget_mb = 4096.0   # data.pipeline=auto: the device memory the splits may take, in MiB
   c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
   c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default); prepared there if TensorFlow is installed
 

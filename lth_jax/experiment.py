@@ -20,7 +20,7 @@ from lth_jax import methods
 from lth_jax import models
 from lth_jax import training
 from lth_jax import user_code
-from lth_jax.data import augment, download, pixels
+from lth_jax.data import augment, download, pixels, stream
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import distribution
@@ -62,6 +62,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.train.compute_dtype in step.COMPUTE_DTYPES,
         f"config.train.compute_dtype={config.train.compute_dtype!r}; allowed: {', '.join(step.COMPUTE_DTYPES)}")
   augment.get(config.data.augment)   # the name is known
+  stream.choose(config.data.pipeline, 0, config.data.device_budget_mb)   # the pipeline is known
   check(config.data.device_dtype in DEVICE_DTYPES,
         f"config.data.device_dtype={config.data.device_dtype!r}; allowed: {', '.join(DEVICE_DTYPES)}")
   check(config.train.eval_every >= 1, f"config.train.eval_every={config.train.eval_every} must be >= 1")
@@ -124,7 +125,8 @@ def _parsed(key: str, parse, *args):
 @dataclasses.dataclass(eq=False)
 class Experiment:
   config: ml_collections.ConfigDict
-  data: dict                 # split -> (x, y) on the device; x uint8 pixels or float model inputs (`inputs`)
+  data: dict                 # split -> (x, y) on the device, or a stream.Split on the host (data.pipeline);
+  #                            x uint8 pixels or float model inputs (`inputs`)
   num_classes: int
   model: Any
   init_params: Any           # theta_0: what lottery tickets rewind to
@@ -274,12 +276,19 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   if config.train.steps:   # the resolved length, which config.json records and every method reads
     config.train.epochs = -(-config.train.steps // training.steps_per_epoch(len(dataset.train[1]),
                                                                             config.train.batch_size))
-  # The whole data set goes to the device(s) once; batches are gathered from it inside jit. 8-bit
-  # images go as uint8 and are normalised there too (data.device_dtype=float32: normalised here).
+  # memory: the whole data set goes to the device(s) once; batches are gathered from it inside jit. stream:
+  # it stays on the host and the trainer feeds it batch by batch. 8-bit images go as uint8 and are
+  # normalised inside jit either way (data.device_dtype=float32: normalised here).
   keep_pixels = config.data.device_dtype == "auto"
-  exp.data = {k: (_on_devices(x if keep_pixels and x.dtype == np.uint8 else exp.normalize(x), exp.mesh),
-                  _on_devices(np.asarray(y, np.int32), exp.mesh))
-              for k, (x, y) in splits.items()}
+  inputs = {k: (x if keep_pixels and x.dtype == np.uint8 else exp.normalize(x), np.asarray(y, np.int32))
+            for k, (x, y) in splits.items()}
+  nbytes = sum(x.nbytes + y.nbytes for x, y in inputs.values())
+  if stream.choose(config.data.pipeline, nbytes, config.data.device_budget_mb) == "stream":
+    check(not config.train.distributed, "config.data.pipeline=stream does not yet feed several processes "
+          "(config.train.distributed); use data.pipeline=memory")
+    exp.data = {k: stream.Split(x, y) for k, (x, y) in inputs.items()}
+  else:
+    exp.data = {k: (_on_devices(x, exp.mesh), _on_devices(y, exp.mesh)) for k, (x, y) in inputs.items()}
   if config.data.augment != "none":
     check(exp.data["train"][0].ndim == 4,
           f"config.data.augment={config.data.augment!r} needs images (N, H, W, C); {config.data.name!r} is not")

@@ -1,6 +1,7 @@
 """What several test files share: a small config, a recorder that keeps everything, ways to run a
 method's program or a single fit without the command line, and the command line in a subprocess."""
 
+import importlib.util
 import json
 import os
 import re
@@ -15,9 +16,12 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import methods
+from absl import flags
+
+from lth_jax import cli, methods
 from lth_jax.config import base
 from lth_jax.methods import cohort, lottery
+from lth_jax.sparsity import masks
 from lth_jax.training import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +165,59 @@ def last_ticket_arrays(workdir) -> list:
 # model: they run where LTH_JAX_SLOW_TESTS=1 (the suite's time budget on 2 cores keeps them out of CI).
 slow = pytest.mark.skipif(not os.environ.get("LTH_JAX_SLOW_TESTS"),
                           reason="minutes of compiling on CPU; set LTH_JAX_SLOW_TESTS=1")
+
+
+def pruned_and_kept(tree, m):
+  """(the values at the mask's zeros, the values at its ones), each flattened over every leaf."""
+  pairs = [(np.asarray(x), np.asarray(k) != 0) for x, k in zip(jax.tree.leaves(tree), jax.tree.leaves(m))]
+  return np.concatenate([x[~keep] for x, keep in pairs]), np.concatenate([x[keep] for x, keep in pairs])
+
+
+def load_example(path):
+  """examples/<path> as a module, without running its __main__ block."""
+  spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def check_imp_example_rounds(results):
+  """What examples/own_loop.py and own_loop_nnx.py promise of their 3 rounds of IMP to 80% on the same CNN:
+  exact counts per round, exact zeros, biases never pruned, cumulative masks."""
+  assert [r["round"] for r in results] == [1, 2, 3]
+
+  first = results[0]
+  which = masks.prunable(first["params"])
+  total = sum(int(np.size(p)) for p, w in zip(jax.tree.leaves(first["params"]), jax.tree.leaves(which)) if w)
+  # conv 3*3*1*16, conv 3*3*16*32, dense (4*4*32)*64, dense 64*10: the kernels only.
+  assert total == 144 + 4608 + 32768 + 640
+  rate = 1 - (1 - 0.8) ** (1 / 3)
+  remaining = total
+  for r in results:
+    remaining -= round(rate * remaining)
+    assert masks.count(r["masks"], which) == (remaining, total)
+    assert r["sparsity"] == pytest.approx(1 - remaining / total, abs=1e-12)
+    final_pruned, _ = pruned_and_kept(r["params"], r["masks"])
+    assert final_pruned.size == total - remaining and np.array_equal(final_pruned, np.zeros_like(final_pruned))
+    # Biases are never pruned.
+    non_kernels = [np.asarray(k) for k, w in zip(jax.tree.leaves(r["masks"]), jax.tree.leaves(which)) if not w]
+    assert all(np.all(k == 1) for k in non_kernels)
+    assert isinstance(r["test_accuracy"], float) and 0.0 <= r["test_accuracy"] <= 1.0
+    assert isinstance(r["ece"], float) and 0.0 <= r["ece"] <= 1.0
+  sparsities = [r["sparsity"] for r in results]
+  assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.8, abs=1e-3)
+  # Masks are cumulative: a weight pruned in one round stays pruned.
+  for a, b in zip(results, results[1:]):
+    assert all(np.all(np.asarray(nb)[np.asarray(na) == 0] == 0)
+               for na, nb in zip(jax.tree.leaves(a["masks"]), jax.tree.leaves(b["masks"])))
+
+
+def flag_run(argv, capsys):
+  """main.py's flag handling in this process: (exit status or None, stderr, the config)."""
+  flag_values = flags.FlagValues()
+  try:
+    holder = cli.define_config(argv, "configs/default.py", flag_values)
+    cli.parse_flags(argv, flag_values)
+    return None, capsys.readouterr().err, holder.value
+  except SystemExit as e:
+    return e.code, capsys.readouterr().err, None

@@ -21,12 +21,11 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
-from absl import flags
 
 from lth_jax import cli
 from lth_jax import report
 from lth_jax.errors import UserError
-from tests.helpers import main_py, override, small_config
+from tests.helpers import flag_run, main_py, override, small_config
 
 NAN, INF = math.nan, math.inf
 
@@ -70,6 +69,9 @@ CONFIG_CASES = [
     ("augment_unknown", {"data.augment": "bogus"}, ["config.data.augment='bogus'", "allowed: none, crop_flip"]),
     ("augment_tabular", {"data.augment": "crop_flip"}, ["config.data.augment='crop_flip' needs images"]),
     ("device_dtype_unknown", {"data.device_dtype": "float16"}, ["config.data.device_dtype='float16'", "allowed:"]),
+    ("pipeline_unknown", {"data.pipeline": "disk"}, ["config.data.pipeline='disk'", "allowed: memory, stream, auto"]),
+    ("device_budget_not_positive", {"data.pipeline": "auto", "data.device_budget_mb": 0.0},
+     ["config.data.device_budget_mb=0.0", "> 0"]),
     ("mirror_not_a_url", {"data.mirror": "ftp://example.org"}, ["config.data.mirror", "http://"]),
     ("checksums_missing", {"data.checksums": "/nonexistent/SHA256SUMS"}, ["config.data.checksums", "/nonexistent"]),
     ("tfds_without_name", {"data.name": "tfds"}, ["config.data.tfds_name is empty"]),
@@ -107,6 +109,10 @@ CONFIG_CASES = [
     ("resnet_block_widths", {"data.name": "digits", "model": model(name="resnet20", width=4, block_widths=(1, 2))},
      ["config.model.block_widths"]),
     ("vgg_widths", {"data.name": "digits", "model": model(name="vgg11", widths=(4, 4))}, ["config.model.widths"]),
+    ("dir_for_a_generated_source", {"data.dir": "/data/mnist"},
+     ["config.data.dir='/data/mnist' is not read by config.data.name='moons'", "mnist", "npz"]),
+    ("vgg11_on_8x8_images", {"data.name": "digits", "model": model(name="vgg11")},
+     ["config.model.name=vgg11", "needs at least 32x32 pixels", "8x8"]),
     # train
     ("epochs_zero", {"train.epochs": 0}, ["config.train.epochs=0", ">= 1"]),
     ("epochs_negative", {"train.epochs": -2}, ["config.train.epochs=-2", ">= 1"]),
@@ -582,17 +588,6 @@ FLAG_CASES = [
     ("other_models_key", ["--config.model.width=4"], "config.model.width is not a config key"),
     ("key_below_a_value", ["--config.seed.x=1"], "config.seed.x is not a config key; keys at this level: none"),
 ]
-
-
-def flag_run(argv, capsys):
-  """main.py's flag handling in this process: (exit status or None, stderr, the config)."""
-  flag_values = flags.FlagValues()
-  try:
-    holder = cli.define_config(argv, "configs/default.py", flag_values)
-    cli.parse_flags(argv, flag_values)
-    return None, capsys.readouterr().err, holder.value
-  except SystemExit as e:
-    return e.code, capsys.readouterr().err, None
 
 
 @pytest.mark.parametrize("args, fragment", [case[1:] for case in FLAG_CASES], ids=[case[0] for case in FLAG_CASES])

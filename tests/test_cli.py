@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import slow
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -106,6 +107,7 @@ def test_unwritable_workdir(tmp_path):
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason="../shared/data/mnist is absent")
+@slow
 def test_mnist_lenet_config_runs_scaled_down(tmp_path):
   proc = run("--config=configs/mnist_lenet.py", f"--config.data.dir={MNIST}", "--config.data.subset=3000",
              "--config.train.steps=0", "--config.train.epochs=1", "--config.iterative.rounds=1",

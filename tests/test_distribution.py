@@ -117,8 +117,8 @@ def test_prune_distributed_erk_reaches_the_exact_counts():
 
 
 def test_first_layer_is_the_first_created_not_the_first_sorted():
-  from lth_jax import models
-  model = models.get("resnet20", num_classes=3, width=4)
+  from lth_jax.models import resnet
+  model = resnet.cifar_resnet(8, num_classes=3, width=4, bottleneck=False)   # the smallest of the family
   params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)["params"]
   which = masks_lib.prunable(params)
   sorted_first = next(name for (name, _), w in zip(masks_lib.named_leaves(params), jax.tree.leaves(which)) if w)

@@ -75,7 +75,7 @@ def _run(name, loop):
           "batch_stats": state.batch_stats}
 
 
-@pytest.mark.parametrize("name,loop", [("conv2", "steps"), ("resnet8", "scan"),
+@pytest.mark.parametrize("name,loop", [("conv2", "steps"), pytest.param("resnet8", "scan", marks=slow),
                                        pytest.param("resnet20", "steps", marks=slow),
                                        pytest.param("resnet20", "scan", marks=slow)])
 def test_same_numbers_as_plain_lowering(mode, name, loop):

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (ENV, ROOT, checkpoint_saved, kill_main_py, main_py, numbers, override, resumed_at)
+from tests.helpers import (ENV, ROOT, checkpoint_saved, kill_main_py, main_py, numbers, override, resumed_at,
+                           slow)
 from lth_jax import cli
 from lth_jax.errors import UserError
 from lth_jax.training import checkpoint

@@ -6,6 +6,7 @@ dominates the time, so the Early-Bird runs prune at epochs the slimming run also
 network, and so its compiled trainer, is the same.
 """
 
+import functools
 import json
 import math
 
@@ -282,3 +283,36 @@ def test_epochs_of_the_other_method_are_not_held_against_a_shorter_run():
   experiment.validate(tiny_config(**{"early_bird.max_epochs": 160}))
   with pytest.raises(UserError, match="config.early_bird.max_epochs=160"):
     experiment.validate(tiny_config(**{"method": "early_bird", "early_bird.max_epochs": 160}))
+
+
+class ZooExperiment:
+  """What `methods_structured.channel_groups` reads of an Experiment: a zoo model at random weights."""
+
+  def __init__(self, name, **kwargs):
+    self.model = models.get(name, num_classes=10, **kwargs)
+    x = np.random.default_rng(0).normal(size=(1, 32, 32, 3) if name.startswith("vgg") else (1, 8, 8, 3))
+    self.data, self.inputs, self.trainers = {"train": (x, None)}, jax.numpy.asarray, {}
+    shapes = jax.eval_shape(functools.partial(self.model.init, train=False), jax.random.key(0), x)
+    rng = np.random.default_rng(1)   # no BN scale or filter norm equal to another
+    draw = lambda s: jax.numpy.asarray(rng.normal(size=s.shape) + 0.1, s.dtype)
+    self.init_params, self.init_batch_stats = jax.tree.map(draw, shapes["params"]), shapes["batch_stats"]
+    self.init_batch_stats = jax.tree.map(lambda s: jax.numpy.ones(s.shape, s.dtype), self.init_batch_stats)
+
+  def cached(self, key, build):
+    return self.trainers.setdefault(key, build())
+
+
+@pytest.mark.parametrize("name,kwargs", [("vgg11", dict(widths=(4, 6, 6, 6, 8, 8, 8, 5))),
+                                         ("resnet20", dict(width=4)),
+                                         ("resnet20", dict(width=4, bottleneck=True))])
+def test_channels_chosen_on_the_traced_groups_are_the_handwritten_choice(name, kwargs):
+  exp = ZooExperiment(name, **kwargs)
+  groups = methods_structured.channel_groups(exp)
+  assert list(groups) == structured.prunable_bns(exp.init_params)   # in network order
+  variables = {"params": exp.init_params, "batch_stats": exp.init_batch_stats}
+  for criterion, handwritten in [("bn_scale", structured.channel_masks), ("l1_filter", structured.l1_filter_masks)]:
+    got = methods_structured.channel_keep(exp, variables, 0.4, criterion)
+    want = handwritten(exp.init_params, 0.4, name)
+    assert list(got) == list(want)
+    for bn in want:
+      np.testing.assert_array_equal(got[bn], want[bn], err_msg=f"{criterion} {bn}")

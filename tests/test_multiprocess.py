@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300   # a safety net against a hung peer, not a measure of anything
 
@@ -99,6 +101,7 @@ def two_processes(workdir: Path, logs: str, attempts: int = 3) -> list[str]:
     return outputs
 
 
+@slow
 def test_two_processes_match_one_and_only_process_0_writes_results(tmp_path):
   two_processes(tmp_path / "two", "writes")
   finish([start(tmp_path / "one", tmp_path / "writes.single")])

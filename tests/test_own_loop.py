@@ -1,4 +1,3 @@
-import importlib.util
 import os
 
 import flax.linen as nn
@@ -11,6 +10,7 @@ from flax.training import train_state
 
 from lth_jax.sparsity import masks, pruning
 from lth_jax.sparsity.optax import MaskedState, keep_pruned, masks_of, with_masks
+from tests.helpers import check_imp_example_rounds, load_example, pruned_and_kept
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "own_loop.py")
 
@@ -45,13 +45,6 @@ def run(tx, params, steps, seed=0):
     updates, state = tx.update(random_grads(params, key), state, params)
     params = optax.apply_updates(params, updates)
   return params, state
-
-
-def pruned_and_kept(tree, m):
-  pairs = [(np.asarray(x), np.asarray(k) != 0) for x, k in zip(jax.tree.leaves(tree), jax.tree.leaves(m))]
-  pruned = np.concatenate([x[~keep] for x, keep in pairs])
-  kept = np.concatenate([x[keep] for x, keep in pairs])
-  return pruned, kept
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -171,40 +164,8 @@ def test_swapped_masks_are_the_ones_update_uses():
   assert np.array_equal(pruned, np.zeros_like(pruned))
 
 
-def load_example():
-  spec = importlib.util.spec_from_file_location("own_loop", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_example_prunes_to_80_percent_and_learns():
-  results = load_example().main(epochs=3, rounds=3, seed=0)
-  assert [r["round"] for r in results] == [1, 2, 3]
-
-  first = results[0]
-  which = masks.prunable(first["params"])
-  total = sum(int(np.size(p)) for p, w in zip(jax.tree.leaves(first["params"]), jax.tree.leaves(which)) if w)
-  # conv 3*3*1*16, conv 3*3*16*32, dense (4*4*32)*64, dense 64*10: the kernels only.
-  assert total == 144 + 4608 + 32768 + 640
-  rate = 1 - (1 - 0.8) ** (1 / 3)
-  remaining = total
-  for r in results:
-    remaining -= round(rate * remaining)
-    assert masks.count(r["masks"], which) == (remaining, total)
-    assert r["sparsity"] == pytest.approx(1 - remaining / total, abs=1e-12)
-    final_pruned, _ = pruned_and_kept(r["params"], r["masks"])
-    assert final_pruned.size == total - remaining and np.array_equal(final_pruned, np.zeros_like(final_pruned))
-    # Biases are never pruned.
-    non_kernels = [np.asarray(k) for k, w in zip(jax.tree.leaves(r["masks"]), jax.tree.leaves(which)) if not w]
-    assert all(np.all(k == 1) for k in non_kernels)
-    assert isinstance(r["test_accuracy"], float) and 0.0 <= r["test_accuracy"] <= 1.0
-    assert isinstance(r["ece"], float) and 0.0 <= r["ece"] <= 1.0
-  sparsities = [r["sparsity"] for r in results]
-  assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.8, abs=1e-3)
-  # Masks are cumulative: a weight pruned in one round stays pruned.
-  for a, b in zip(results, results[1:]):
-    assert all(np.all(np.asarray(nb)[np.asarray(na) == 0] == 0)
-               for na, nb in zip(jax.tree.leaves(a["masks"]), jax.tree.leaves(b["masks"])))
+  results = load_example(EXAMPLE).main(epochs=3, rounds=3, seed=0)
+  check_imp_example_rounds(results)
   # 3 epochs reach 0.92 on the 450 held-out digits at 80% sparsity (chance is 0.1).
   assert results[-1]["test_accuracy"] > 0.75

@@ -1,7 +1,6 @@
 """Flax NNX (issue 28, item 4): masks, pruning, criteria and keep_pruned on an NNX model's state, with
 nnx.Optimizer, and examples/own_loop_nnx.py (the IMP-with-rewinding example of tests/test_own_loop.py)."""
 
-import importlib.util
 import os
 
 import jax
@@ -13,6 +12,7 @@ from flax import nnx
 
 from lth_jax.sparsity import criteria, masks, pruning
 from lth_jax.sparsity.optax import MaskedState, keep_pruned, masks_of, with_masks
+from tests.helpers import check_imp_example_rounds, load_example, pruned_and_kept
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "own_loop_nnx.py")
 NAMES = ["hidden/bias", "hidden/kernel", "output/bias", "output/kernel"]
@@ -75,11 +75,6 @@ def test_a_data_driven_criterion_scores_an_nnx_state():
   assert masks.count(m) == (64, 256)
 
 
-def pruned_and_kept(params, m):
-  pairs = [(np.asarray(p), np.asarray(k) != 0) for p, k in zip(jax.tree.leaves(params), jax.tree.leaves(m))]
-  return np.concatenate([p[~keep] for p, keep in pairs]), np.concatenate([p[keep] for p, keep in pairs])
-
-
 @pytest.mark.parametrize("inner", [lambda: optax.sgd(0.1, momentum=0.9), lambda: optax.adamw(1e-2, weight_decay=1e-2)],
                          ids=["sgd_momentum", "adamw"])
 def test_keep_pruned_drives_nnx_optimizer(inner):
@@ -135,40 +130,8 @@ def test_keep_pruned_on_variable_states_returns_updates_in_their_form():
   np.testing.assert_allclose(kept, pruned_and_kept(params, m)[1] - 0.1, rtol=1e-6)
 
 
-def load_example():
-  spec = importlib.util.spec_from_file_location("own_loop_nnx", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_example_prunes_to_80_percent_and_learns():
-  results = load_example().main(epochs=2, rounds=3, seed=0)
-  assert [r["round"] for r in results] == [1, 2, 3]
-
-  first = results[0]
-  which = masks.prunable(first["params"])
-  total = sum(int(np.size(p)) for p, w in zip(jax.tree.leaves(first["params"]), jax.tree.leaves(which)) if w)
-  # conv 3*3*1*16, conv 3*3*16*32, dense (4*4*32)*64, dense 64*10: the kernels only.
-  assert total == 144 + 4608 + 32768 + 640
-  rate = 1 - (1 - 0.8) ** (1 / 3)
-  remaining = total
-  for r in results:
-    remaining -= round(rate * remaining)
-    assert masks.count(r["masks"], which) == (remaining, total)
-    assert r["sparsity"] == pytest.approx(1 - remaining / total, abs=1e-12)
-    final_pruned, _ = pruned_and_kept(r["params"], r["masks"])
-    assert final_pruned.size == total - remaining and np.array_equal(final_pruned, np.zeros_like(final_pruned))
-    # Biases are never pruned.
-    non_kernels = [np.asarray(k) for k, w in zip(jax.tree.leaves(r["masks"]), jax.tree.leaves(which)) if not w]
-    assert all(np.all(k == 1) for k in non_kernels)
-    assert isinstance(r["test_accuracy"], float) and 0.0 <= r["test_accuracy"] <= 1.0
-    assert isinstance(r["ece"], float) and 0.0 <= r["ece"] <= 1.0
-  sparsities = [r["sparsity"] for r in results]
-  assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.8, abs=1e-3)
-  # Masks are cumulative: a weight pruned in one round stays pruned.
-  for a, b in zip(results, results[1:]):
-    assert all(np.all(np.asarray(nb)[np.asarray(na) == 0] == 0)
-               for na, nb in zip(jax.tree.leaves(a["masks"]), jax.tree.leaves(b["masks"])))
+  results = load_example(EXAMPLE).main(epochs=2, rounds=3, seed=0)
+  check_imp_example_rounds(results)
   # chance is 0.1 on the 450 held-out digits
   assert results[-1]["test_accuracy"] > 0.75

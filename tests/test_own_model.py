@@ -12,14 +12,13 @@ import json
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
 from lth_jax import cli, experiment, models, report
 from lth_jax.config import base
 from lth_jax.errors import UserError
 from lth_jax.sparsity import masks
 from lth_jax.training import checkpoint, resume
-from tests.helpers import main_py, numbers, override
+from tests.helpers import flag_run, main_py, numbers, override
 
 OWN = ["--config=configs/default.py", "--config.data.name=tests.own_model:load", "--config.method=iterative",
        "--config.iterative.rounds=2", "--config.prune.sparsity=0.75", "--config.train.epochs=3",
@@ -155,17 +154,6 @@ def test_a_bad_own_model_or_source_stops_in_one_line_naming_the_key(tmp_path, re
     else:
       override(config, **{key: value})
   assert fragment in refused(config)
-
-
-def flag_run(argv, capsys):
-  """main.py's flag handling in this process: (exit status or None, stderr, the config)."""
-  flag_values = flags.FlagValues()
-  try:
-    holder = cli.define_config(argv, "configs/default.py", flag_values)
-    cli.parse_flags(argv, flag_values)
-    return None, capsys.readouterr().err, holder.value
-  except SystemExit as e:
-    return e.code, capsys.readouterr().err, None
 
 
 def test_kwargs_are_settable_on_the_command_line_only_for_your_own_model(capsys):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import main_py, numbers
+from tests.helpers import slow
 
 SMALL = ["--config=configs/default.py", "--config.method=oneshot", "--config.data.name=moons",
          "--config.model.widths=(16,)", "--config.train.epochs=3", "--config.finetune.epochs=1",
@@ -86,6 +87,7 @@ def flip_a_byte(directory: Path) -> Path:
   return target
 
 
+@slow
 def test_damaged_checkpoints_fall_back_with_one_warning_each(straight, tmp_path):
   proc = run(tmp_path, "--config.checkpoint.every=1")
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -191,6 +193,7 @@ def small_disk(tmp_path):
   subprocess.run(["umount", str(mount)], check=True)
 
 
+@slow
 def test_a_full_disk_is_one_line_and_the_rerun_on_a_larger_disk_resumes(straight, small_disk):
   workdir = small_disk / "w"
   proc = run(workdir)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import checkpoint_saved, kill_main_py, last_ticket_arrays, main_py, numbers, resumed_at
+from tests.helpers import slow
 
 ARGS = ["--config=configs/default.py", "--config.method=iterative", "--config.train.epochs=6",
         "--config.iterative.rounds=2", "--config.checkpoint.every=1", "--config.train.log_every=1",
@@ -29,6 +30,7 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
+@slow
 def test_killed_at_several_points_resumes_to_identical_numbers(uninterrupted, tmp_path):
   workdir = tmp_path / "killed"
   # mid-training of the first segment, once its epoch-2 checkpoint is complete
@@ -47,6 +49,7 @@ def test_killed_at_several_points_resumes_to_identical_numbers(uninterrupted, tm
     assert np.array_equal(a, b)
 
 
+@slow
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
   workdir = tmp_path / "corrupt"
   run_and_kill(workdir, checkpoint_saved(workdir, "iterative round 1/0-6", 4))
@@ -63,6 +66,7 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(uninterrupted, tm
   assert numbers(workdir) == numbers(uninterrupted)
 
 
+@slow
 def test_a_different_config_is_refused_and_restart_starts_over(uninterrupted, tmp_path):
   proc = run(uninterrupted, "--config.optimizer.lr=0.01")
   assert proc.returncode == 2

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -44,6 +46,7 @@ print(json.dumps({m: [run(1, m), run(4, m)] for m in ("mlp", "resnet")}))
 """
 
 
+@slow
 def test_four_devices_match_one_device():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "PYTHONPATH": str(ROOT)}

@@ -14,6 +14,7 @@ from lth_jax.methods import common, registry, sparse_training
 from lth_jax.sparsity import during_training
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.training import TrainState
+from tests.helpers import slow
 
 
 
@@ -244,6 +245,7 @@ ARGS = ["--config=configs/default.py", "--config.method=rigl", "--config.train.e
         "--config.metrics.ood=('uniform_noise',)"]
 
 
+@slow
 def test_rigl_killed_mid_training_resumes_to_identical_numbers(tmp_path):
   straight = main_py(*ARGS, f"--config.workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr[-2000:]

@@ -208,3 +208,28 @@ def test_unknown_loop_or_dtype_is_a_user_error():
     conv_setup("while")
   with pytest.raises(UserError, match="compute_dtype"):
     conv_setup("scan", compute_dtype="float16")
+
+
+def test_a_checkpoint_of_the_older_optimizer_layout_resumes_the_same_run(tmp_path):
+  """Checkpoints written before the optimizer became one optax transformation hold only the direction's
+  state (`optimizer(config)`, the learning rate applied by hand): they restore into today's state, and the
+  next steps equal those of the state they were written from."""
+  from lth_jax.training import checkpoint
+  trainer, data, params, m = setup(dict(name="adam", lr=1e-2), epochs=3)
+  state, _ = fit(trainer, trainer.init_state(params, {}, m, jax.random.key(1)), data, 1)
+  direction = state_lib.optimizer(trainer.optimizer)
+  assert jax.tree.structure(state.opt_state[0]) == jax.tree.structure(direction.init(params))
+  checkpoints = checkpoint.SegmentStore(str(tmp_path), every=1, keep=2)
+  older = state.replace(opt_state=state.opt_state[0])          # what the older Trainer saved
+  checkpoints.save("run", 1, older, [{"epoch": 0}], final=True)
+  template = trainer.init_state(params, {}, m, jax.random.key(1))
+  restored, history = checkpoints.restore("run", template, end_epoch=1)
+  checkpoints.close()
+  assert history == [{"epoch": 0}]
+  assert jax.tree.structure(restored.opt_state) == jax.tree.structure(template.opt_state)
+  assert int(restored.opt_state[1].count) == int(state.step) == 8
+  a, _ = fit(trainer, state, data, 2)
+  b, _ = fit(trainer, restored, data, 2)
+  assert int(a.step) == 16
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)

@@ -15,7 +15,7 @@ from lth_jax.errors import UserError, check
 Config = ml_collections.ConfigDict
 
 
-@register("moons")
+@register("moons", reads_dir=False)
 def moons(config: Config, seed: int) -> Dataset:
   check(config.noise >= 0, f"config.data.noise={config.noise} must be >= 0")
   check(config.n_samples >= 1, f"config.data.n_samples={config.n_samples} must be >= 1")
@@ -28,7 +28,7 @@ PENGUIN_MEASUREMENTS = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", 
 PENGUIN_CATEGORIES = ["island", "sex", "year"]  # one-hot: 3 + 2 + 3 columns
 
 
-@register("penguins")
+@register("penguins", reads_dir=False)
 def penguins(config: Config, seed: int) -> Dataset:
   """12 features: the four measurements, then one-hot island, sex and year. Label: species, sorted."""
   table = palmerpenguins.load_penguins().dropna()  # 333 of the 344 rows are complete
@@ -47,7 +47,7 @@ def _one_hot(values: np.ndarray) -> np.ndarray:
   return np.eye(len(categories))[index]
 
 
-@register("digits")
+@register("digits", reads_dir=False)
 def digits(config: Config, seed: int) -> Dataset:
   data = sklearn.datasets.load_digits()
   x = (data.images / 16.0)[..., None]  # 8x8 pixels with values 0..16

@@ -35,11 +35,15 @@ class Dataset:
 
 Source = Callable[[ml_collections.ConfigDict, int], Dataset]
 _REGISTRY: dict[str, Source] = {}
+_READS_DIR: dict[str, bool] = {}
 
 
-def register(name: str):
+def register(name: str, reads_dir: bool = True):
+  """Registers a source under `name`; `reads_dir=False` for one that reads no files of config.data.dir
+  (generated, or shipped with a package), so that a dir given to it is refused rather than ignored."""
   def decorate(source: Source) -> Source:
     _REGISTRY[name] = source
+    _READS_DIR[name] = reads_dir
     return source
   return decorate
 
@@ -59,6 +63,9 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
     raise UserError(f"config.data.name={config.name!r} is not a data set; allowed: {', '.join(names())}, or your "
                     "own as 'pkg.module:load'")
   else:
+    check(_READS_DIR[config.name] or not config.get("dir"),
+          lambda: f"config.data.dir={config.dir!r} is not read by config.data.name={config.name!r}, which reads no "
+          f"files; sources that read it: {', '.join(n for n in names() if _READS_DIR[n])}")
     dataset = _REGISTRY[config.name](config, seed)
   check_sane(dataset, f"config.data.name={config.name!r}" + (f" ({config.dir})" if config.get("dir") else ""))
   if config.subset:

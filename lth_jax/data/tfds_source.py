@@ -26,7 +26,7 @@ from lth_jax.data.pixels import to_float
 from lth_jax.errors import UserError, check
 
 
-@register("tfds")
+@register("tfds", reads_dir=False)
 def tfds_source(config: ml_collections.ConfigDict, seed: int) -> Dataset:
   name = config.tfds_name
   check(bool(name), "config.data.tfds_name is empty; data.name=tfds reads a prepared TFDS data set, "

@@ -2,11 +2,13 @@
 
 Both train the full-width network from theta_0 with config.slimming.penalty * sum|gamma| over the prunable
 BatchNorm scales added to the loss (with penalty 0 this is exactly `methods.dense`'s run: same trainer, same
-key), choose whole channels to remove, copy the kept ones into a physically narrower model
-(`structured.rebuild`) and retrain that network (config.slimming.retrain_from, retrain_epochs): from the kept
-weights at epoch 0 of the retraining schedule ("pruned"), from a fresh initialisation ("init"), or from the kept
-weights with the schedule continuing at the pruning epoch ("continue", the ResNet-20 seed's alternative: the
-branch pruned at epoch e retrains retrain_epochs - e epochs, the same total training as the dense network).
+key), choose whole channels to remove on the channel groups read from the model's traced program
+(`channel_groups`; scored by `sparsity.group_criteria`, masked by `graph.channel_mask`), copy the kept ones
+into a physically narrower model (`structured.rebuild`) and retrain that network (config.slimming.retrain_from,
+retrain_epochs): from the kept weights at epoch 0 of the retraining schedule ("pruned"), from a fresh
+initialisation ("init"), or from the kept weights with the schedule continuing at the pruning epoch
+("continue", the ResNet-20 seed's alternative: the branch pruned at epoch e retrains retrain_epochs - e
+epochs, the same total training as the dense network).
 
 - `slimming` (Liu et al. 2017): the trained full-width network is recorded as method "dense" (with its
   `l1_penalty`); then one branch per epoch in config.slimming.epochs (default: the last) prunes the weights of
@@ -50,12 +52,14 @@ from lth_jax.methods import cohort
 from lth_jax.methods import common
 from lth_jax.methods.registry import Recorder, register
 from lth_jax.metrics import compression
+from lth_jax.sparsity import graph, group_criteria, structured
 from lth_jax.sparsity import masks as masks_lib
-from lth_jax.sparsity import structured
 from lth_jax.sparsity.early_bird import EarlyBird
 from lth_jax.training import Trainer, TrainState
 
-CRITERIA = {"bn_scale": structured.channel_masks, "l1_filter": structured.l1_filter_masks}
+# config.slimming.criterion -> (group criterion, scope): Liu et al.'s one global |gamma| threshold, Li et al.'s
+# per-layer L1 of each conv's own filters
+CRITERIA = {"bn_scale": ("bn_scale", "global"), "l1_filter": ("l1_filter", "layerwise")}
 STRUCTURED = ("slimming", "early_bird")
 RETRAIN_FROM = ("pruned", "init", "continue")
 
@@ -105,6 +109,33 @@ def _l1_penalty(penalty: float, params):
   return penalty * structured.slimming_penalty(params)
 
 
+def channel_groups(exp) -> dict[str, graph.Group]:
+  """{BatchNorm path: its channel group} read from the model's program, traced once per experiment family.
+
+  Only the groups `structured.rebuild` can build narrower: those whose one BatchNorm is a prunable one
+  (the residual streams, which tie several, stay whole).
+  """
+  def trace():
+    fn = lambda variables, x: exp.model.apply(variables, x, train=False)
+    variables = {"params": exp.init_params, "batch_stats": exp.init_batch_stats}
+    groups = graph.channel_groups(fn, variables, exp.inputs(exp.data["train"][0][:1]))
+    prunable = set(structured.prunable_bns(exp.init_params))
+    out = {}
+    for g in groups:
+      bns = {s.leaf.removeprefix("params/").removesuffix("/scale") for s in g.slices if s.leaf.endswith("/scale")}
+      if len(bns) == 1 and bns <= prunable:
+        out[bns.pop()] = g
+    return out
+  return exp.cached(("channel_groups",), trace)
+
+
+def channel_keep(exp, variables, ratio: float, criterion: str) -> dict:
+  """{BatchNorm path: bool keep-array} at `ratio` by config.slimming.criterion, chosen on the traced groups."""
+  groups = channel_groups(exp)
+  keep = group_criteria.channel_keep(variables, list(groups.values()), ratio, *CRITERIA[criterion])
+  return dict(zip(groups, keep))
+
+
 def _initial_state(exp, trainer: Trainer) -> TrainState:
   # The dense run's key: with penalty 0 the full-width training is methods.dense's, epoch for epoch.
   return trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),
@@ -142,7 +173,7 @@ def slimming(exp, recorder: Recorder):
   dense = dataclasses.replace(dense, accuracy_drop=0.0).with_extra(l1_penalty=cfg.penalty)
   recorder(dense, state, exp.init_params)
   for round_, (epoch, (weights_epoch, pruned)) in enumerate(snapshots.items(), 1):
-    keep = CRITERIA[cfg.criterion](pruned.params, cfg.ratio, exp.config.model.name)
+    keep = channel_keep(exp, pruned.variables, cfg.ratio, cfg.criterion)
     yield from _prune_and_retrain(exp, trainer, pruned, keep, "slimming", round_, dense.test_accuracy, recorder,
                        time.time(), prune_epoch=epoch, pruned_from_epoch=weights_epoch, criterion=cfg.criterion,
                        ratio=cfg.ratio, l1_penalty=cfg.penalty)
@@ -158,7 +189,7 @@ def early_bird(exp, recorder: Recorder):
   for epoch in range(1, (cfg.max_epochs or config.train.epochs) + 1):
     state, rows = yield from cohort.fit(trainer, state, epoch, "early_bird search", exp.data)
     history += rows
-    keep = structured.channel_masks(state.params, cfg.ratio, config.model.name)
+    keep = channel_keep(exp, state.variables, cfg.ratio, "bn_scale")
     if detector.update(keep):
       break
   detected = detector.ticket_epoch is not None
@@ -179,7 +210,8 @@ def _prune_and_retrain(exp, trainer: Trainer, pruned: TrainState, keep: dict, me
   """
   cfg, config, test = exp.config.slimming, exp.config, exp.data["test"]
   name = f"{method}@{extra['prune_epoch']}"
-  channel_masks = structured.expand_channel_masks(pruned.params, keep)
+  groups = channel_groups(exp)
+  channel_masks = graph.channel_mask(pruned.variables, [groups[bn] for bn in keep], list(keep.values()))["params"]
   masked = pruned.replace(params=masks_lib.apply(pruned.params, channel_masks), masks=channel_masks)
   before = trainer.evaluate(masked, test)["accuracy"]
 

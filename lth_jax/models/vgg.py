@@ -39,6 +39,13 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    # every "M" and the final pool halve the image; below 2 pixels a pool leaves nothing, and the classifier
+    # would read an empty feature vector
+    halvings = self.layers.count("M") + 1
+    if x.ndim == 4 and min(x.shape[1:3]) < 2 ** halvings:
+      raise UserError(f"config.model.name=vgg{sum(layer != 'M' for layer in self.layers) + 3} halves the image "
+                      f"{halvings} times and needs at least {2 ** halvings}x{2 ** halvings} pixels; "
+                      f"the data's images are {x.shape[1]}x{x.shape[2]}")
     i = 0
     for layer in self.layers:
       if layer == "M":

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity import group_criteria
 
 KINDS = ("vgg", "resnet")
 REBUILDABLE = ("resnet18", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16")
@@ -101,20 +102,6 @@ def _check_ratio(ratio):
     raise ValueError(f"ratio={ratio} is outside [0, 1]")
 
 
-def _keep_largest(scores: np.ndarray, n_remove: int) -> np.ndarray:
-  """Bool keep-array with the n_remove smallest scores off; ties go by position (stable sort)."""
-  keep = np.ones(scores.shape, bool)
-  keep[np.argsort(scores, kind="stable")[:n_remove]] = False
-  return keep
-
-
-def _at_least_one(keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
-  if not keep.any():
-    keep = keep.copy()
-    keep[np.argmax(scores)] = True  # the largest; argmax takes the first on ties
-  return keep
-
-
 def bn_scales(params, model_kind=None) -> dict[str, np.ndarray]:
   """{bn_name: |gamma|} for the prunable BatchNorm layers, in network order."""
   return {bn: np.abs(np.asarray(_get(params, bn)["scale"])) for bn in prunable_bns(params, model_kind)}
@@ -129,9 +116,9 @@ def channel_masks(params, ratio: float, model_kind=None) -> dict[str, np.ndarray
   _check_ratio(ratio)
   scales = bn_scales(params, model_kind)
   flat = np.concatenate(list(scales.values()))
-  keep = _keep_largest(flat, round(ratio * flat.size))
+  keep = group_criteria.keep_largest(flat, round(ratio * flat.size))
   bounds = np.cumsum([s.size for s in scales.values()])[:-1]
-  return {bn: _at_least_one(k, s) for (bn, s), k in zip(scales.items(), np.split(keep, bounds))}
+  return {bn: group_criteria.at_least_one(k, s) for (bn, s), k in zip(scales.items(), np.split(keep, bounds))}
 
 
 def l1_filter_masks(params, ratio: float, model_kind=None) -> dict[str, np.ndarray]:
@@ -144,7 +131,7 @@ def l1_filter_masks(params, ratio: float, model_kind=None) -> dict[str, np.ndarr
   for bn in prunable_bns(params, model_kind):
     kernel = np.asarray(_get(params, conv_of(bn))["kernel"])
     norms = np.abs(kernel).sum(axis=tuple(range(kernel.ndim - 1)))
-    out[bn] = _at_least_one(_keep_largest(norms, round(ratio * norms.size)), norms)
+    out[bn] = group_criteria.at_least_one(group_criteria.keep_largest(norms, round(ratio * norms.size)), norms)
   return out
 
 

@@ -5,8 +5,10 @@ state trains alone; several (different masks, weights, keys) train as one progra
 leading axis, with each member's numbers equal to training it alone to float tolerance. Which states
 train together is decided above it (`lth_jax.methods.cohort`).
 
-The data already lives on the device; an epoch is one `lax.scan` over its batches or, on XLA's CPU
-backend, one jitted step per batch dispatched from Python (see `LOOPS`). Either way the state's
+The data lives on the device; an epoch is one `lax.scan` over its batches or, on XLA's CPU
+backend, one jitted step per batch dispatched from Python (see `LOOPS`). A streamed split
+(lth_jax.data.stream.Split, data.pipeline=stream) stays on the host instead: `streamed.Feeder` feeds the
+same batches to the same step one by one. Either way the state's
 buffers are donated, so an epoch holds one copy of params and optimizer state.
 """
 
@@ -25,8 +27,8 @@ from absl import logging
 
 from lth_jax.errors import UserError
 from lth_jax.sparsity import masks as masks_lib
-from lth_jax.training import step
 from lth_jax.sparsity.optax import keep_pruned
+from lth_jax.training import step, streamed
 from lth_jax.training.state import TrainState, config_optimizer, learning_rate
 
 # "scan": an epoch is one compiled lax.scan. "steps": one compiled step per batch, called from Python.
@@ -106,6 +108,7 @@ class Trainer:
     # read only what its own devices hold.
     whole = None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._logits = jax.jit(functools.partial(step.logits, recipe), out_shardings=whole)
+    self._feeder = streamed.Feeder(recipe, _compiled)   # splits streamed from the host (data.pipeline=stream)
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
     """A fresh optimizer state (keep_pruned's inner one: the state keeps the masks); params are masked so
@@ -115,9 +118,10 @@ class Trainer:
     return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
                       batch_stats=batch_stats, masks=masks, opt_state=opt_state, rng=key)
 
-  def train_epoch(self, state: TrainState, x, y, batched: bool = False, first: int = 0, last: int | None = None,
+  def train_epoch(self, state: TrainState, x, y=None, batched: bool = False, first: int = 0, last: int | None = None,
                   after_step: Callable | None = None):
-    """One epoch on (x, y); `batched`: `state` stacks several tickets along a leading axis. Consumes `state`.
+    """One epoch on (x, y), or on a streamed split x (a streamed.HostSplit; y None); `batched`: `state` stacks
+    several tickets along a leading axis. Consumes `state`.
 
     Steps `first` .. `last`-1 of the epoch only, when given: a state rewound to an iteration inside an
     epoch finishes it, and the dense run's first steps of an epoch give that iteration's weights.
@@ -125,6 +129,8 @@ class Trainer:
     the next step consumes the state: mid-epoch evaluations (the steps are then dispatched one by one).
     """
     last = self.steps_per_epoch if last is None else last
+    if isinstance(x, streamed.HostSplit):   # the same order and steps, batches gathered on the host
+      return self._feeder.epoch(state, x, batched, first, last, after_step)
     if self.loop == "scan" and (first, last) == (0, self.steps_per_epoch) and after_step is None:
       return self._epoch[batched](state, x, y)
     state, order = self._shuffle[batched](state, x)   # the scan's epoch, one dispatch per batch
@@ -142,15 +148,22 @@ class Trainer:
     if int(state.step) % self.steps_per_epoch:
       raise ValueError("Trainer.advance needs a state at an epoch boundary")
     copy = jax.tree.map(lambda a: a.copy(), state)   # the compiled steps donate their input
-    return self.train_epoch(copy, *data["train"], last=steps)[0]
+    return self.train_epoch(copy, *_fed(data["train"]), last=steps)[0]
 
   def logits(self, state: TrainState, x) -> jax.Array:
-    """The model's logits on `x` in eval mode, compiled once."""
+    """The model's logits on `x` in eval mode, compiled once; host inputs (numpy) go batch by batch."""
+    if isinstance(x, np.ndarray):
+      return self._feeder.logits(self._logits, state.variables, x)
     return self._logits(state.variables, x)
 
   def evaluate(self, state: TrainState, split) -> dict:
-    """{"loss", "accuracy"} on `split` = (x, y), as floats."""
-    return {k: float(v) for k, v in self._evaluate[False](state.variables, *split).items()}
+    """{"loss", "accuracy"} on `split` = (x, y) or a streamed.HostSplit, as floats."""
+    return {k: float(v) for k, v in self._evaluate_split(state.variables, split, False).items()}
+
+  def _evaluate_split(self, variables, split, batched: bool) -> dict:
+    if isinstance(split, streamed.HostSplit):
+      return self._feeder.evaluate(variables, split, batched)
+    return self._evaluate[batched](variables, *split)
 
   def fit(self, states: list, data, end_epoch: int, names: list, log_every: int = 0, progress=None):
     """Train every state until the global epoch `end_epoch`: (states, one history per state).
@@ -201,7 +214,7 @@ class Trainer:
         at = (epoch - 1) * spe + i
         if at % self.eval_every_steps == 0 or at == end_step:
           evals.append((at, self._evaluate_at_step(state, data, batched, best, at == end_step)))
-      current, metrics = self.train_epoch(current, *data["train"], batched=batched, first=first, last=last,
+      current, metrics = self.train_epoch(current, *_fed(data["train"]), batched=batched, first=first, last=last,
                                           after_step=after_step if self.eval_every_steps else None)
       figures = {"train": metrics}
       if self.eval_every_steps:   # the row's val/test: an evaluation at the epoch's last step, if there was one
@@ -240,7 +253,7 @@ class Trainer:
   def _evaluate_splits(self, state, data, batched: bool) -> dict:
     """Validation and test loss / accuracy of `state` (every member at once), left on the device; a split
     without examples (no val split: data.val_fraction=0) is left out, so its figures stay None."""
-    return {split: self._evaluate[batched](state.variables, *data[split]) for split in ("val", "test")
+    return {split: self._evaluate_split(state.variables, data[split], batched) for split in ("val", "test")
             if data[split][1].shape[0]}
 
   def _evaluate_at_step(self, state, data, batched: bool, best: list, last: bool) -> dict:
@@ -249,13 +262,13 @@ class Trainer:
     best one (lth_jax.evaluation.best_evaluation) can be has its test figures, at a third of the cost."""
     if not self.test_at_best_only or not data["val"][1].shape[0]:
       return self._evaluate_splits(state, data, batched)
-    val = self._evaluate[batched](state.variables, *data["val"])
+    val = self._evaluate_split(state.variables, data["val"], batched)
     figure = np.atleast_1d(np.asarray(val["accuracy" if self.best_by == "val_accuracy" else "loss"]))
     sign = 1 if self.best_by == "val_accuracy" else -1
     improved = [b is None or sign * f > sign * b for f, b in zip(figure, best)]
     best[:] = [f if up else b for f, b, up in zip(figure, best, improved)]
     if any(improved) or last:
-      return {"val": val, "test": self._evaluate[batched](state.variables, *data["test"])}
+      return {"val": val, "test": self._evaluate_split(state.variables, data["test"], batched)}
     return {"val": val}
 
   def _restore_together(self, segments, states, histories, end_epoch):
@@ -269,6 +282,11 @@ class Trainer:
       if min(done) == max(done):
         return [state for state, _ in restored], [history for _, history in restored]
       target = int(states[0].step) // self.steps_per_epoch + min(done)
+
+
+def _fed(split) -> tuple:
+  """train_epoch's (x, y) for a split: a streamed one goes whole, as x."""
+  return (split, None) if isinstance(split, streamed.HostSplit) else split
 
 
 def _member(figures: dict | None, i: int, batched: bool) -> dict:

@@ -1,0 +1,129 @@
+"""Training and evaluation on streamed splits (lth_jax.data.stream.Split): the Trainer's data feeding for
+config.data.pipeline=stream.
+
+A streamed split is any `HostSplit`: host arrays x and y and `batches(rows)`, the host batches x[row], y[row]
+in order (lth_jax.data.stream.Split reads them with grain). Nothing here imports grain or the data sources,
+so `import lth_jax` stays cheap.
+
+An epoch draws its order exactly as the memory path does (`step.shuffle`, the same key from the state),
+takes it to the host, and has the stream gather those rows there; each batch then goes through the same
+`step.train_step` (augmentation inside, with the same keys), so a streamed epoch gives the memory epoch's
+numbers to float tolerance. Evaluation runs over fixed-size batches, summing loss and correct predictions
+on the device: one compiled program whatever the split's size.
+"""
+
+import collections
+import functools
+from typing import Callable, Iterator, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lth_jax.training import step
+from lth_jax.training.state import TrainState
+
+
+@runtime_checkable
+class HostSplit(Protocol):
+  """A split the trainer streams: it stays on the host and reads batches of given example indices."""
+  x: np.ndarray
+  y: np.ndarray
+
+  def batches(self, rows: np.ndarray, threads: int = 2) -> Iterator[tuple]:
+    """(x[row], y[row]) on the host for each row of `rows`, in order."""
+
+
+def to_device(batches: Iterator, size: int = 2) -> Iterator:
+  """The items of `batches` (pytrees of numpy arrays) on the default device, `size` transfers kept in flight
+  (jax.device_put returns before the copy ends, so the next batches travel while a step computes)."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(jax.device_put(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def eval_rows(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Rows of `batch_size` indices covering 0..n-1 in order, the last padded with index 0, and each row's
+  validity (1.0 for a real example, 0.0 for padding): every batch has one shape, so one compiled program."""
+  batches = -(-n // batch_size)
+  index = np.arange(batches * batch_size)
+  valid = (index < n).astype(np.float32)
+  return np.where(index < n, index, 0).reshape(batches, batch_size), valid.reshape(batches, batch_size)
+
+
+def fed_step(recipe: step.Recipe, state: TrainState, x, y):
+  """One train step on a batch the host gathered: `step.batch_step` without the gather."""
+  return step.train_step(recipe, state, (step.split_batch(recipe, x), step.split_batch(recipe, y)))
+
+
+def order(recipe: step.Recipe, n: int, state: TrainState):
+  """`step.shuffle`'s epoch order for a split of `n` examples, which need not be on the device."""
+  return step.shuffle(recipe, state, jax.ShapeDtypeStruct((n,), jnp.uint8))
+
+
+def sums(recipe: step.Recipe, variables, x, y, valid) -> dict:
+  """{"loss": summed cross-entropy, "accuracy": number correct} over the examples of a batch where `valid` is 1."""
+  out = step.apply_model(recipe, variables, step.split_batch(recipe, x), train=False)[0]
+  return {"loss": jnp.sum(step.cross_entropy(out, y) * valid),
+          "accuracy": jnp.sum((jnp.argmax(out, -1) == y) * valid)}
+
+
+class Feeder:
+  """A trainer's compiled programs for streamed splits.
+
+  Args:
+    recipe: the trainer's step.Recipe.
+    compiled: (fn, in_axes, donate) -> (fn for one state, fn for states stacked), the trainer's jit.
+    threads: grain's reading threads per stream.
+  """
+
+  def __init__(self, recipe: step.Recipe, compiled: Callable, threads: int = 2):
+    self.recipe, self.threads, self._compiled = recipe, threads, compiled
+    self._step = compiled(functools.partial(fed_step, recipe), (0, 0, 0))
+    self._sums = compiled(functools.partial(sums, recipe), (0, None, None, None), False)
+    self._orders = {}   # number of examples -> compiled (one, stacked) orders
+
+  def _order(self, n: int, batched: bool):
+    if n not in self._orders:
+      self._orders[n] = self._compiled(functools.partial(order, self.recipe, n), (0,))
+    return self._orders[n][batched]
+
+  def epoch(self, state: TrainState, split: HostSplit, batched: bool, first: int, last: int,
+            after_step: Callable | None = None):
+    """Steps `first`..`last`-1 of an epoch on `split` (as Trainer.train_epoch): (state, mean metrics)."""
+    state, rows = self._order(len(split.y), batched)(state)
+    rows = np.asarray(rows)                                     # (steps, batch) or (members, steps, batch)
+    rows = (rows.swapaxes(0, 1) if batched else rows)[first:last]   # step-major: a batch per step
+    metrics = []
+    for i, (x, y) in zip(range(first, last), to_device(split.batches(rows, self.threads))):
+      state, m = self._step[batched](state, x, y)
+      metrics.append(m)
+      if after_step is not None:
+        after_step(state, i + 1)
+    return state, jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *metrics)
+
+  def evaluate(self, variables, split: HostSplit, batched: bool) -> dict:
+    """{"loss", "accuracy"} on `split` (per member when `batched`), left on the device."""
+    n = len(split.y)
+    rows, valid = eval_rows(n, self._eval_size(n))
+    total = None
+    for (x, y), v in zip(to_device(split.batches(rows, self.threads)), valid):
+      part = self._sums[batched](variables, x, y, v)
+      total = part if total is None else jax.tree.map(jnp.add, total, part)
+    return jax.tree.map(lambda s: s / n, total)
+
+  def logits(self, logits_fn: Callable, variables, x: np.ndarray) -> np.ndarray:
+    """`logits_fn(variables, batch)` over host inputs `x` batch by batch, on the host: a split is never whole
+    on the device."""
+    rows, _ = eval_rows(len(x), self._eval_size(len(x)))
+    out = [np.asarray(logits_fn(variables, batch)) for batch in to_device(x[row] for row in rows)]
+    return np.concatenate(out)[:len(x)]
+
+  def _eval_size(self, n: int) -> int:
+    """step.logits's batch size: eval_batch_size, or the split rounded up to the devices when smaller."""
+    shards = self.recipe.mesh.size if self.recipe.mesh is not None else 1
+    return min(self.recipe.eval_batch_size, -(-n // shards) * shards)
