@@ -44,7 +44,7 @@ class Recipe:
   eval_batch_size: int = 1000
   augment: Callable | None = None          # (key, x) -> x
   regularizer: Callable | None = None      # params -> scalar added to the loss
-  mesh: jax.sharding.Mesh | None = None    # batches split over its "data" axis
+  mesh: jax.sharding.Mesh | None = None    # batches split over its "data" axis; stacked tickets over "tickets"
   compute_dtype: str = "float32"
   # (state after the step, the step's dense gradients, tx) -> state: mask updates on the device, inside
   # the compiled step (gradual pruning, SET, RigL); it decides with lax.cond on state.step when to act.
@@ -62,6 +62,11 @@ class Recipe:
 def model_inputs(recipe: Recipe, x):
   """What the model sees of `x`: uint8 pixels normalised (`recipe.normalize`), float inputs unchanged."""
   return x if recipe.normalize is None else recipe.normalize(x)
+
+
+def data_shards(mesh: jax.sharding.Mesh | None) -> int:
+  """How many parts a batch is split into: the size of `mesh`'s "data" axis (1 without a mesh)."""
+  return 1 if mesh is None else mesh.shape["data"]
 
 
 def split_batch(recipe: Recipe, a):
@@ -154,7 +159,7 @@ def epoch(recipe: Recipe, state: TrainState, x, y):
 
 def logits(recipe: Recipe, variables, x):
   """Logits of `x` in eval mode, computed in fixed-size batches (the last one padded)."""
-  shards = recipe.mesh.size if recipe.mesh is not None else 1
+  shards = data_shards(recipe.mesh)
   n, size = x.shape[0], min(recipe.eval_batch_size, -(-x.shape[0] // shards) * shards)
   batches = -(-n // size)
   padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])

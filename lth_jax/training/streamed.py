@@ -125,5 +125,5 @@ class Feeder:
 
   def _eval_size(self, n: int) -> int:
     """step.logits's batch size: eval_batch_size, or the split rounded up to the devices when smaller."""
-    shards = self.recipe.mesh.size if self.recipe.mesh is not None else 1
+    shards = step.data_shards(self.recipe.mesh)
     return min(self.recipe.eval_batch_size, -(-n // shards) * shards)

@@ -38,13 +38,18 @@ from lth_jax.training.state import TrainState, config_optimizer, learning_rate
 # user's own convnet would not; dispatching a step costs microseconds next to a batch's work
 # (results/bench_cpu).
 LOOPS = ("auto", "scan", "steps")
+TICKETS = "tickets"   # the mesh axis stacked states (vmapped tickets) are split over
 
 
-def _compiled(fn, in_axes, donate: bool = True) -> tuple[Callable, Callable]:
-  """(fn for one state, fn for states stacked along a leading axis), each jitted once."""
+def _compiled(fn, in_axes, donate: bool = True, tickets_axis: str | None = None) -> tuple[Callable, Callable]:
+  """(fn for one state, fn for states stacked along a leading axis), each jitted once.
+
+  With `tickets_axis` (a mesh axis name) the stacked axis is split over that axis of the mesh: the
+  sharding constraints inside `fn` (batches over "data") gain it for the stacked dimension.
+  """
   donate_argnums = 0 if donate else ()
-  return jax.jit(fn, donate_argnums=donate_argnums), jax.jit(jax.vmap(fn, in_axes=in_axes),
-                                                             donate_argnums=donate_argnums)
+  stacked = jax.vmap(fn, in_axes=in_axes, spmd_axis_name=tickets_axis)
+  return jax.jit(fn, donate_argnums=donate_argnums), jax.jit(stacked, donate_argnums=donate_argnums)
 
 
 @dataclasses.dataclass
@@ -63,7 +68,7 @@ class Trainer:
   epochs: int                       # length of the schedule
   eval_batch_size: int = 1000
   augment: Callable | None = None   # (key, x) -> x, runs inside jit
-  mesh: jax.sharding.Mesh | None = None   # data parallelism: batches split over its "data" axis
+  mesh: jax.sharding.Mesh | None = None   # batches split over its "data" axis; stacked states over "tickets"
   regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
   store: Any = None                       # checkpoint.SegmentStore: resume each fit where it stopped
   eval_every: int = 1                     # epochs between validation/test evaluations (always at the end)
@@ -100,15 +105,28 @@ class Trainer:
                                        self.mask_update, self.normalize, self.cpu_conv)
     # The state is donated: `fit` copies the caller's states once, so states that methods keep to
     # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
-    self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))
-    self._shuffle = _compiled(functools.partial(step.shuffle, recipe), (0, None))
-    self._batch_step = _compiled(functools.partial(step.batch_step, recipe), (0, None, None, 0, None))
-    self._evaluate = _compiled(functools.partial(step.evaluate, recipe), (0, None, None), donate=False)
+    compiled = functools.partial(_compiled, tickets_axis=TICKETS if TICKETS in self._axes else None)
+    self._epoch = compiled(functools.partial(step.epoch, recipe), (0, None, None))
+    self._shuffle = compiled(functools.partial(step.shuffle, recipe), (0, None))
+    self._batch_step = compiled(functools.partial(step.batch_step, recipe), (0, None, None, 0, None))
+    self._evaluate = compiled(functools.partial(step.evaluate, recipe), (0, None, None), donate=False)
     # Logits come back whole on every process: their batches are split over the mesh, and a process can
     # read only what its own devices hold.
     whole = None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._logits = jax.jit(functools.partial(step.logits, recipe), out_shardings=whole)
-    self._feeder = streamed.Feeder(recipe, _compiled)   # splits streamed from the host (data.pipeline=stream)
+    self._feeder = streamed.Feeder(recipe, compiled)   # splits streamed from the host (data.pipeline=stream)
+
+  @property
+  def _axes(self) -> tuple:
+    return () if self.mesh is None else self.mesh.axis_names
+
+  def _stack(self, states: list):
+    """The states stacked along a leading axis (one vmapped program), split over the mesh's "tickets" axis
+    when it has one and their number is a multiple of it (otherwise every tickets slice holds them all)."""
+    stacked = _stack(states)
+    if TICKETS not in self._axes or len(states) % self.mesh.shape[TICKETS]:
+      return stacked
+    return jax.device_put(stacked, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(TICKETS)))
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
     """A fresh optimizer state (keep_pruned's inner one: the state keeps the masks); params are masked so
@@ -195,7 +213,7 @@ class Trainer:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
     sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]   # read again per epoch where
     # a mask_update changes the masks inside the step (gradual, SET, RigL); without one they stay
-    current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
+    current = self._stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
     first_epoch = start_epoch + len(histories[0]) + 1
     if progress is not None and histories[0]:
       progress.advance(len(states) * len(histories[0]), _describe(names))
