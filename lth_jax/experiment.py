@@ -311,8 +311,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
             for k, (x, y) in splits.items()}
   nbytes = sum(x.nbytes + y.nbytes for x, y in inputs.values())
   if stream.choose(config.data.pipeline, nbytes, config.data.device_budget_mb) == "stream":
-    check(not config.train.distributed, "config.data.pipeline=stream does not yet feed several processes "
-          "(config.train.distributed); use data.pipeline=memory")
     exp.data = {k: stream.Split(x, y) for k, (x, y) in inputs.items()}
   else:
     exp.data = {k: (_on_devices(x, exp.mesh), _on_devices(y, exp.mesh)) for k, (x, y) in inputs.items()}
