@@ -10,7 +10,6 @@ Asserted for each: lth_jax.errors.UserError (exit status 2 on the command line),
 holding every expected fragment (the key or file, and the allowed values), and no config.json in the workdir.
 """
 
-import gzip
 import io
 import math
 import pickle
