@@ -24,6 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from lth_jax.training import step
 from lth_jax.training.state import TrainState
 
+READ_THREADS = 2   # grain's reading threads per stream (a trainer's Feeder)
+
 
 @runtime_checkable
 class HostSplit(Protocol):
@@ -95,7 +97,7 @@ class Feeder:
     threads: grain's reading threads per stream.
   """
 
-  def __init__(self, recipe: step.Recipe, compiled: Callable, threads: int = 2):
+  def __init__(self, recipe: step.Recipe, compiled: Callable, threads: int = READ_THREADS):
     self.recipe, self.threads, self._compiled = recipe, threads, compiled
     self._step = compiled(functools.partial(fed_step, recipe), (0, 0, 0))
     self._sums = compiled(functools.partial(sums, recipe), (0, None, None, None), False)
