@@ -10,7 +10,7 @@ from lth_jax import masks, models
 from lth_jax.errors import UserError
 
 X = (2, 32, 32, 3)
-BN_MODELS = ["imagenet_resnet50", "resnet18", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16"]
+BN_MODELS = ["imagenet_resnet18", "imagenet_resnet50", "resnet18", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16"]
 
 
 def conv(cin, cout, k=3, bias=False):
@@ -91,7 +91,8 @@ def test_known_counts():
   assert round(n_params("conv2") / 1e6, 1) == 4.3
   assert round(n_params("conv4") / 1e6, 1) == 2.4
   assert round(n_params("resnet20") / 1e6, 2) == 0.27
-  # torchvision's resnet50(): sum(p.numel() for p in resnet50().parameters())
+  # torchvision's resnet18() and resnet50(): sum(p.numel() for p in model.parameters())
+  assert sum(leaf.size for leaf in jax.tree.leaves(shapes("imagenet_resnet18", 1000)["params"])) == 11_689_512
   assert sum(leaf.size for leaf in jax.tree.leaves(shapes("imagenet_resnet50", 1000)["params"])) == 25_557_032
 
 
@@ -120,7 +121,8 @@ def test_output_shape_and_output_layer(name):
 N_KERNELS = {
     "conv2": 2 + 3, "conv4": 4 + 3, "conv6": 6 + 3,
     "resnet20": 1 + 2 * 9 + 2 + 1, "resnet32": 1 + 2 * 15 + 2 + 1, "resnet56": 1 + 2 * 27 + 2 + 1,
-    "resnet18": 1 + 2 * 8 + 3 + 1, "imagenet_resnet50": 1 + 3 * 16 + 4 + 1, "vgg11": 8 + 1, "vgg16": 13 + 1,
+    "resnet18": 1 + 2 * 8 + 3 + 1, "imagenet_resnet18": 1 + 2 * 8 + 3 + 1,
+    "imagenet_resnet50": 1 + 3 * 16 + 4 + 1, "vgg11": 8 + 1, "vgg16": 13 + 1,
 }
 
 

@@ -13,7 +13,8 @@ block of every stage after the first, and end with global average pooling and th
 - `imagenet_resnet50`: torchvision's ResNet-50 (v1.5: the stride on the bottleneck's 3x3 conv, as in Flax's
   ImageNet example and OpenLTH's `imagenet_resnet_50`), 4 stages of [3, 4, 6, 3] bottleneck blocks at
   64/128/256/512 (outputs 4x wider), 25,557,032 parameters for 1000 classes; `width` scales every stage
-  (OpenLTH's `imagenet_resnet_50_W`).
+  (OpenLTH's `imagenet_resnet_50_W`). `imagenet_resnet18`: torchvision's ResNet-18, [2, 2, 2, 2] basic
+  blocks, 11,689,512 parameters.
 
 Where a block changes shape the shortcut is a 1x1 conv + BatchNorm (He et al.'s option B), as in OpenLTH,
 kuangliu/pytorch-cifar and the Flax ImageNet example, rather than the paper's zero-padding option A for
@@ -186,6 +187,13 @@ def resnet56(num_classes: int, width: int = 16, bottleneck: bool = False, block_
 def resnet18(num_classes: int, width: int = 64, block_widths=None):
   """kuangliu/pytorch-cifar's ResNet-18 (width 64: 11,173,962 parameters for 10 classes)."""
   return ResNet((2, 2, 2, 2), BasicBlock, num_classes, check_width(width), check_block_widths(block_widths, 8, False))
+
+
+@register("imagenet_resnet18")
+def imagenet_resnet18(num_classes: int, width: int = 64, block_widths=None):
+  """torchvision's ResNet-18 (width 64: 11,689,512 parameters for 1000 classes)."""
+  return ResNet((2, 2, 2, 2), BasicBlock, num_classes, check_width(width), check_block_widths(block_widths, 8, False),
+                stem="imagenet")
 
 
 @register("imagenet_resnet50")
