@@ -25,11 +25,12 @@ ran in; its README names the paper):
 Per-channel standardisation uses the mean and std of a seeded sample of the training images
 (lth_jax.data.lazy.STATISTICS_EXAMPLES) rather than R's fixed (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225).
 
-Data: an image-folder tree, decoded batch by batch on host threads (data.image_size, data.pipeline=stream):
-  --config.data.dir=/path/to/imagenet   holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val sorted into class
-                                        folders, as torchvision's ImageFolder and PyTorch's ImageNet example expect)
-TFDS's imagenet2012 (a manual download) can be turned into that tree once, or read by data.name=tfds, which
-holds whole splits in memory and so does not scale to ImageNet.
+Data, decoded batch by batch on host threads (data.image_size, data.pipeline=stream), from either
+  --config.data.dir=/path/to/imagenet   an image-folder tree: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val sorted
+                                        into class folders, as torchvision's ImageFolder and PyTorch's example expect)
+  --config.data.name=tfds --config.data.tfds_name=imagenet2012 --config.data.tfds_test_split=validation
+  --config.data.tfds_dir=DIR            TFDS's imagenet2012, prepared once as array_record from the manually
+                                        downloaded archives (lth_jax.data.tfds_source); its labels are read once
 
 A scaled-down run (minutes on a CPU, tests/test_imagenet.py):
   python main.py --config=configs/imagenet_resnet50.py --config.data.dir=DIR --config.data.image_size=56 \\

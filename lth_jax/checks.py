@@ -87,7 +87,7 @@ def validate_train(config: ml_collections.ConfigDict) -> None:
 
 
 # Sources that can decode their images on demand (config.data.image_size > 0).
-LAZY_SOURCES = ("image_folder",)
+LAZY_SOURCES = ("image_folder", "tfds")
 
 
 def validate_images(config: ml_collections.ConfigDict) -> None:

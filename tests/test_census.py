@@ -80,7 +80,8 @@ CONFIG_CASES = [
     ("image_size_float32_on_host", {"data.name": "image_folder", "data.image_size": 32, "data.pipeline": "stream",
                                     "data.device_dtype": "float32"}, ["config.data.device_dtype='float32'", "'auto'"]),
     ("resize_below_image_size", {"data.name": "image_folder", "data.image_size": 32, "data.pipeline": "stream",
-                                 "data.resize_size": 16}, ["config.data.resize_size=16", ">= config.data.image_size=32"]),
+                                 "data.resize_size": 16},
+     ["config.data.resize_size=16", ">= config.data.image_size=32"]),
     ("crop_scale_above_one", {"data.crop_scale": (0.5, 1.5)}, ["config.data.crop_scale=(0.5, 1.5)", "<= 1"]),
     ("crop_ratio_reversed", {"data.crop_ratio": (1.25, 0.8)}, ["config.data.crop_ratio=(1.25, 0.8)", "low <= high"]),
     ("crop_ratio_one_number", {"data.crop_ratio": (1.0,)}, ["config.data.crop_ratio=(1.0,)", "(low, high)"]),
@@ -565,7 +566,8 @@ DATA_CASES = [
      ["{dir}", "does not exist"]),
     ("lazy_image_folder_empty", lambda tmp: {**LAZY, "data.dir": image_tree(tmp, {})}, ["no images in", "{dir}"]),
     ("lazy_image_folder_unreadable_jpeg", lambda tmp: {**LAZY, "data.dir": image_tree(
-        tmp, good_tree(**{"train/dog/n02_9.JPEG": b"\xff\xd8 not a jpeg"}))}, ["train/dog/n02_9.JPEG", "cannot decode"]),
+        tmp, good_tree(**{"train/dog/n02_9.JPEG": b"\xff\xd8 not a jpeg"}))},
+     ["train/dog/n02_9.JPEG", "cannot decode"]),
     ("lazy_image_folder_archive", lambda tmp: {**LAZY, "data.dir": tar_gz(tmp, "imagenet.tar", {
         k: png(v) for k, v in good_tree().items()})}, ["{dir} is an archive", "extract it"]),
     # CIFAR pickles

@@ -34,7 +34,9 @@ def write_tree(root, train=4, val=2):
         shape = (64 + 8 * (i % 2), 64 + 4 * (i % 3), 3)
         pixels = np.clip(rng.normal(60 + 60 * c, 40, shape), 0, 255).astype(np.uint8)
         image = PIL.Image.fromarray(pixels)
-        (image.convert("L") if (split, c, i) == ("train", 0, 0) else image).save(root / split / wnid / f"{wnid}_{i}.JPEG")
+        if (split, c, i) == ("train", 0, 0):
+          image = image.convert("L")
+        image.save(root / split / wnid / f"{wnid}_{i}.JPEG")
   return root
 
 
@@ -128,6 +130,46 @@ def test_streamed_crops_depend_only_on_the_seed_the_iteration_and_the_image(tree
   evaluation = read(2, None)
   for batch, row in zip(evaluation, rows):
     np.testing.assert_array_equal(batch, x[row])          # no steps: the evaluation transform
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """A prepared TFDS set of JPEGs of several sizes with ImageNet's splits (train, validation), built without
+  TensorFlow as tests/test_data_images.py builds its own."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  directory = tmp_path_factory.mktemp("tfds")
+
+  class TinyImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      image = tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
+      features = tfds.features.FeaturesDict({"image": image, "label": tfds.features.ClassLabel(names=list(CLASSES))})
+      return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(8, 0), "validation": self._generate_examples(3, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {"image": PIL.Image.fromarray(rng.integers(0, 256, (60 + 4 * i, 64, 3), np.uint8)), "label": i % 3}
+
+  TinyImagenet(data_dir=str(directory), file_format="array_record").download_and_prepare()
+  return directory
+
+
+def test_a_prepared_tfds_set_is_read_on_demand_too(tfds_dir):
+  import tensorflow_datasets as tfds
+  config = lazy_config("", name="tfds", tfds_name="tiny_imagenet", tfds_dir=str(tfds_dir), tfds_test_split="validation",
+                       image_size=32, val_fraction=0.25)
+  dataset = data.load(config, seed=0)
+  (x, y), (x_val, _), (x_test, y_test) = dataset.train, dataset.val, dataset.test
+  assert isinstance(x, lazy.LazyImages) and dataset.input_shape == (32, 32, 3) and dataset.num_classes == 3
+  assert (len(x), len(x_val), len(x_test)) == (6, 2, 3)
+  reference = tfds.builder("tiny_imagenet", data_dir=str(tfds_dir)).as_data_source("validation")
+  assert sorted(y_test.tolist()) == [0, 1, 2] and y_test.tolist() == [int(e["label"]) for e in reference]
+  np.testing.assert_array_equal(x_test[1], lazy.Crops(32, 37).center(PIL.Image.fromarray(reference[1]["image"])))
 
 
 # ---------------------------------------------------------------------------------- the config, end to end

@@ -37,7 +37,7 @@ import numpy as np
 import PIL.Image
 
 from lth_jax.data import builtin, download, lazy
-from lth_jax.data.registry import Dataset, register, split, split_indices
+from lth_jax.data.registry import Dataset, register, split
 from lth_jax.errors import UserError, check
 
 Config = ml_collections.ConfigDict
@@ -184,7 +184,7 @@ def image_folder(config: Config, seed: int) -> Dataset:
 
 
 def _image_folder(path: Path, seed: int, val_fraction: float) -> Dataset:
-  arrays = _cached(path, _decode_image_tree)
+  arrays = cached(path, _decode_image_tree)
   train, val, test = _pixel_splits(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                                    seed, val_fraction)
   return Dataset("image_folder", train, val, test, num_classes=len(arrays["classes"]))
@@ -250,13 +250,10 @@ def _lazy_image_folder(path: Path, config: Config, seed: int) -> Dataset:
   """image_folder's splits as LazyImages: val a seeded `val_fraction` of train, as for the decoded tree."""
   check(path.is_dir(), f"config.data.image_size={config.image_size} decodes images on demand, which needs them "
         f"as files in a directory; {path} is an archive: extract it and point config.data.dir at the folder")
-  index = _cached(path, functools.partial(_index_image_tree, workers=config.workers), kind="image_folder index")
-  crops = lazy.Crops(config.image_size, config.resize_size or round(config.image_size * 8 / 7),
-                     tuple(config.crop_scale), tuple(config.crop_ratio))
-  train, test = (lazy.LazyImages(lazy.ImageFiles(path, index[f"files_{s}"]), np.arange(len(index[f"y_{s}"])),
-                                 crops, seed, config.workers) for s in SPLITS)
-  y = index["y_train"]
-  parts = [(train.take(rows), y[rows]) for rows in split_indices(len(y), seed, val_fraction=config.val_fraction)]
+  index = cached(path, functools.partial(_index_image_tree, workers=config.workers), kind="image_folder index")
+  train, test = (lazy.images(lazy.ImageFiles(path, index[f"files_{s}"]), len(index[f"y_{s}"]), config, seed)
+                 for s in SPLITS)
+  parts = split(train, index["y_train"], seed, val_fraction=config.val_fraction)
   return Dataset("image_folder", *parts, (test, index["y_test"]), num_classes=len(index["classes"]))
 
 
@@ -426,9 +423,18 @@ def _archive_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[
     raise UserError(f"{path}: cannot read the archive ({e}); check config.data.dir") from e
 
 
-def _cached(path: Path, build: Callable[[Path], dict[str, np.ndarray]], kind: str = "image_folder") -> dict[str, np.ndarray]:
-  """`build(path)`, kept as an .npz in the cache directory under a digest of `kind` and the files' names, sizes
-  and times. What `build` returns holds y_train and y_test (the images it read, for the log)."""
+def cached(path: Path, build: Callable[[Path], dict[str, np.ndarray]], kind: str = "image_folder"
+           ) -> dict[str, np.ndarray]:
+  """`build(path)`, kept as an .npz in the cache directory under a digest of `kind` and the names, sizes and times
+  of the files under `path`.
+
+  Args:
+    path: a file or a directory (every file under it is part of the digest).
+    build: path -> arrays, holding y_train and y_test (the examples it read, for the log).
+    kind: what `build` makes; another kind over the same files is another entry.
+  Returns:
+    The arrays, read from the cache when an entry for these files exists.
+  """
   cache = download.cache_root() / f"{_fingerprint(path, kind)}.npz"
   if cache.is_file():
     try:

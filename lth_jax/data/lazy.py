@@ -19,10 +19,11 @@ images of any mode are converted to RGB first, as torchvision's image-folder loa
 
 import concurrent.futures
 import dataclasses
+import io
 import math
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
@@ -39,22 +40,36 @@ def cannot_decode(where: str, error: Exception) -> UserError:
   return UserError(f"{where}: cannot decode the image ({error}); remove or fix it (config.data.dir)")
 
 
+def open_rgb(file, where: str) -> PIL.Image.Image:
+  """The image in `file` (a path or a binary file object) decoded as RGB; a UserError naming `where` if PIL cannot."""
+  try:
+    with PIL.Image.open(file) as image:
+      return image.convert("RGB")   # reads the pixels: a corrupt body fails here, inside the try
+  except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
+    raise cannot_decode(where, e) from e
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageFiles:
-  """Image i of a list of files under `root` (the source of an image-folder split), opened as RGB."""
+  """Image i of a list of files under `root` (the source of an image-folder split)."""
   root: Path
   names: np.ndarray   # (N,) bytes: the files' paths relative to root, UTF-8
 
-  def __len__(self) -> int:
-    return len(self.names)
-
   def __call__(self, i: int) -> PIL.Image.Image:
     path = self.root / self.names[i].decode()
-    try:
-      with PIL.Image.open(path) as image:
-        return image.convert("RGB")   # reads the pixels: a corrupt body fails here, inside the try
-    except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-      raise cannot_decode(str(path), e) from e
+    return open_rgb(path, str(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedImages:
+  """Image i of a random-access source of encoded examples (a TFDS data source read with the image's decoding
+  skipped): `source[i][key]` holds the image file's bytes."""
+  source: Any
+  key: str
+  name: str   # how messages name the source, e.g. "tfds:imagenet2012/train"
+
+  def __call__(self, i: int) -> PIL.Image.Image:
+    return open_rgb(io.BytesIO(self.source[i][self.key]), f"{self.name}[{i}]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +124,8 @@ class LazyImages:
   """A split of images decoded on demand, standing in for its (N, size, size, 3) uint8 array.
 
   Args:
-    source: image k of the source, any size and mode (e.g. an ImageFiles); called from worker threads.
+    source: image k of the source, any size and mode (an ImageFiles, an EncodedImages); called from worker
+      threads.
     index: (N,) the source's images in this split, in order.
     crops: the transforms to size x size.
     seed: with the step and the source index, what each training crop is drawn from.
@@ -166,3 +182,11 @@ class LazyImages:
   def sample(self, n: int, seed: int) -> np.ndarray:
     """Up to `n` rows drawn with `seed`, decoded (eval transform): what statistics are estimated from."""
     return self[np.sort(np.random.default_rng(seed).permutation(len(self))[:n])]
+
+
+def images(source: Callable[[int], PIL.Image.Image], n: int, config, seed: int) -> LazyImages:
+  """The `n` images of `source` as one split, transformed as config.data says (image_size, resize_size, crop_scale,
+  crop_ratio; workers)."""
+  crops = Crops(config.image_size, config.resize_size or round(config.image_size * 8 / 7), tuple(config.crop_scale),
+                tuple(config.crop_ratio))
+  return LazyImages(source, np.arange(n), crops, seed, config.workers)

@@ -130,8 +130,9 @@ def split(x: np.ndarray, y: np.ndarray, seed: int, **fractions: float) -> list[S
   The keyword names are the config keys (`val_fraction=...`), so that errors can name them.
   """
   dtype = np.uint8 if x.dtype == np.uint8 else np.float32
-  return [(x[part].astype(dtype, copy=False), y[part].astype(np.int32, copy=False))
-          for part in split_indices(len(y), seed, **fractions)]
+  cast = (lambda part: x.take(part)) if isinstance(x, lazy.LazyImages) else \
+      (lambda part: x[part].astype(dtype, copy=False))   # a LazyImages split stays undecoded
+  return [(cast(part), y[part].astype(np.int32, copy=False)) for part in split_indices(len(y), seed, **fractions)]
 
 
 def split_indices(n: int, seed: int, **fractions: float) -> list[np.ndarray]:
