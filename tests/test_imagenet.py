@@ -8,7 +8,6 @@ runs crop it to 56x56 (ImageNet's 224 from 256, scaled by 1/4).
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -164,9 +163,10 @@ def test_a_prepared_tfds_set_is_read_on_demand_too(tfds_dir):
   config = lazy_config("", name="tfds", tfds_name="tiny_imagenet", tfds_dir=str(tfds_dir), tfds_test_split="validation",
                        image_size=32, val_fraction=0.25)
   dataset = data.load(config, seed=0)
-  (x, y), (x_val, _), (x_test, y_test) = dataset.train, dataset.val, dataset.test
+  (x, y), (x_val, y_val), (x_test, y_test) = dataset.train, dataset.val, dataset.test
   assert isinstance(x, lazy.LazyImages) and dataset.input_shape == (32, 32, 3) and dataset.num_classes == 3
   assert (len(x), len(x_val), len(x_test)) == (6, 2, 3)
+  assert sorted([*y, *y_val]) == sorted(i % 3 for i in range(8))
   reference = tfds.builder("tiny_imagenet", data_dir=str(tfds_dir)).as_data_source("validation")
   assert sorted(y_test.tolist()) == [0, 1, 2] and y_test.tolist() == [int(e["label"]) for e in reference]
   np.testing.assert_array_equal(x_test[1], lazy.Crops(32, 37).center(PIL.Image.fromarray(reference[1]["image"])))

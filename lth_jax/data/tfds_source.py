@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lth_jax.data import files, lazy
+from lth_jax.data import files, filetree, lazy
 from lth_jax.data.registry import Dataset, register, split
 from lth_jax.data.pixels import to_float
 from lth_jax.errors import UserError, check
@@ -73,9 +73,9 @@ def _on_demand(builder, config: ml_collections.ConfigDict, seed: int, test: str)
         f"config.data.tfds_name={name!r} is not an image; set image_size=0")
   skip = {input_key: tfds.decode.SkipDecoding()}   # image bytes as stored (JPEG, PNG), decoded by lth_jax.data.lazy
   sources = {s: builder.as_data_source(s, decoders=skip) for s in ("train", test)}
-  labels = files.cached(Path(builder.data_dir), lambda _: {"y_train": _labels(sources["train"], label_key),
-                                                           "y_test": _labels(sources[test], label_key)},
-                        kind=f"tfds labels of train and {test}")
+  labels = filetree.cached(Path(builder.data_dir), lambda _: {"y_train": _labels(sources["train"], label_key),
+                                                              "y_test": _labels(sources[test], label_key)},
+                           kind=f"tfds labels of train and {test}")
   x, x_test = (lazy.images(lazy.EncodedImages(sources[s], input_key, f"tfds:{name}/{s}"), len(sources[s]), config,
                            seed) for s in ("train", test))
   return [*split(x, labels["y_train"], seed, val_fraction=config.val_fraction), (x_test, labels["y_test"])]
