@@ -122,11 +122,12 @@ def validate_distributed(config: ml_collections.ConfigDict) -> None:
   train = config.train
   flag(config, "train.distributed")
   if not train.distributed:
-    for key, unset in (("coordinator", ""), ("num_processes", 0), ("process_id", -1)):
+    for key, unset in (("coordinator", ""), ("num_processes", 0), ("process_id", -1), ("coordinator_timeout_s", 300)):
       check(train[key] == unset, f"config.train.{key}={train[key]!r} is read only with config.train.distributed"
             f"=True; set that too, or leave {key} at {unset!r}")
     return
   number(config, "train.num_processes", 0, integer=True, note="0 = from the cluster")
+  number(config, "train.coordinator_timeout_s", 1, integer=True, note="seconds")
   number(config, "train.process_id", -1, integer=True, note="-1 = from the cluster")
   if train.num_processes and train.process_id >= 0:
     check(train.process_id < train.num_processes,

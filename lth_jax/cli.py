@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import os
 import shlex
+import socket
 import sys
 import time
 
@@ -163,17 +164,41 @@ def initialize_distributed(train) -> None:
   ($JAX_COORDINATOR_ADDRESS) or the cluster (Slurm, Open MPI, TPU pods)."""
   kwargs = {"coordinator_address": train.coordinator or None,
             "num_processes": train.num_processes or None,
-            "process_id": None if train.process_id < 0 else train.process_id}
+            "process_id": None if train.process_id < 0 else train.process_id,
+            "initialization_timeout": train.coordinator_timeout_s}
   # CPU devices of different processes talk through gloo; without a CPU collectives implementation a
   # cross-process computation on CPU fails. It must be chosen before the backend starts.
   if str(jax.config.jax_cpu_collectives_implementation or "none") == "none":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  address = train.coordinator or os.environ.get(checks.COORDINATOR_ENV, "")
+  if address and train.process_id > 0:
+    wait_for_coordinator(address, train.coordinator_timeout_s)
   try:
     jax.distributed.initialize(**kwargs)
   except (ValueError, RuntimeError) as e:   # e.g. no coordinator given and no cluster to take one from
     raise UserError(f"config.train.distributed=True: jax.distributed.initialize failed ({str(e).splitlines()[0]}); "
                     "set config.train.coordinator=HOST:PORT, config.train.num_processes and config.train.process_id, "
                     "or run under a cluster manager (Slurm, Open MPI) that provides them") from None
+
+
+def wait_for_coordinator(address: str, timeout_s: float, poll_s: float = 0.5) -> None:
+  """Returns once the coordinator at `address` ("host:port") accepts a TCP connection; UserError after `timeout_s`.
+
+  jax.distributed.initialize aborts the whole process (a C++ check failure, no Python exception) when it
+  cannot reach the coordinator in time, so a process other than 0 looks for it first.
+  """
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=max(poll_s, 0.1)):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise UserError(f"config.train.coordinator={address!r}: nothing accepted a connection there within "
+                        f"{timeout_s} s (config.train.coordinator_timeout_s; {e.strerror or e}); start process 0 "
+                        "first, or check the address and port") from None
+      time.sleep(poll_s)
 
 
 def _train(exp, config, command: str) -> list[dict]:

@@ -86,11 +86,14 @@ def base() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1000
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
   c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
+  c.train.mesh = ""             # the device mesh, e.g. "data=4" or "tickets=2,data=2": batches split over "data",
+                                # vmapped tickets (train.vmap) over "tickets"; "" = data over train.num_devices
   c.train.distributed = False   # multi-host: jax.distributed.initialize() and a mesh over all processes' devices
   c.train.coordinator = ""      # distributed: "host:port" of process 0's coordinator ("" = $JAX_COORDINATOR_ADDRESS
   #                               or the cluster's, e.g. Slurm's)
   c.train.num_processes = 0     # distributed: processes in the run (0 = from the cluster environment)
   c.train.process_id = -1       # distributed: this process's index, 0 .. num_processes-1 (-1 = from the cluster)
+  c.train.coordinator_timeout_s = 300   # distributed: seconds to wait for every process to reach the coordinator
   c.train.vmap = False          # tickets that share a schedule train together, vmapped in one program: a
                                 # one-shot sweep's sparsities, compare's oneshot_reinit and oneshot_random,
                                 # and the seeds of `replicates` (which then run in lockstep)

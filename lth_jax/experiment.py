@@ -236,18 +236,45 @@ class Experiment:
                             cpu_conv=self.config.train.cpu_conv)
 
 
+MESH_AXES = (training.trainer.TICKETS, "data")
+
+
+def mesh_shape(spec: str) -> dict:
+  """{axis: size} of config.train.mesh, e.g. "tickets=2,data=2" -> {"tickets": 2, "data": 2}; {} for ""."""
+  shape = {}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    axis, _, size = part.partition("=")
+    check(axis in MESH_AXES and axis not in shape and size.isdigit() and int(size) >= 1,
+          f"config.train.mesh={spec!r} must be AXIS=SIZE pairs separated by commas, each axis once, from "
+          f"{', '.join(MESH_AXES)}, sizes >= 1, e.g. 'data=4' or 'tickets=2,data=2'")
+    shape[axis] = int(size)
+  return shape
+
+
 def device_mesh(train_config) -> jax.sharding.Mesh | None:
-  """A one-axis mesh over `train.num_devices` devices (0 = all); None when that is one device.
+  """The mesh config.train.mesh names, or one "data" axis over `train.num_devices` devices (0 = all); None
+  when that is one device. A "tickets" axis of size > 1 splits the vmapped tickets (train.vmap) over it.
 
   With `train.distributed` the mesh spans every process's devices (after jax.distributed.initialize).
   """
   available = jax.devices() if train_config.distributed else jax.local_devices()
-  n = train_config.num_devices or len(available)
-  check(1 <= n <= len(available),
-        f"config.train.num_devices={train_config.num_devices}: {len(available)} devices are available")
+  shape = mesh_shape(train_config.mesh)
+  check(not (shape and train_config.num_devices), f"config.train.mesh={train_config.mesh!r} names the devices "
+        f"used; leave config.train.num_devices at 0 (it is {train_config.num_devices})")
+  tickets, n = shape.get(training.trainer.TICKETS, 1), shape.get("data", 1)
+  if not shape:
+    n = train_config.num_devices or len(available)
+  check(tickets == 1 or train_config.vmap, f"config.train.mesh={train_config.mesh!r} splits vmapped tickets; "
+        "set config.train.vmap=True too, or drop the tickets axis")
+  key = "config.train.mesh" if shape else "config.train.num_devices"
+  check(1 <= tickets * n <= len(available),
+        f"{key}={train_config.mesh if shape else train_config.num_devices!r} needs {tickets * n} devices: "
+        f"{len(available)} are available")
   check(train_config.batch_size % n == 0 and train_config.eval_batch_size % n == 0,
         f"config.train.batch_size={train_config.batch_size} and eval_batch_size={train_config.eval_batch_size} "
-        f"must be multiples of the {n} devices used (config.train.num_devices)")
+        f"must be multiples of the {n} devices a batch is split over ({key})")
+  if tickets > 1:
+    return jax.sharding.Mesh(np.array(available[:tickets * n]).reshape(tickets, n), MESH_AXES)
   return jax.sharding.Mesh(np.array(available[:n]), ("data",)) if n > 1 else None
 
 
@@ -288,8 +315,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
             for k, (x, y) in splits.items()}
   nbytes = sum(x.nbytes + y.nbytes for x, y in inputs.values())
   if on_demand or stream.choose(config.data.pipeline, nbytes, config.data.device_budget_mb) == "stream":
-    check(not config.train.distributed, "config.data.pipeline=stream does not yet feed several processes "
-          "(config.train.distributed); use data.pipeline=memory")
     exp.data = {k: stream.Split(x, y) for k, (x, y) in inputs.items()}
   else:
     exp.data = {k: (_on_devices(x, exp.mesh), _on_devices(y, exp.mesh)) for k, (x, y) in inputs.items()}

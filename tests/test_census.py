@@ -10,7 +10,6 @@ Asserted for each: lth_jax.errors.UserError (exit status 2 on the command line),
 holding every expected fragment (the key or file, and the allowed values), and no config.json in the workdir.
 """
 
-import gzip
 import io
 import math
 import pickle
@@ -160,6 +159,18 @@ CONFIG_CASES = [
                                     "train.process_id": -2}, ["config.train.process_id=-2", ">= -1"]),
     ("num_processes_negative", {"train.distributed": True, "train.coordinator": "127.0.0.1:1234",
                                 "train.num_processes": -1}, ["config.train.num_processes=-1", ">= 0"]),
+    ("mesh_unknown_axis", {"train.mesh": "model=2"}, ["config.train.mesh='model=2'", "tickets, data"]),
+    ("mesh_size_zero", {"train.mesh": "data=0"}, ["config.train.mesh='data=0'", "sizes >= 1"]),
+    ("mesh_axis_twice", {"train.mesh": "data=1,data=1"}, ["config.train.mesh='data=1,data=1'", "each axis once"]),
+    ("mesh_too_many_devices", {"train.mesh": "data=64"}, ["config.train.mesh='data=64'", "needs 64 devices"]),
+    ("mesh_and_num_devices", {"train.mesh": "data=1", "train.num_devices": 1},
+     ["config.train.mesh='data=1'", "config.train.num_devices at 0"]),
+    ("mesh_tickets_without_vmap", {"train.mesh": "tickets=2"},
+     ["config.train.mesh='tickets=2'", "config.train.vmap=True"]),
+    ("coordinator_timeout_without_distributed", {"train.coordinator_timeout_s": 5},
+     ["config.train.coordinator_timeout_s=5", "config.train.distributed=True"]),
+    ("coordinator_timeout_zero", {"train.distributed": True, "train.coordinator": "127.0.0.1:1234",
+                                  "train.coordinator_timeout_s": 0}, ["config.train.coordinator_timeout_s=0", ">= 1"]),
     ("loop_unknown", {"train.loop": "bogus"}, ["config.train.loop='bogus'", "allowed:"]),
     ("cpu_conv_unknown", {"train.cpu_conv": "maybe"}, ["config.train.cpu_conv='maybe'", "allowed:"]),
     ("compute_dtype_unknown", {"train.compute_dtype": "float16"}, ["config.train.compute_dtype='float16'", "allowed:"]),
@@ -672,3 +683,19 @@ def test_the_census_covers_every_config_section():
   groups.add("top")
   assert groups <= touched, sorted(groups - touched)
   assert len(CONFIG_CASES) + len(DATA_CASES) + len(FLAG_CASES) + len(SUBPROCESS_CASES) >= 150
+
+
+def test_a_process_waits_for_its_coordinator_and_stops_in_one_line_when_it_never_answers():
+  """jax.distributed.initialize aborts the process when the coordinator cannot be reached; processes other
+  than 0 look for it first: they go on as soon as something listens there, and stop with a UserError
+  naming the key when nothing does."""
+  import socket
+  with socket.socket() as listening:
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    cli.wait_for_coordinator(f"127.0.0.1:{listening.getsockname()[1]}", timeout_s=5)   # returns: it answers
+  with socket.socket() as closed:   # a port nothing listens on: its socket is bound but never listens
+    closed.bind(("127.0.0.1", 0))
+    with pytest.raises(UserError, match=r"config.train.coordinator='127.0.0.1:\d+': nothing accepted a connection "
+                                        r"there within 0.2 s \(config.train.coordinator_timeout_s"):
+      cli.wait_for_coordinator(f"127.0.0.1:{closed.getsockname()[1]}", timeout_s=0.2, poll_s=0.05)
