@@ -51,6 +51,17 @@ def base() -> ml_collections.ConfigDict:
   c.data.device_budget_mb = 4096.0   # data.pipeline=auto: the device memory the splits may take, in MiB
   c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
   c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default); prepared there if TensorFlow is installed
+  c.data.tfds_test_split = "test"   # data.name="tfds": the split tested on ("validation" for imagenet2012, whose "test"
+  #                                   split has no labels)
+  # Images of any size, decoded on demand (ImageNet): image_folder lists the files (tfds its examples), and the
+  # streamed pipeline decodes, crops and resizes each batch on host threads (lth_jax.data.lazy).
+  c.data.image_size = 0         # >0: image_folder's (tfds's) images become image_size x image_size, decoded batch
+  #                               by batch (train: random-resized crop and flip; val/test: shorter side to resize_size,
+  #                               centre crop); needs data.pipeline=stream. 0: images as they are, decoded once
+  c.data.resize_size = 0        # image_size > 0, evaluation: the shorter side before the centre crop (0: 8/7 of it)
+  c.data.crop_scale = (0.08, 1.0)   # image_size > 0, training crops: their fraction of the image's area
+  c.data.crop_ratio = (0.75, 4 / 3)   # image_size > 0, training crops: width / height, drawn log-uniformly
+  c.data.workers = 0            # image_size > 0: host threads decoding images (0 = one per CPU core)
 
   # Fetching (issue 15): mnist, fashion_mnist, cifar10 and cifar100 with an empty data.dir are downloaded once,
   # verified against their published checksums and read from the cache afterwards.

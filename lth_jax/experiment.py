@@ -20,7 +20,7 @@ from lth_jax import methods
 from lth_jax import models
 from lth_jax import training
 from lth_jax import user_code
-from lth_jax.data import augment, download, pixels, stream
+from lth_jax.data import augment, download, lazy, pixels, stream
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import distribution
@@ -133,7 +133,8 @@ class Experiment:
   init_batch_stats: Any
   which: Any                 # bool pytree of prunable leaves
   layer_scale: dict          # leaf-name pattern -> factor on the layer-wise pruning rate
-  raw_test: tuple            # (x, y) test split before normalisation (numpy; images as floats in [0, 1])
+  raw_test: tuple            # (x, y) test split before normalisation (numpy; images as floats in [0, 1], or a
+  #                            lazy.LazyImages: index it, then pixels.to_float)
   normalizer: pixels.Normalizer   # per-channel mean / std of the training inputs
   mesh: Any = None           # jax.sharding.Mesh over the devices in use; None for one device
   store: Any = None          # checkpoint.SegmentStore; None: no checkpoints (library use, tests)
@@ -293,10 +294,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   dataset = data_lib.load(config.data, config.seed)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
   check_val_split(config.data, dataset)
-  normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
+  # Images decoded on demand (data.image_size): statistics from a sample, the test split left undecoded.
+  on_demand = isinstance(dataset.train[0], lazy.LazyImages)
+  x_stats = dataset.train[0].sample(lazy.STATISTICS_EXAMPLES, config.seed) if on_demand else dataset.train[0]
+  normalizer = pixels.Normalizer(*pixels.statistics(x_stats, config.data.standardize))
   model = models.get(config.model.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape,
                      **model_kwargs(config.model))
-  raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
+  raw_test = (dataset.test[0] if on_demand else pixels.to_float(dataset.test[0]), dataset.test[1])
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), raw_test, normalizer)
   exp.mesh = device_mesh(config.train)
@@ -310,7 +314,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   inputs = {k: (x if keep_pixels and x.dtype == np.uint8 else exp.normalize(x), np.asarray(y, np.int32))
             for k, (x, y) in splits.items()}
   nbytes = sum(x.nbytes + y.nbytes for x, y in inputs.values())
-  if stream.choose(config.data.pipeline, nbytes, config.data.device_budget_mb) == "stream":
+  if on_demand or stream.choose(config.data.pipeline, nbytes, config.data.device_budget_mb) == "stream":
     exp.data = {k: stream.Split(x, y) for k, (x, y) in inputs.items()}
   else:
     exp.data = {k: (_on_devices(x, exp.mesh), _on_devices(y, exp.mesh)) for k, (x, y) in inputs.items()}

@@ -71,6 +71,20 @@ CONFIG_CASES = [
     ("pipeline_unknown", {"data.pipeline": "disk"}, ["config.data.pipeline='disk'", "allowed: memory, stream, auto"]),
     ("device_budget_not_positive", {"data.pipeline": "auto", "data.device_budget_mb": 0.0},
      ["config.data.device_budget_mb=0.0", "> 0"]),
+    # images decoded on demand (data.image_size)
+    ("image_size_negative", {"data.image_size": -1}, ["config.data.image_size=-1", ">= 0"]),
+    ("image_size_on_moons", {"data.image_size": 32}, ["config.data.image_size=32", "'moons'", "image_folder"]),
+    ("image_size_in_memory", {"data.name": "image_folder", "data.image_size": 32},
+     ["config.data.image_size=32", "config.data.pipeline='stream'", "not 'memory'"]),
+    ("image_size_float32_on_host", {"data.name": "image_folder", "data.image_size": 32, "data.pipeline": "stream",
+                                    "data.device_dtype": "float32"}, ["config.data.device_dtype='float32'", "'auto'"]),
+    ("resize_below_image_size", {"data.name": "image_folder", "data.image_size": 32, "data.pipeline": "stream",
+                                 "data.resize_size": 16},
+     ["config.data.resize_size=16", ">= config.data.image_size=32"]),
+    ("crop_scale_above_one", {"data.crop_scale": (0.5, 1.5)}, ["config.data.crop_scale=(0.5, 1.5)", "<= 1"]),
+    ("crop_ratio_reversed", {"data.crop_ratio": (1.25, 0.8)}, ["config.data.crop_ratio=(1.25, 0.8)", "low <= high"]),
+    ("crop_ratio_one_number", {"data.crop_ratio": (1.0,)}, ["config.data.crop_ratio=(1.0,)", "(low, high)"]),
+    ("workers_negative", {"data.workers": -2}, ["config.data.workers=-2", ">= 0"]),
     ("mirror_not_a_url", {"data.mirror": "ftp://example.org"}, ["config.data.mirror", "http://"]),
     ("checksums_missing", {"data.checksums": "/nonexistent/SHA256SUMS"}, ["config.data.checksums", "/nonexistent"]),
     ("tfds_without_name", {"data.name": "tfds"}, ["config.data.tfds_name is empty"]),
@@ -495,6 +509,8 @@ def file_case(name, content: bytes, source="npz"):
   return make
 
 
+LAZY = {"data.name": "image_folder", "data.image_size": 8, "data.pipeline": "stream"}
+
 # (id, make(tmp_path) -> overrides, fragments); "{dir}" in a fragment stands for the data.dir made
 DATA_CASES = [
     # npz
@@ -556,6 +572,15 @@ DATA_CASES = [
      ["{dir}", "not an archive"]),
     ("image_folder_corrupt_archive", file_case("images.tar.gz", b"\x1f\x8b garbage", source="image_folder"),
      ["{dir}", "cannot read the archive"]),
+    # an image folder decoded on demand (data.image_size): refused when listed, before any image is decoded
+    ("lazy_image_folder_missing", lambda tmp: {**LAZY, "data.dir": str(tmp / "imagenet")},
+     ["{dir}", "does not exist"]),
+    ("lazy_image_folder_empty", lambda tmp: {**LAZY, "data.dir": image_tree(tmp, {})}, ["no images in", "{dir}"]),
+    ("lazy_image_folder_unreadable_jpeg", lambda tmp: {**LAZY, "data.dir": image_tree(
+        tmp, good_tree(**{"train/dog/n02_9.JPEG": b"\xff\xd8 not a jpeg"}))},
+     ["train/dog/n02_9.JPEG", "cannot decode"]),
+    ("lazy_image_folder_archive", lambda tmp: {**LAZY, "data.dir": tar_gz(tmp, "imagenet.tar", {
+        k: png(v) for k, v in good_tree().items()})}, ["{dir} is an archive", "extract it"]),
     # CIFAR pickles
     ("cifar_garbage_batch", lambda tmp: {"data.name": "cifar10", "data.dir": cifar_dir(
         tmp, data_batch_1=b"garbage")}, ["{dir}/data_batch_1", "not a CIFAR python batch"]),

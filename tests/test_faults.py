@@ -55,6 +55,8 @@ CASES = {
     "cifar_resnet": ("cifar_resnet.py", {**CONVNET, "model.width": 4}),
     "cifar_resnet18": ("cifar_resnet18.py", {**CONVNET, "model.width": 4, "iterative.round_epochs": 1,
                                              "iterative.final_epochs": 1}),
+    "imagenet_resnet50": ("imagenet_resnet50.py", {**IMAGES, "data.image_size": 0, "model.width": 4,
+                                                   "prune.rewind_epoch": 1, "optimizer.warmup_epochs": 1.0}),
     "slimming": ("cifar_resnet_slimming.py", SLIMMING),
     "early_bird": ("cifar_resnet_slimming.py", {**SLIMMING, "method": "early_bird", "early_bird.max_epochs": 2}),
     "instability": ("moons_mlp.py", {"method": "instability", "data.n_samples": 200, "model.widths": (8,),
@@ -64,7 +66,7 @@ CASES = {
 
 # The convnet cases compile for minutes on a shared CPU (each process anew): their runs and fault chains
 # run where LTH_JAX_SLOW_TESTS=1; without it, their configs are still checked by `test_every_config_reruns_unchanged`.
-SLOW = {"cifar_conv", "cifar_resnet", "cifar_resnet18", "slimming", "early_bird"}
+SLOW = {"cifar_conv", "cifar_resnet", "cifar_resnet18", "imagenet_resnet50", "slimming", "early_bird"}
 
 # What the tests below do to a run, each followed by the same command (see each test for where).
 FAULTS = {

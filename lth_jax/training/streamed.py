@@ -33,8 +33,9 @@ class HostSplit(Protocol):
   x: np.ndarray
   y: np.ndarray
 
-  def batches(self, rows: np.ndarray, threads: int = 2) -> Iterator[tuple]:
-    """(x[row], y[row]) on the host for each row of `rows`, in order."""
+  def batches(self, rows: np.ndarray, threads: int = 2, steps=None) -> Iterator[tuple]:
+    """(x[row], y[row]) on the host for each row of `rows`, in order; `steps`: each batch's training iteration
+    in a training epoch (host-side augmentation draws from it), None in evaluation."""
 
 
 def placement(mesh: jax.sharding.Mesh | None, batch_axis: int = 0) -> Callable:
@@ -111,12 +112,14 @@ class Feeder:
   def epoch(self, state: TrainState, split: HostSplit, batched: bool, first: int, last: int,
             after_step: Callable | None = None):
     """Steps `first`..`last`-1 of an epoch on `split` (as Trainer.train_epoch): (state, mean metrics)."""
+    start = int(np.ravel(state.step)[0])   # the iteration of step `first` (stacked states share it)
     state, rows = self._order(len(split.y), batched)(state)
     rows = np.asarray(rows)                                     # (steps, batch) or (members, steps, batch)
     rows = (rows.swapaxes(0, 1) if batched else rows)[first:last]   # step-major: a batch per step
     metrics = []
     place = placement(self.recipe.mesh, batch_axis=1 if batched else 0)   # batched: (members, batch, ...)
-    for i, (x, y) in zip(range(first, last), to_device(split.batches(rows, self.threads), place)):
+    batches = split.batches(rows, self.threads, steps=np.arange(start, start + len(rows)))
+    for i, (x, y) in zip(range(first, last), to_device(batches, place)):
       state, m = self._step[batched](state, x, y)
       metrics.append(m)
       if after_step is not None:
@@ -134,13 +137,14 @@ class Feeder:
       total = part if total is None else jax.tree.map(jnp.add, total, part)
     return jax.tree.map(lambda s: s / n, total)
 
-  def logits(self, logits_fn: Callable, variables, x: np.ndarray) -> np.ndarray:
-    """`logits_fn(variables, batch)` over host inputs `x` batch by batch, on the host: a split is never whole
-    on the device."""
-    rows, _ = eval_rows(len(x), self._eval_size(len(x)))
-    batches = to_device((x[row] for row in rows), placement(self.recipe.mesh))
-    out = [np.asarray(logits_fn(variables, batch)) for batch in batches]
-    return np.concatenate(out)[:len(x)]
+  def logits(self, logits_fn: Callable, variables, x) -> np.ndarray:
+    """`logits_fn(variables, batch)` over host inputs `x` (an array, or a HostSplit read by its own
+    `batches`) batch by batch, on the host: a split is never whole on the device."""
+    n = len(x.y) if isinstance(x, HostSplit) else len(x)
+    rows, _ = eval_rows(n, self._eval_size(n))
+    inputs = (b for b, _ in x.batches(rows, self.threads)) if isinstance(x, HostSplit) else (x[r] for r in rows)
+    out = [np.asarray(logits_fn(variables, batch)) for batch in to_device(inputs, placement(self.recipe.mesh))]
+    return np.concatenate(out)[:n]
 
   def _eval_size(self, n: int) -> int:
     """step.logits's batch size: eval_batch_size, or the split rounded up to the devices when smaller."""

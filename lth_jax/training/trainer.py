@@ -169,8 +169,9 @@ class Trainer:
     return self.train_epoch(copy, *_fed(data["train"]), last=steps)[0]
 
   def logits(self, state: TrainState, x) -> jax.Array:
-    """The model's logits on `x` in eval mode, compiled once; host inputs (numpy) go batch by batch."""
-    if isinstance(x, np.ndarray):
+    """The model's logits on `x` in eval mode, compiled once; host inputs (numpy, or a streamed split whole)
+    go batch by batch."""
+    if isinstance(x, (np.ndarray, streamed.HostSplit)):
       return self._feeder.logits(self._logits, state.variables, x)
     return self._logits(state.variables, x)
 
