@@ -17,7 +17,7 @@ def base() -> ml_collections.ConfigDict:
   #                               keys; the data split stays seed's), summarised as mean and std over seeds
   c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
   #                               | prune_at_init (snip / grasp / synflow / magnitude / random at theta_0)
-  #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
+  #                               | slimming | early_bird (channel pruning: any model, physically narrower)
   #                               | gradual | static | set | rigl (pruning during / sparse training from scratch)
   #                               | instability (linear mode connectivity of the dense network and a ticket)
   c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
@@ -167,19 +167,26 @@ def base() -> ml_collections.ConfigDict:
   c.stability.bn_examples = 1000             # training examples BatchNorm statistics are recomputed on
 
   # Network slimming (Liu et al. 2017): train with lambda * sum|gamma| over the prunable BatchNorm scales,
-  # remove channels at each of `epochs` (one branch each), rebuild the narrower network and retrain it.
+  # remove channels at each of `epochs` (one branch each), cut them out of the network and retrain it.
+  # The channel groups come from the model's traced program (any model); criterion and scope choose the
+  # channels for early_bird too.
   c.slimming = ml_collections.ConfigDict()
   c.slimming.penalty = 1e-4         # lambda of the L1 on BN scales (Liu et al.: 1e-4 VGG, 1e-5 ResNets); 0 = none
   c.slimming.ratio = 0.5            # fraction of the prunable channels removed
   c.slimming.epochs = ()            # epochs whose weights are pruned, one branch each; () = the last (train.epochs)
-  c.slimming.criterion = "bn_scale"   # bn_scale (one global |gamma| threshold) | l1_filter (Li et al.: per layer)
+  c.slimming.criterion = "bn_scale"   # bn_scale (|gamma|, Liu et al.) | l1_filter (L1 of the output filters, Li
+  #                                     et al.) | l1 | l2 (|w| / w^2 over every kernel slice of the channel's group)
+  #                                     | taylor (|sum w * dL/dw| over the group, Molchanov et al. 2019)
+  c.slimming.scope = "auto"         # global (one ranking over all groups) | layerwise (each group removes `ratio`
+  #                                   of its own) | auto: layerwise for l1_filter, global for the others
   c.slimming.retrain_from = "pruned"  # pruned (the kept weights of the pruning epoch) | init (a fresh random init)
   #                                     | continue (the kept weights, the schedule resumed at the pruning epoch)
-  c.slimming.retrain_epochs = 0     # epochs of retraining the rebuilt network; 0 = train.epochs
+  c.slimming.retrain_epochs = 0     # epochs of retraining the narrower network; 0 = train.epochs
 
-  # Early-Bird tickets (You et al. 2020): train with slimming.penalty; after each epoch the bn_scale channel
-  # mask for `ratio`; draw the ticket when it is within `epsilon` (normalised Hamming) of each of the last
-  # `window` masks; prune and rebuild there, retrain as slimming.retrain_from / slimming.retrain_epochs say.
+  # Early-Bird tickets (You et al. 2020): train with slimming.penalty; after each epoch the channel mask for
+  # `ratio` (slimming.criterion, slimming.scope); draw the ticket when it is within `epsilon` (normalised
+  # Hamming) of each of the last `window` masks; prune and shrink there, retrain as slimming.retrain_from /
+  # slimming.retrain_epochs say.
   c.early_bird = ml_collections.ConfigDict()
   c.early_bird.ratio = 0.5          # fraction of the prunable channels removed
   c.early_bird.window = 4           # earlier masks each new one is compared with (4: the paper's queue of 5)

@@ -77,10 +77,10 @@ FAULTS = {
                 "SIGKILL around a checkpoint save in iterative round 2", "deleted newest checkpoint",
                 "a second run on the busy workdir"],
     "slimming": ["SIGKILL in the penalised dense training", "SIGKILL between slimming branches",
-                 "corrupted rebuilt ticket", "rebuilt ticket's model.json deleted",
+                 "corrupted shrunk ticket", "shrunk ticket's model.json deleted",
                  "garbled checkpoint checksum file", "SIGKILL in a branch's retraining"],
     "early_bird": ["SIGKILL in the Early-Bird search", "deleted checkpoints of a finished search epoch",
-                   "SIGKILL in the rebuilt network's retraining"],
+                   "SIGKILL in the shrunk network's retraining"],
     "instability": ["SIGKILL in a copy's training", "corrupted checkpoint of a finished copy",
                     "zeroed checkpoint data without its checksum", "truncated ticket", "deleted ticket"],
     "config.json": ["truncated, binary or non-object config.json: one line, exit 2, nothing trained"],
@@ -261,7 +261,7 @@ def test_slimming_survives_kills_and_damage_to_identical_numbers(finished, tmp_p
   log = rerun("slimming", w)
   assert resumed_at(log)["slimming@2"] >= 1
   same_as(w, reference)
-  assert checkpoint.load_metadata(str(ticket))["name"] == "resnet20"   # the rebuilt network's model.json is back
+  assert checkpoint.load_metadata(str(ticket))["full_width"]["name"] == "resnet20"   # its model.json is back
 
 
 @slow

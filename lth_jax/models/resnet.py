@@ -27,14 +27,13 @@ the two agree; the VGG and Conv-2/4/6 models only use stride-1 3x3 convs, so the
 
 Names: blocks are `stage{s}_block{b}` (s from 1, b from 0), holding `conv1`, `bn1`, `conv2`, `bn2`
 (`conv3`, `bn3`) and `shortcut_conv`, `shortcut_bn`; the stem is `stem_conv`, `stem_bn`. Every BatchNorm
-is named after the conv it follows with 'conv' replaced by 'bn', so channel pruning can pair them.
+is named after the conv it follows with 'conv' replaced by 'bn'.
 
 `block_widths` (config.model.block_widths) sets the widths inside each block: one entry per block in
 network order (stage by stage), each the widths of the convs whose outputs stay inside the block --
 (conv1,) for a basic block, (conv1, conv2) for a bottleneck; a basic block's entry may be a bare int.
 Block outputs, shortcuts and the stem keep the stage widths, since residual additions tie their
-channels together. This is the narrower network `lth_jax.structured.rebuild` builds after channel
-pruning; absent, every block is at its stage width.
+channels together. Absent, every block is at its stage width.
 """
 
 import functools

@@ -157,7 +157,7 @@ def _verify(directory: str, checksum_path: str) -> bool | None:
 def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -> None:
   """Writes {params, batch_stats, masks, rewind_params} of a trained ticket to `path` (a new directory).
 
-  `metadata` (e.g. a rebuilt network's models.get arguments, its channel widths) goes to path/model.json,
+  `metadata` (e.g. a shrunk network's full-width model and the channels it kept) goes to path/model.json,
   so the ticket reloads without the config that made it (`load_metadata`).
   """
   tree = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks,
