@@ -268,8 +268,8 @@ def device_mesh(train_config) -> jax.sharding.Mesh | None:
         "set config.train.vmap=True too, or drop the tickets axis")
   key = "config.train.mesh" if shape else "config.train.num_devices"
   check(1 <= tickets * n <= len(available),
-        f"{key}={train_config.mesh if shape else train_config.num_devices!r} needs {tickets * n} devices: "
-        f"{len(available)} are available")
+        f"{key}={train_config.mesh if shape else train_config.num_devices!r} needs {tickets * n} devices; "
+        f"{len(available)} devices are available")
   check(train_config.batch_size % n == 0 and train_config.eval_batch_size % n == 0,
         f"config.train.batch_size={train_config.batch_size} and eval_batch_size={train_config.eval_batch_size} "
         f"must be multiples of the {n} devices a batch is split over ({key})")

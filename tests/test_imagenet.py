@@ -217,6 +217,7 @@ def check_run(results: dict, model: str) -> None:
     assert np.isfinite(run["curve"][-1]["train_loss"]) and 0 <= run["test_accuracy"] <= 1
 
 
+@slow   # CI budget: the transforms, folder, streaming and TFDS tests above run in CI; this one adds 4 devices
 def test_imagenet_config_runs_end_to_end_on_four_devices(tree, tmp_path):
   check_run(run_config(tree, tmp_path, "mlp"), "mlp")
 
