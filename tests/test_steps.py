@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from lth_jax import aggregate, evaluation, experiment
-from lth_jax.sparsity import masks as masks_lib
 from tests.helpers import Collect, ENV, ROOT, run_method, small_config
 
 STEPS, EVERY = 21, 5   # moons: 280 training examples at batch 32 -> 8 steps per epoch; 21 ends inside epoch 3
