@@ -114,6 +114,11 @@ def validate_images(config: ml_collections.ConfigDict) -> None:
         f"the host first, which config.data.image_size={data.image_size} never holds at once; use 'auto'")
 
 
+def coordinator_address(train) -> str:
+  """Process 0's "host:port": config.train.coordinator, else $JAX_COORDINATOR_ADDRESS ("" when neither is set)."""
+  return train.coordinator or os.environ.get(COORDINATOR_ENV, "")
+
+
 def validate_distributed(config: ml_collections.ConfigDict) -> None:
   """config.train's multi-host keys: read only with train.distributed, and consistent with each other.
 
@@ -133,7 +138,7 @@ def validate_distributed(config: ml_collections.ConfigDict) -> None:
     check(train.process_id < train.num_processes,
           f"config.train.process_id={train.process_id} must be in [0, {train.num_processes - 1}] "
           f"(config.train.num_processes={train.num_processes})")
-  address = train.coordinator or os.environ.get(COORDINATOR_ENV, "")
+  address = coordinator_address(train)
   match = _ADDRESS.match(address) if address else None
   check(not address or (match is not None and 1 <= int(match.group(2)) <= 65535),
         f"config.train.coordinator (or ${COORDINATOR_ENV})={address!r} must be 'host:port', e.g. 10.0.0.1:1234, "

@@ -170,7 +170,7 @@ def initialize_distributed(train) -> None:
   # cross-process computation on CPU fails. It must be chosen before the backend starts.
   if str(jax.config.jax_cpu_collectives_implementation or "none") == "none":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  address = train.coordinator or os.environ.get(checks.COORDINATOR_ENV, "")
+  address = checks.coordinator_address(train)
   if address and train.process_id > 0:
     wait_for_coordinator(address, train.coordinator_timeout_s)
   try:

@@ -157,10 +157,16 @@ def epoch(recipe: Recipe, state: TrainState, x, y):
   return state, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
 
 
+def eval_size(recipe: Recipe, n: int) -> int:
+  """The batch size a split of `n` examples is evaluated in: eval_batch_size, or the split rounded up to a
+  multiple of the data shards when smaller."""
+  shards = data_shards(recipe.mesh)
+  return min(recipe.eval_batch_size, -(-n // shards) * shards)
+
+
 def logits(recipe: Recipe, variables, x):
   """Logits of `x` in eval mode, computed in fixed-size batches (the last one padded)."""
-  shards = data_shards(recipe.mesh)
-  n, size = x.shape[0], min(recipe.eval_batch_size, -(-x.shape[0] // shards) * shards)
+  n, size = x.shape[0], eval_size(recipe, x.shape[0])
   batches = -(-n // size)
   padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])
   out = jax.lax.map(lambda b: apply_model(recipe, variables, split_batch(recipe, b), train=False)[0],

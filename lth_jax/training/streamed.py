@@ -129,7 +129,7 @@ class Feeder:
   def evaluate(self, variables, split: HostSplit, batched: bool) -> dict:
     """{"loss", "accuracy"} on `split` (per member when `batched`), left on the device."""
     n = len(split.y)
-    rows, valid = eval_rows(n, self._eval_size(n))
+    rows, valid = eval_rows(n, step.eval_size(self.recipe, n))
     total = None
     place = placement(self.recipe.mesh)
     for (x, y), v in zip(to_device(split.batches(rows, self.threads), place), to_device(valid, place)):
@@ -141,12 +141,7 @@ class Feeder:
     """`logits_fn(variables, batch)` over host inputs `x` (an array, or a HostSplit read by its own
     `batches`) batch by batch, on the host: a split is never whole on the device."""
     n = len(x.y) if isinstance(x, HostSplit) else len(x)
-    rows, _ = eval_rows(n, self._eval_size(n))
+    rows, _ = eval_rows(n, step.eval_size(self.recipe, n))
     inputs = (b for b, _ in x.batches(rows, self.threads)) if isinstance(x, HostSplit) else (x[r] for r in rows)
     out = [np.asarray(logits_fn(variables, batch)) for batch in to_device(inputs, placement(self.recipe.mesh))]
     return np.concatenate(out)[:n]
-
-  def _eval_size(self, n: int) -> int:
-    """step.logits's batch size: eval_batch_size, or the split rounded up to the devices when smaller."""
-    shards = step.data_shards(self.recipe.mesh)
-    return min(self.recipe.eval_batch_size, -(-n // shards) * shards)
