@@ -13,6 +13,7 @@ import ml_collections
 
 from lth_jax.errors import check
 from lth_jax.metrics import corruptions
+from lth_jax.training import state
 
 # A coordinator address: host (a name, an IPv4 address or a bracketed IPv6 one) and port.
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d+)$")
@@ -146,6 +147,9 @@ def validate_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_optimizer(config: ml_collections.ConfigDict) -> None:
+  # the optimizer and schedule names, refused by building them (cheap: no array is made) before any data loads
+  state.optimizer(config.optimizer)
+  state.learning_rate(config.optimizer, 1, 1)
   number(config, "optimizer.lr", 0, low_open=True)
   number(config, "optimizer.momentum", 0, 1, high_open=True)
   number(config, "optimizer.b1", 0, 1, high_open=True)

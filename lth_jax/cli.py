@@ -4,6 +4,7 @@ User errors (lth_jax.errors.UserError, bad flags) print one line and exit with s
 """
 
 import dataclasses
+import errno
 import importlib.util
 import os
 import shlex
@@ -133,6 +134,20 @@ def prepare_workdir(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise UserError(f"config.workdir={workdir!r} is not writable: {e.strerror}") from None
+
+
+def execute(config, argv) -> None:
+  """main.py's work once its flags are parsed: run the config; a user error, or a full / unwritable disk under
+  the workdir, ends in one line and exit status 2 (any other failure is a bug and keeps its traceback)."""
+  try:
+    run(config, command_line(argv))
+  except UserError as e:
+    fail(str(e))
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+      raise
+    where = f" ({e.filename})" if e.filename else ""   # a failed flush at close names no file
+    fail(f"cannot write under config.workdir={config.workdir!r}: {e.strerror}{where}")
 
 
 def run(config, command: str = "") -> list[dict]:

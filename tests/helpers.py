@@ -224,6 +224,19 @@ def flag_run(argv, capsys):
     return e.code, capsys.readouterr().err, None
 
 
+def command_run(argv, capsys) -> tuple:
+  """main.py in this process, flags to exit: (exit status or None, stderr). For the command line's refusals,
+  without a Python start and JAX import per case (tests that need a real process use main_py)."""
+  status, err, config = flag_run(argv, capsys)
+  if status is not None:
+    return status, err
+  try:
+    cli.execute(config, argv)
+    return None, capsys.readouterr().err
+  except SystemExit as e:
+    return e.code, capsys.readouterr().err
+
+
 IMAGE_CLASSES = ["zebra", "ant", "cat"]  # written unsorted: the labels follow the sorted names
 
 

@@ -46,23 +46,15 @@ def straight(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("--config.prune.scope=foo", "config.prune.scope='foo'; allowed: global, layerwise"),
-    ("--config.metrics.ood=('foo',)", "config.metrics.ood holds 'foo'"),
-    ("--config.metrics.corruptions=('foo',)", "config.metrics.corruptions holds 'foo'"),
-    ("--config.optimizer.name=foo", "config.optimizer.name='foo' is not an optimizer"),
-    ("--config.optimizer.schedule=foo", "config.optimizer.schedule='foo' is not a schedule"),
-    ("--config.train.batch_size=100000", "config.train.batch_size=100000 must be in [1, "),
-])
-def test_bad_input_stops_before_training_and_the_corrected_command_runs(straight, tmp_path, bad, message):
-  proc = run(tmp_path, bad)
-  one_line_error(proc, message)
+def test_bad_input_stops_before_training_and_the_corrected_command_runs(straight, tmp_path):
+  # One real process (every other bad value's message: test_census in process, test_cli's user errors)
+  proc = run(tmp_path, "--config.prune.scope=foo")
+  one_line_error(proc, "config.prune.scope='foo'; allowed: global, layerwise")
   assert "epoch" not in proc.stderr   # no progress line: nothing trained
   assert not (tmp_path / "config.json").exists()
-  if "prune.scope" in bad:   # the corrected command on the same workdir is not refused
-    proc = run(tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert numbers(tmp_path) == numbers(straight)
+  proc = run(tmp_path)   # the corrected command on the same workdir is not refused
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert numbers(tmp_path) == numbers(straight)
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_finishes(straight, tmp_path):
