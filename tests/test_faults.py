@@ -67,6 +67,9 @@ CASES = {
 # The convnet cases compile for minutes on a shared CPU (each process anew): their runs and fault chains
 # run where LTH_JAX_SLOW_TESTS=1; without it, their configs are still checked by `test_every_config_reruns_unchanged`.
 SLOW = {"cifar_conv", "cifar_resnet", "cifar_resnet18", "imagenet_resnet50", "slimming", "early_bird"}
+# The other MLP configs rerun down the default case's code path (one MLP, the same methods' segments) on other
+# data: their full reruns are slow-marked too; their workdir checks run always.
+SLOW |= {"fashion_mnist_mlp", "penguins_mlp", "moons_mlp"}
 
 # What the tests below do to a run, each followed by the same command (see each test for where).
 FAULTS = {
