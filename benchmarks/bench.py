@@ -52,7 +52,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.common import (FULL, K, LOAD_LIMIT, LOOP_DIAGNOSTIC_S, QUICK, QUICK_MODELS, SPARSITY,  # noqa: E402
-                               Load, Spec, figure, paired_ratio, ratio, normalizer, synthetic_pixels)
+                               Load, Spec, epochs_on_copies, figure, paired_ratio, ratio, normalizer,
+                               synthetic_pixels)
 from lth_jax import config as lth_config  # noqa: E402
 from lth_jax import experiment, masks, methods, models, pruning, training  # noqa: E402
 from lth_jax.methods import sparse_training  # noqa: E402
@@ -82,20 +83,6 @@ def _ticket(init, x, key):
   which = masks.prunable(params)
   mask = pruning.magnitude(params, masks.init(params), SPARSITY, "global", which)
   return params, batch_stats, mask, which
-
-
-def _epochs(epoch_fn, x, y, *states):
-  """A thunk for `Load.measure` running one epoch per state, one after another, on copies made now.
-
-  An epoch donates (consumes) the state it is given: the copies let a state be timed again, and are
-  made here so that copying is never timed.
-  """
-  fresh = [jax.block_until_ready(jax.tree.map(lambda a: a.copy(), s)) for s in states]
-
-  def go():
-    for state in fresh:
-      jax.block_until_ready(epoch_fn(state, x, y))   # fit blocks at every epoch end to log its metrics
-  return go
 
 
 def _until(measure, repeats: int, budget_s: float) -> list:
@@ -139,8 +126,8 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
             "masked": trainer.init_state(params, batch_stats, mask, jax.random.key(1))}
   out = {"loop": trainer.loop, "params": sum(p.size for p in jax.tree.leaves(params)),
          "sparsity": masks.sparsity(mask, which), "steps_per_epoch": steps}
-  epoch = functools.partial(_epochs, trainer.train_epoch, x, y)
-  many = functools.partial(_epochs, functools.partial(trainer.train_epoch, batched=True), x, y)
+  epoch = functools.partial(epochs_on_copies, trainer.train_epoch, x, y)
+  many = functools.partial(epochs_on_copies, functools.partial(trainer.train_epoch, batched=True), x, y)
 
   # 1. Dense and masked run the same programs (the mask multiply is always there): the first warm-up
   # epoch compiles them for both.
@@ -167,11 +154,12 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
     rigl = training.Trainer(model, _opt_config(), spec.batch_size, steps, epochs=10, loop="auto", mask_update=hook,
                             normalize=normalize)
     rigl_state = rigl.init_state(params, batch_stats, mask, jax.random.key(1))
-    load.measure(f"{spec.name} lth_jax rigl every {every} warm-up epoch", _epochs(rigl.train_epoch, x, y, rigl_state))
+    load.measure(f"{spec.name} lth_jax rigl every {every} warm-up epoch",
+                 epochs_on_copies(rigl.train_epoch, x, y, rigl_state))
     paired = {"dense": [], "masked": []}   # paired_ratio's names: "masked" is the RigL epoch here
     for r in range(spec.repeats):
       for kind in (("dense", "masked") if r % 2 == 0 else ("masked", "dense")):
-        run_epoch = epoch(states["dense"]) if kind == "dense" else _epochs(rigl.train_epoch, x, y, rigl_state)
+        run_epoch = epoch(states["dense"]) if kind == "dense" else epochs_on_copies(rigl.train_epoch, x, y, rigl_state)
         paired[kind].append(load.measure(f"{spec.name} lth_jax {kind} epoch (rigl pair)", run_epoch))
     out["rigl"][f"every_{every}"] = {**figure(spec.n_train, paired["masked"]), "over_dense": paired_ratio(paired),
                                      "dense_img_s": figure(spec.n_train, paired["dense"])["img_s"]}
@@ -221,8 +209,8 @@ def bench_lth_jax(spec: Spec, load: Load, cap_s: float) -> dict:
       fn, extra = scan_epoch.lower(state, x[:n], y[:n]).compile(), {"compile_s": time.perf_counter() - start}
     else:
       fn, extra = t.train_epoch, {"first_epoch_s": load.measure(f"{spec.name} lth_jax loop=steps warm-up epoch",
-                                                                _epochs(t.train_epoch, x[:n], y[:n], state))}
-    measure = lambda: load.measure(f"{spec.name} lth_jax loop={loop} epoch", _epochs(fn, x[:n], y[:n], state))
+                                                                epochs_on_copies(t.train_epoch, x[:n], y[:n], state))}
+    measure = lambda: load.measure(f"{spec.name} lth_jax loop={loop} epoch", epochs_on_copies(fn, x[:n], y[:n], state))
     out["loops"][loop] = figure(n, _until(measure, spec.repeats, LOOP_DIAGNOSTIC_S), **extra)
   out["loops"]["scan_over_steps"] = out["loops"]["scan"]["img_s"] / out["loops"]["steps"]["img_s"]
   print(f"  loops on {spec.loop_steps} batches: scan {out['loops']['scan']['img_s']:,.1f} img/s, steps "

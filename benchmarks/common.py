@@ -6,6 +6,7 @@ import statistics
 import time
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from lth_jax.data import pixels
@@ -86,13 +87,47 @@ class Load:
     fn()
     seconds = time.perf_counter() - start
     after = self._cpu()
-    others = None
+    others = own = None
     wall = after[0] - before[0] if before and after else 0.0
     if wall > 0.5:   # /proc/stat counts in 10 ms ticks: shorter spans say nothing
-      others = max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / (wall * os.cpu_count()))
+      own = after[2] - before[2]   # this process's CPU seconds, every thread: what the load moves least
+      others = max(0.0, ((after[1] - before[1]) - own) / (wall * os.cpu_count()))
     self.samples.append({"what": what, "load_avg_1m": round(load, 2), "seconds": seconds,
-                         "others_cpu_share": None if others is None else round(others, 3)})
+                         "others_cpu_share": None if others is None else round(others, 3),
+                         "own_cpu_s": own})
     return seconds
+
+  def summary(self) -> dict:
+    """The load over every measurement so far: its range, the others' median CPU share, and a sentence."""
+    loads = [s["load_avg_1m"] for s in self.samples]
+    others = [s["others_cpu_share"] for s in self.samples if s["others_cpu_share"] is not None]
+    out = {"load_avg_1m_range": [min(loads), max(loads)] if loads else None,
+           "others_cpu_share_median": statistics.median(others) if others else None}
+    shared = out["others_cpu_share_median"]
+    out["load_note"] = (f"shared with other jobs: 1-minute load average {out['load_avg_1m_range']} during the run, "
+                        f"other processes took a median {shared:.0%} of the CPU while timing"
+                        if shared is not None else "load not measured")
+    return out
+
+
+def median_seconds(load: Load, what: str, call: Callable[[], object], repeats: int) -> float:
+  """Median seconds of `repeats` calls of `call` (which blocks until its result is ready), after one warm-up."""
+  call()
+  return statistics.median(load.measure(what, call) for _ in range(repeats))
+
+
+def epochs_on_copies(epoch_fn, x, y, *states):
+  """A thunk for `Load.measure` running one epoch per state, one after another, on copies made now.
+
+  An epoch donates (consumes) the state it is given: the copies let a state be timed again, and are
+  made here so that copying is never timed.
+  """
+  fresh = [jax.block_until_ready(jax.tree.map(lambda a: a.copy(), s)) for s in states]
+
+  def go():
+    for state in fresh:
+      jax.block_until_ready(epoch_fn(state, x, y))   # fit blocks at every epoch end to log its metrics
+  return go
 
 
 def figure(images: int, seconds: list, **extra) -> dict:
@@ -105,9 +140,14 @@ def ratio(a, b):
   return a / b if a and b else None
 
 
-def paired_ratio(times: dict) -> float:
-  """Masked/dense throughput as the median over back-to-back pairs: a pair shares its background load."""
-  return statistics.median(d / m for d, m in zip(times["dense"], times["masked"]))
+def pair_ratios(times: dict, base: str = "dense", other: str = "masked") -> list:
+  """other/base throughput (masked/dense by default) of each back-to-back pair of epoch times."""
+  return [b / o for b, o in zip(times[base], times[other])]
+
+
+def paired_ratio(times: dict, base: str = "dense", other: str = "masked") -> float:
+  """`pair_ratios`' median: a pair shares its background load."""
+  return statistics.median(pair_ratios(times, base, other))
 
 
 # -- data -----------------------------------------------------------------------------------------

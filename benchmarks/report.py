@@ -1,5 +1,7 @@
 """The benchmark's report: the machine it ran on, the targets, and OUT/results.md."""
 
+import json
+import os
 import platform
 import statistics
 
@@ -21,6 +23,22 @@ def versions(torch_version: str | None = None) -> dict:
   if torch_version is not None:
     out["torch"] = torch_version
   return out
+
+
+def machine() -> dict:
+  """What a result was measured on: CPU model and cores, OS, jax and its device."""
+  return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "jax": jax.__version__, "device": str(jax.devices()[0])}
+
+
+def write_results(out_dir: str, result: dict, markdown: str) -> None:
+  """OUT/results.json (`result`) and OUT/results.md (`markdown`)."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(result, f, indent=1, default=float)
+  with open(os.path.join(out_dir, "results.md"), "w") as f:
+    f.write(markdown)
+  print(f"wrote {out_dir}/results.json and results.md")
 
 
 def cpu_model() -> str:

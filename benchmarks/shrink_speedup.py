@@ -24,10 +24,7 @@ shrunk. Results go to OUT/results.json and OUT/results.md.
 
 import argparse
 import importlib.util
-import json
 import os
-import platform
-import statistics
 import sys
 from typing import Callable
 
@@ -38,7 +35,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from benchmarks.common import Load  # noqa: E402
+from benchmarks.common import Load, median_seconds  # noqa: E402
 from lth_jax import models  # noqa: E402
 from lth_jax.metrics import compression  # noqa: E402
 from lth_jax.sparsity import graph, group_criteria  # noqa: E402
@@ -48,12 +45,6 @@ ARCHS = ("vgg16", "resnet20")
 INPUT_SHAPE = (32, 32, 3)
 LR = 0.01
 
-
-
-def median_seconds(load: Load, what: str, call: Callable[[], object], repeats: int) -> float:
-  """Median seconds of `repeats` calls of `call` (which blocks until its result is ready), after one warm-up."""
-  call()
-  return statistics.median(load.measure(what, call) for _ in range(repeats))
 
 
 def jax_train_step(fn: Callable):
@@ -193,20 +184,11 @@ def run(archs, fractions, batch: int, repeats: int, with_torch: bool, model_kwar
     rows += jax_rows(arch, fractions, batch, repeats, load, (model_kwargs or {}).get(arch))
     if with_torch:
       rows += torch_rows(arch, fractions, batch, repeats, load)
-  loads = [s["load_avg_1m"] for s in load.samples]
-  others = [s["others_cpu_share"] for s in load.samples if s["others_cpu_share"] is not None]
-  meta = {"cpu_model": report.cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-          "jax": jax.__version__, "device": str(jax.devices()[0]), "batch": batch, "repeats": repeats,
-          "load_avg_1m_range": [min(loads), max(loads)] if loads else None,
-          "others_cpu_share_median": statistics.median(others) if others else None}
+  meta = {**report.machine(), "batch": batch, "repeats": repeats, **load.summary()}
   if with_torch:
     import torch
     import torch_pruning as tp
     meta.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), torch_pruning=tp.__version__)
-  shared = meta["others_cpu_share_median"]
-  meta["load_note"] = (f"shared with other jobs: 1-minute load average {meta['load_avg_1m_range']} during the run, "
-                       f"other processes took a median {shared:.0%} of the CPU while timing"
-                       if shared is not None else "load not measured")
   return {"meta": meta, "rows": rows}
 
 
@@ -221,13 +203,7 @@ def main(argv=None):
   with_torch = not args.no_torch and bool(importlib.util.find_spec("torch_pruning"))
   result = run(args.archs.split(","), FRACTIONS, args.batch, args.repeats, with_torch)
   result["meta"]["command"] = "python benchmarks/shrink_speedup.py " + " ".join(argv if argv is not None else sys.argv[1:])
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write(markdown(result["rows"], result["meta"]))
-  print(f"wrote {args.out}/results.json and results.md")
-
+  report.write_results(args.out, result, markdown(result["rows"], result["meta"]))
 
 if __name__ == "__main__":
   main()

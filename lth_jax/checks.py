@@ -69,6 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "optimizer.nesterov"):
     flag(config, key)
   validate_train(config)
+  validate_images(config)
   validate_distributed(config)
   validate_optimizer(config)
   validate_metrics(config)
@@ -85,6 +86,39 @@ def validate_train(config: ml_collections.ConfigDict) -> None:
   number(config, "data.test_subset", 0, integer=True, note="0 = all")
 
 
+# Sources that can decode their images on demand (config.data.image_size > 0).
+LAZY_SOURCES = ("image_folder", "tfds")
+
+
+def validate_images(config: ml_collections.ConfigDict) -> None:
+  """config.data's keys for images decoded on demand (lth_jax.data.lazy): ranges, and what they need."""
+  data = config.data
+  number(config, "data.image_size", 0, integer=True, note="0 = the images as they are")
+  number(config, "data.resize_size", 0, integer=True, note="0 = image_size * 8/7")
+  number(config, "data.workers", 0, integer=True, note="0 = one per CPU core")
+  for key, high in (("crop_scale", 1.0), ("crop_ratio", math.inf)):
+    pair = tuple(data[key])
+    check(len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+          and 0 < pair[0] <= pair[1] <= high, f"config.data.{key}={pair} must be (low, high) with "
+          f"0 < low <= high{' <= 1' if high == 1.0 else ''}")
+  if not data.image_size:
+    return
+  check(data.name in LAZY_SOURCES, f"config.data.image_size={data.image_size} decodes images on demand, which "
+        f"config.data.name={data.name!r} does not; sources that do: {', '.join(LAZY_SOURCES)} (or set image_size=0)")
+  check(not data.resize_size or data.resize_size >= data.image_size,
+        f"config.data.resize_size={data.resize_size} must be 0 or >= config.data.image_size={data.image_size} "
+        "(the centre crop is taken from the resized image)")
+  check(data.pipeline != "memory", f"config.data.image_size={data.image_size} decodes images batch by batch as "
+        "the run streams them: it needs config.data.pipeline='stream' (or 'auto'), not 'memory'")
+  check(data.device_dtype == "auto", f"config.data.device_dtype={data.device_dtype!r} normalises every image on "
+        f"the host first, which config.data.image_size={data.image_size} never holds at once; use 'auto'")
+
+
+def coordinator_address(train) -> str:
+  """Process 0's "host:port": config.train.coordinator, else $JAX_COORDINATOR_ADDRESS ("" when neither is set)."""
+  return train.coordinator or os.environ.get(COORDINATOR_ENV, "")
+
+
 def validate_distributed(config: ml_collections.ConfigDict) -> None:
   """config.train's multi-host keys: read only with train.distributed, and consistent with each other.
 
@@ -93,17 +127,18 @@ def validate_distributed(config: ml_collections.ConfigDict) -> None:
   train = config.train
   flag(config, "train.distributed")
   if not train.distributed:
-    for key, unset in (("coordinator", ""), ("num_processes", 0), ("process_id", -1)):
+    for key, unset in (("coordinator", ""), ("num_processes", 0), ("process_id", -1), ("coordinator_timeout_s", 300)):
       check(train[key] == unset, f"config.train.{key}={train[key]!r} is read only with config.train.distributed"
             f"=True; set that too, or leave {key} at {unset!r}")
     return
   number(config, "train.num_processes", 0, integer=True, note="0 = from the cluster")
+  number(config, "train.coordinator_timeout_s", 1, integer=True, note="seconds")
   number(config, "train.process_id", -1, integer=True, note="-1 = from the cluster")
   if train.num_processes and train.process_id >= 0:
     check(train.process_id < train.num_processes,
           f"config.train.process_id={train.process_id} must be in [0, {train.num_processes - 1}] "
           f"(config.train.num_processes={train.num_processes})")
-  address = train.coordinator or os.environ.get(COORDINATOR_ENV, "")
+  address = coordinator_address(train)
   match = _ADDRESS.match(address) if address else None
   check(not address or (match is not None and 1 <= int(match.group(2)) <= 65535),
         f"config.train.coordinator (or ${COORDINATOR_ENV})={address!r} must be 'host:port', e.g. 10.0.0.1:1234, "

@@ -6,6 +6,7 @@ User errors (lth_jax.errors.UserError, bad flags) print one line and exit with s
 import dataclasses
 import os
 import shlex
+import socket
 import sys
 import time
 
@@ -159,17 +160,41 @@ def initialize_distributed(train) -> None:
   ($JAX_COORDINATOR_ADDRESS) or the cluster (Slurm, Open MPI, TPU pods)."""
   kwargs = {"coordinator_address": train.coordinator or None,
             "num_processes": train.num_processes or None,
-            "process_id": None if train.process_id < 0 else train.process_id}
+            "process_id": None if train.process_id < 0 else train.process_id,
+            "initialization_timeout": train.coordinator_timeout_s}
   # CPU devices of different processes talk through gloo; without a CPU collectives implementation a
   # cross-process computation on CPU fails. It must be chosen before the backend starts.
   if str(jax.config.jax_cpu_collectives_implementation or "none") == "none":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  address = checks.coordinator_address(train)
+  if address and train.process_id > 0:
+    wait_for_coordinator(address, train.coordinator_timeout_s)
   try:
     jax.distributed.initialize(**kwargs)
   except (ValueError, RuntimeError) as e:   # e.g. no coordinator given and no cluster to take one from
     raise UserError(f"config.train.distributed=True: jax.distributed.initialize failed ({str(e).splitlines()[0]}); "
                     "set config.train.coordinator=HOST:PORT, config.train.num_processes and config.train.process_id, "
                     "or run under a cluster manager (Slurm, Open MPI) that provides them") from None
+
+
+def wait_for_coordinator(address: str, timeout_s: float, poll_s: float = 0.5) -> None:
+  """Returns once the coordinator at `address` ("host:port") accepts a TCP connection; UserError after `timeout_s`.
+
+  jax.distributed.initialize aborts the whole process (a C++ check failure, no Python exception) when it
+  cannot reach the coordinator in time, so a process other than 0 looks for it first.
+  """
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=max(poll_s, 0.1)):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise UserError(f"config.train.coordinator={address!r}: nothing accepted a connection there within "
+                        f"{timeout_s} s (config.train.coordinator_timeout_s; {e.strerror or e}); start process 0 "
+                        "first, or check the address and port") from None
+      time.sleep(poll_s)
 
 
 def _train(exp, config, command: str) -> list[dict]:
@@ -187,7 +212,7 @@ def _train(exp, config, command: str) -> list[dict]:
       mine = by_replicate[replicate]
       name = f"{prefix}{len(mine):02d}_{run.method}_r{run.round}_s{run.sparsity:.3f}"
       run = dataclasses.replace(run, seed=seed, ticket=os.path.join("tickets", name))
-      # a rebuilt network's widths go beside its ticket: it reloads without the config
+      # a shrunk network's full-width model and kept channels go beside its ticket: it reloads without the config
       checkpoint.save_ticket(os.path.join(config.workdir, "tickets", name), state, rewind_params,
                              ticket_metadata(run.extra))   # every process: Orbax coordinates the write
       mine.append(run.as_dict())
@@ -216,25 +241,26 @@ def evaluate_ticket(config, command: str) -> list[dict]:
   """Evaluate a saved ticket (config.restore) without training: sparsity, accuracy and every metric.
 
   Writes results.json / results.md with one run (method "eval") and the masked weights as ticket.npz.
-  A rebuilt ticket (slimming, early_bird) is evaluated as the model saved with it (`ticket_model`).
+  A shrunk ticket (slimming, early_bird) is evaluated as the network saved with it (`ticket_model`).
   """
   if not config.restore:
     raise UserError("config.mode=eval needs --config.restore=PATH, a ticket directory (workdir/tickets/...)")
   report.environment()   # the commit and devices as the run starts
-  config, num_classes, full_width = ticket_model(config)
-  # A rebuilt ticket is measured against the network it was cut from, as its training record was.
-  exp = experiment.build(config if full_width is None else _with_model(config, full_width))
-  model = exp.model if full_width is None else models.get(**config.model, num_classes=exp.num_classes)
-  if num_classes is not None and num_classes != exp.num_classes:   # else: a shape mismatch in `output` below
-    raise UserError(f"config.restore={config.restore!r} is a ticket for {num_classes} classes; config.data "
-                    f"({config.data.name!r}) has {exp.num_classes} classes")
+  config, full_width, layer_channels = ticket_model(config)
+  exp = experiment.build(config)
+  if full_width is not None and full_width.get("num_classes", exp.num_classes) != exp.num_classes:
+    raise UserError(f"config.restore={config.restore!r} is a ticket for {full_width['num_classes']} classes; "
+                    f"config.data ({config.data.name!r}) has {exp.num_classes} classes")
+  model = exp.model if full_width is None else structured.shrunk_model(
+      exp, {g: int(kept) for g, (kept, _) in layer_channels.items()})
   prepare_workdir(config.workdir)
   with resume.lock(config.workdir, _lock_name()):
-    return _evaluate(exp, config, command, model, full_width)
+    return _evaluate(exp, config, command, model, full_width, layer_channels)
 
 
-def _evaluate(exp, config, command: str, model, full_width) -> list[dict]:
-  """The eval run of the ticket at config.restore, as `model` (`full_width`: what it was cut from, or None)."""
+def _evaluate(exp, config, command: str, model, full_width, layer_channels) -> list[dict]:
+  """The eval run of the ticket at config.restore, as `model`; a shrunk one is cut from `full_width`, keeping
+  `layer_channels` (both None for a ticket of config.model itself)."""
   ticket = checkpoint.load_ticket(config.restore)
   variables = jax.eval_shape(lambda: model.init(exp.key("eval"), exp.inputs(exp.data["train"][0][:1]), train=False))
   checkpoint.check_compatible(ticket["params"], variables["params"], config.restore)
@@ -244,7 +270,7 @@ def _evaluate(exp, config, command: str, model, full_width) -> list[dict]:
   run = evaluation.record(exp, state, [], "eval", 0, None, None, time.time(), trainer=trainer)
   if full_width is not None:
     run = dataclasses.replace(run, **structured.rebuilt_counts(exp, state)).with_extra(
-        model_kwargs={**config.model, "num_classes": exp.num_classes}, full_width_model=full_width)
+        layer_channels={g: list(n) for g, n in layer_channels.items()}, full_width_model=full_width)
   runs = [dataclasses.replace(run, ticket=config.restore).as_dict()]
   if not checkpoint.is_primary():
     return runs
@@ -257,36 +283,36 @@ def _evaluate(exp, config, command: str, model, full_width) -> list[dict]:
 
 
 def ticket_model(config):
-  """(config, num_classes, full_width): config.model replaced by the model saved beside the ticket at config.restore.
+  """(config, full_width, layer_channels): for a shrunk ticket at config.restore, config.model replaced by the
+  network it was cut from (`full_width`: models.get's arguments, saved beside it) and the channels each of its
+  groups kept ({group: (kept, total)}); an ordinary ticket (no metadata) returns the config and two Nones.
 
-  A rebuilt ticket is narrower than its config's model, and its metadata holds every models.get argument
-  of its network (name, widths / block_widths, the other model keys of the config that made it). So no key
-  of config.model is kept: one the ticket's model leaves at its default, or another model's key, would
-  build a network the ticket does not fit. The data stay the config's; results.json records this model.
-  `full_width` is the models.get arguments of the network the ticket was cut from (None for a ticket saved
-  before they were). An ordinary ticket (no metadata) returns the config unchanged and two Nones.
+  No key of config.model is kept for a shrunk ticket: one its network leaves at its default, or another
+  model's key, would build a network the ticket does not fit. The data stay the config's; results.json
+  records the full-width model.
   """
   metadata = checkpoint.load_metadata(config.restore)
   if metadata is None:
     return config, None, None
-  config = config.copy_and_resolve_references()   # the caller's config stays as given
-  config.model = ml_collections.ConfigDict({k: v for k, v in metadata.items() if k not in ("num_classes",
-                                                                                           "full_width")})
-  logging.info("the model comes from the ticket at %s, not config.model: %s", config.restore,
-               ", ".join(f"{k}={v}" for k, v in config.model.items()))
-  return config, metadata.get("num_classes"), metadata.get("full_width")
+  if "layer_channels" not in metadata or "full_width" not in metadata:
+    raise UserError(f"the {checkpoint.METADATA} beside config.restore={config.restore!r} names no full-width model "
+                    "and kept channels (a ticket rebuilt by an older lth_jax); rerun its training to save it anew")
+  full_width = dict(metadata["full_width"])
+  logging.info("the model comes from the ticket at %s, not config.model: %s narrowed", config.restore,
+               ", ".join(f"{k}={v}" for k, v in full_width.items()))
+  return _with_model(config, full_width), full_width, dict(metadata["layer_channels"])
 
 
 def ticket_metadata(fields: dict) -> dict | None:
-  """What goes beside a rebuilt ticket (model.json): its models.get arguments and, under "full_width",
-  those of the network it was cut from; None for a ticket of the config's own model."""
-  if fields.get("model_kwargs") is None:
+  """What goes beside a shrunk ticket (model.json): under "full_width" models.get's arguments for the network it
+  was cut from, under "layer_channels" {group: [kept, total]}; None for a ticket of the config's own model."""
+  if fields.get("layer_channels") is None or fields.get("full_width_model") is None:
     return None
-  return {**fields["model_kwargs"], "full_width": fields.get("full_width_model")}
+  return {"full_width": fields["full_width_model"], "layer_channels": fields["layer_channels"]}
 
 
 def _with_model(config, model_kwargs: dict):
-  config = config.copy_and_resolve_references()
+  config = config.copy_and_resolve_references()   # the caller's config stays as given
   config.model = ml_collections.ConfigDict({k: v for k, v in model_kwargs.items() if k != "num_classes"})
   return config
 

@@ -18,7 +18,7 @@ def base() -> ml_collections.ConfigDict:
   #                               keys; the data split stays seed's), summarised as mean and std over seeds
   c.method = "compare"          # dense | oneshot | oneshot_reinit | oneshot_random | iterative | dynamic | compare
   #                               | prune_at_init (snip / grasp / synflow / magnitude / random at theta_0)
-  #                               | slimming | early_bird (channel pruning, a narrower rebuilt model: VGG / ResNet)
+  #                               | slimming | early_bird (channel pruning: any model, physically narrower)
   #                               | gradual | static | set | rigl (pruning during / sparse training from scratch)
   #                               | instability (linear mode connectivity of the dense network and a ticket)
   c.workdir = "workdir"         # results.json, results.md, plots, tickets and checkpoints go here
@@ -52,6 +52,17 @@ def base() -> ml_collections.ConfigDict:
   c.data.device_budget_mb = 4096.0   # data.pipeline=auto: the device memory the splits may take, in MiB
   c.data.tfds_name = ""         # data.name="tfds": the TFDS data set, e.g. "cifar10", "svhn_cropped"
   c.data.tfds_dir = ""          # where TFDS keeps prepared data ("" = its default); prepared there if TensorFlow is installed
+  c.data.tfds_test_split = "test"   # data.name="tfds": the split tested on ("validation" for imagenet2012, whose "test"
+  #                                   split has no labels)
+  # Images of any size, decoded on demand (ImageNet): image_folder lists the files (tfds its examples), and the
+  # streamed pipeline decodes, crops and resizes each batch on host threads (lth_jax.data.lazy).
+  c.data.image_size = 0         # >0: image_folder's (tfds's) images become image_size x image_size, decoded batch
+  #                               by batch (train: random-resized crop and flip; val/test: shorter side to resize_size,
+  #                               centre crop); needs data.pipeline=stream. 0: images as they are, decoded once
+  c.data.resize_size = 0        # image_size > 0, evaluation: the shorter side before the centre crop (0: 8/7 of it)
+  c.data.crop_scale = (0.08, 1.0)   # image_size > 0, training crops: their fraction of the image's area
+  c.data.crop_ratio = (0.75, 4 / 3)   # image_size > 0, training crops: width / height, drawn log-uniformly
+  c.data.workers = 0            # image_size > 0: host threads decoding images (0 = one per CPU core)
 
   # Fetching (issue 15): mnist, fashion_mnist, cifar10 and cifar100 with an empty data.dir are downloaded once,
   # verified against their published checksums and read from the cache afterwards.
@@ -76,11 +87,14 @@ def base() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1000
   c.train.log_every = 10        # epochs between log lines; 0 = quiet
   c.train.num_devices = 0       # data-parallel over this many local devices; 0 = all of them
+  c.train.mesh = ""             # the device mesh, e.g. "data=4" or "tickets=2,data=2": batches split over "data",
+                                # vmapped tickets (train.vmap) over "tickets"; "" = data over train.num_devices
   c.train.distributed = False   # multi-host: jax.distributed.initialize() and a mesh over all processes' devices
   c.train.coordinator = ""      # distributed: "host:port" of process 0's coordinator ("" = $JAX_COORDINATOR_ADDRESS
   #                               or the cluster's, e.g. Slurm's)
   c.train.num_processes = 0     # distributed: processes in the run (0 = from the cluster environment)
   c.train.process_id = -1       # distributed: this process's index, 0 .. num_processes-1 (-1 = from the cluster)
+  c.train.coordinator_timeout_s = 300   # distributed: seconds to wait for every process to reach the coordinator
   c.train.vmap = False          # tickets that share a schedule train together, vmapped in one program: a
                                 # one-shot sweep's sparsities, compare's oneshot_reinit and oneshot_random,
                                 # and the seeds of `replicates` (which then run in lockstep)
@@ -161,19 +175,26 @@ def base() -> ml_collections.ConfigDict:
   #                                            the pair analysed at these rounds (Frankle et al. 2020's IMP subnetworks)
 
   # Network slimming (Liu et al. 2017): train with lambda * sum|gamma| over the prunable BatchNorm scales,
-  # remove channels at each of `epochs` (one branch each), rebuild the narrower network and retrain it.
+  # remove channels at each of `epochs` (one branch each), cut them out of the network and retrain it.
+  # The channel groups come from the model's traced program (any model); criterion and scope choose the
+  # channels for early_bird too.
   c.slimming = ml_collections.ConfigDict()
   c.slimming.penalty = 1e-4         # lambda of the L1 on BN scales (Liu et al.: 1e-4 VGG, 1e-5 ResNets); 0 = none
   c.slimming.ratio = 0.5            # fraction of the prunable channels removed
   c.slimming.epochs = ()            # epochs whose weights are pruned, one branch each; () = the last (train.epochs)
-  c.slimming.criterion = "bn_scale"   # bn_scale (one global |gamma| threshold) | l1_filter (Li et al.: per layer)
+  c.slimming.criterion = "bn_scale"   # bn_scale (|gamma|, Liu et al.) | l1_filter (L1 of the output filters, Li
+  #                                     et al.) | l1 | l2 (|w| / w^2 over every kernel slice of the channel's group)
+  #                                     | taylor (|sum w * dL/dw| over the group, Molchanov et al. 2019)
+  c.slimming.scope = "auto"         # global (one ranking over all groups) | layerwise (each group removes `ratio`
+  #                                   of its own) | auto: layerwise for l1_filter, global for the others
   c.slimming.retrain_from = "pruned"  # pruned (the kept weights of the pruning epoch) | init (a fresh random init)
   #                                     | continue (the kept weights, the schedule resumed at the pruning epoch)
-  c.slimming.retrain_epochs = 0     # epochs of retraining the rebuilt network; 0 = train.epochs
+  c.slimming.retrain_epochs = 0     # epochs of retraining the narrower network; 0 = train.epochs
 
-  # Early-Bird tickets (You et al. 2020): train with slimming.penalty; after each epoch the bn_scale channel
-  # mask for `ratio`; draw the ticket when it is within `epsilon` (normalised Hamming) of each of the last
-  # `window` masks; prune and rebuild there, retrain as slimming.retrain_from / slimming.retrain_epochs say.
+  # Early-Bird tickets (You et al. 2020): train with slimming.penalty; after each epoch the channel mask for
+  # `ratio` (slimming.criterion, slimming.scope); draw the ticket when it is within `epsilon` (normalised
+  # Hamming) of each of the last `window` masks; prune and shrink there, retrain as slimming.retrain_from /
+  # slimming.retrain_epochs say.
   c.early_bird = ml_collections.ConfigDict()
   c.early_bird.ratio = 0.5          # fraction of the prunable channels removed
   c.early_bird.window = 4           # earlier masks each new one is compared with (4: the paper's queue of 5)

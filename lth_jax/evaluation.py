@@ -31,6 +31,7 @@ from lth_jax.metrics import corruptions
 from lth_jax.metrics import ood
 from lth_jax.metrics import similarity
 from lth_jax.sparsity import masks as masks_lib
+from lth_jax.training import streamed
 
 SYNTHETIC_OOD = ("uniform_noise", "gaussian_noise", "far_points")
 # How the best evaluation of a run is chosen: the highest validation accuracy, or the lowest validation
@@ -60,6 +61,11 @@ def match_shape(x: np.ndarray, shape: tuple) -> np.ndarray:
 def _finite(values) -> list:
   """JSON has no NaN: empty reliability bins become null."""
   return [None if not math.isfinite(float(v)) else float(v) for v in values]
+
+
+def _inputs(split):
+  """What Trainer.logits reads a split's inputs from: a streamed split whole (its own reader), else its x."""
+  return split if isinstance(split, streamed.HostSplit) else split[0]
 
 
 def _probs(logits) -> np.ndarray:
@@ -93,7 +99,8 @@ class Evaluator:
     seed, total = exp.config.seed, len(exp.raw_test[1])
     n = min(cfg.max_examples or total, total)
     self.indices = stratified(exp.raw_test[1], n, seed)
-    x_raw, self.labels = exp.raw_test[0][self.indices], np.asarray(exp.raw_test[1])[self.indices]
+    # to_float after indexing: a test split decoded on demand (lth_jax.data.lazy) decodes only these
+    x_raw, self.labels = pixels.to_float(exp.raw_test[0][self.indices]), np.asarray(exp.raw_test[1])[self.indices]
     self.subset = {"examples": n, "of": total, "selection": "stratified random", "seed": seed}
     self.ood_sets = {entry: self._ood_inputs(entry, x_raw, seed) for entry in cfg.ood}
     for name in cfg.corruptions:
@@ -170,13 +177,13 @@ class Evaluator:
 
   def figures(self, trainer, state) -> dict:
     exp, cfg = self.exp, self.exp.config.metrics
-    test_logits = np.asarray(trainer.logits(state, exp.data["test"][0]), np.float64)
+    test_logits = np.asarray(trainer.logits(state, _inputs(exp.data["test"])), np.float64)
     labels = np.asarray(exp.data["test"][1])
     probs = calibration.softmax(test_logits)
-    x_val, y_val = exp.data["val"]
+    y_val = exp.data["val"][1]
     # Temperature scaling is fitted on the validation split; without one (data.val_fraction=0) it is absent.
-    temperature = calibration.fit_temperature(np.asarray(trainer.logits(state, x_val)), np.asarray(y_val)) \
-        if y_val.shape[0] else None
+    temperature = calibration.fit_temperature(np.asarray(trainer.logits(state, _inputs(exp.data["val"]))),
+                                              np.asarray(y_val)) if y_val.shape[0] else None
     scaled = None if temperature is None else calibration.softmax(test_logits, temperature)
     rel = calibration.reliability(probs, labels, cfg.num_bins)
     out = {

@@ -20,7 +20,7 @@ from lth_jax import methods
 from lth_jax import models
 from lth_jax import training
 from lth_jax import user_code
-from lth_jax.data import augment, download, pixels, stream
+from lth_jax.data import augment, download, lazy, pixels, stream
 from lth_jax.errors import UserError, check
 from lth_jax.sparsity import criteria
 from lth_jax.sparsity import distribution
@@ -133,7 +133,8 @@ class Experiment:
   init_batch_stats: Any
   which: Any                 # bool pytree of prunable leaves
   layer_scale: dict          # leaf-name pattern -> factor on the layer-wise pruning rate
-  raw_test: tuple            # (x, y) test split before normalisation (numpy; images as floats in [0, 1])
+  raw_test: tuple            # (x, y) test split before normalisation (numpy; images as floats in [0, 1], or a
+  #                            lazy.LazyImages: index it, then pixels.to_float)
   normalizer: pixels.Normalizer   # per-channel mean / std of the training inputs
   mesh: Any = None           # jax.sharding.Mesh over the devices in use; None for one device
   store: Any = None          # checkpoint.SegmentStore; None: no checkpoints (library use, tests)
@@ -235,18 +236,45 @@ class Experiment:
                             cpu_conv=self.config.train.cpu_conv)
 
 
+MESH_AXES = (training.trainer.TICKETS, "data")
+
+
+def mesh_shape(spec: str) -> dict:
+  """{axis: size} of config.train.mesh, e.g. "tickets=2,data=2" -> {"tickets": 2, "data": 2}; {} for ""."""
+  shape = {}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    axis, _, size = part.partition("=")
+    check(axis in MESH_AXES and axis not in shape and size.isdigit() and int(size) >= 1,
+          f"config.train.mesh={spec!r} must be AXIS=SIZE pairs separated by commas, each axis once, from "
+          f"{', '.join(MESH_AXES)}, sizes >= 1, e.g. 'data=4' or 'tickets=2,data=2'")
+    shape[axis] = int(size)
+  return shape
+
+
 def device_mesh(train_config) -> jax.sharding.Mesh | None:
-  """A one-axis mesh over `train.num_devices` devices (0 = all); None when that is one device.
+  """The mesh config.train.mesh names, or one "data" axis over `train.num_devices` devices (0 = all); None
+  when that is one device. A "tickets" axis of size > 1 splits the vmapped tickets (train.vmap) over it.
 
   With `train.distributed` the mesh spans every process's devices (after jax.distributed.initialize).
   """
   available = jax.devices() if train_config.distributed else jax.local_devices()
-  n = train_config.num_devices or len(available)
-  check(1 <= n <= len(available),
-        f"config.train.num_devices={train_config.num_devices}: {len(available)} devices are available")
+  shape = mesh_shape(train_config.mesh)
+  check(not (shape and train_config.num_devices), f"config.train.mesh={train_config.mesh!r} names the devices "
+        f"used; leave config.train.num_devices at 0 (it is {train_config.num_devices})")
+  tickets, n = shape.get(training.trainer.TICKETS, 1), shape.get("data", 1)
+  if not shape:
+    n = train_config.num_devices or len(available)
+  check(tickets == 1 or train_config.vmap, f"config.train.mesh={train_config.mesh!r} splits vmapped tickets; "
+        "set config.train.vmap=True too, or drop the tickets axis")
+  key = "config.train.mesh" if shape else "config.train.num_devices"
+  check(1 <= tickets * n <= len(available),
+        f"{key}={train_config.mesh if shape else train_config.num_devices!r} needs {tickets * n} devices; "
+        f"{len(available)} devices are available")
   check(train_config.batch_size % n == 0 and train_config.eval_batch_size % n == 0,
         f"config.train.batch_size={train_config.batch_size} and eval_batch_size={train_config.eval_batch_size} "
-        f"must be multiples of the {n} devices used (config.train.num_devices)")
+        f"must be multiples of the {n} devices a batch is split over ({key})")
+  if tickets > 1:
+    return jax.sharding.Mesh(np.array(available[:tickets * n]).reshape(tickets, n), MESH_AXES)
   return jax.sharding.Mesh(np.array(available[:n]), ("data",)) if n > 1 else None
 
 
@@ -266,10 +294,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   dataset = data_lib.load(config.data, config.seed)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
   check_val_split(config.data, dataset)
-  normalizer = pixels.Normalizer(*pixels.statistics(dataset.train[0], config.data.standardize))
+  # Images decoded on demand (data.image_size): statistics from a sample, the test split left undecoded.
+  on_demand = isinstance(dataset.train[0], lazy.LazyImages)
+  x_stats = dataset.train[0].sample(lazy.STATISTICS_EXAMPLES, config.seed) if on_demand else dataset.train[0]
+  normalizer = pixels.Normalizer(*pixels.statistics(x_stats, config.data.standardize))
   model = models.get(config.model.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape,
                      **model_kwargs(config.model))
-  raw_test = (pixels.to_float(dataset.test[0]), dataset.test[1])
+  raw_test = (dataset.test[0] if on_demand else pixels.to_float(dataset.test[0]), dataset.test[1])
   exp = Experiment(config, {}, dataset.num_classes, model, None, None, None,
                    parse_layer_scale(config.prune.layer_scale), raw_test, normalizer)
   exp.mesh = device_mesh(config.train)
@@ -283,9 +314,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   inputs = {k: (x if keep_pixels and x.dtype == np.uint8 else exp.normalize(x), np.asarray(y, np.int32))
             for k, (x, y) in splits.items()}
   nbytes = sum(x.nbytes + y.nbytes for x, y in inputs.values())
-  if stream.choose(config.data.pipeline, nbytes, config.data.device_budget_mb) == "stream":
-    check(not config.train.distributed, "config.data.pipeline=stream does not yet feed several processes "
-          "(config.train.distributed); use data.pipeline=memory")
+  if on_demand or stream.choose(config.data.pipeline, nbytes, config.data.device_budget_mb) == "stream":
     exp.data = {k: stream.Split(x, y) for k, (x, y) in inputs.items()}
   else:
     exp.data = {k: (_on_devices(x, exp.mesh), _on_devices(y, exp.mesh)) for k, (x, y) in inputs.items()}

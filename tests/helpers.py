@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import PIL.Image
 import pytest
 
 from absl import flags
@@ -221,3 +222,26 @@ def flag_run(argv, capsys):
     return None, capsys.readouterr().err, holder.value
   except SystemExit as e:
     return e.code, capsys.readouterr().err, None
+
+
+IMAGE_CLASSES = ["zebra", "ant", "cat"]  # written unsorted: the labels follow the sorted names
+
+
+def write_image_folder(root: Path, mode="RGB", size=(5, 4)):
+  """root/{train,test}/<class>/<i>.png with random pixels; returns {split: (pixels, labels)} in sorted order."""
+  rng = np.random.default_rng(2)
+  channels = {"RGB": 3, "L": 1}[mode]
+  written = {}
+  for split_name, per_class in (("train", 4), ("test", 2)):
+    pixels, labels = [], []
+    for label, name in enumerate(sorted(IMAGE_CLASSES)):
+      (root / split_name / name).mkdir(parents=True)
+      for i in range(per_class):
+        image = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+        PIL.Image.fromarray(image[..., 0] if mode == "L" else image, mode).save(root / split_name / name / f"{i}.png")
+        pixels.append(image)
+        labels.append(label)
+    written[split_name] = np.stack(pixels), np.array(labels)
+  (root / "train" / "ant" / ".DS_Store").write_bytes(b"not an image")
+  (root / "README.txt").write_text("ignored")
+  return written

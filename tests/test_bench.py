@@ -5,8 +5,10 @@ import math
 import jax
 
 from benchmarks import bench
+from tests.helpers import slow
 
 
+@slow   # CI budget: a whole quick benchmark run; the smoke tests of the other benchmarks stay in CI
 def test_quick_lenet_reports_positive_throughputs(tmp_path):
   # The torch peer only where the bench extra is installed; CI runs without it.
   with_torch = importlib.util.find_spec("torch") is not None

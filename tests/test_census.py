@@ -10,7 +10,6 @@ Asserted for each: lth_jax.errors.UserError (exit status 2 on the command line),
 holding every expected fragment (the key or file, and the allowed values), and no config.json in the workdir.
 """
 
-import gzip
 import io
 import math
 import pickle
@@ -72,6 +71,20 @@ CONFIG_CASES = [
     ("pipeline_unknown", {"data.pipeline": "disk"}, ["config.data.pipeline='disk'", "allowed: memory, stream, auto"]),
     ("device_budget_not_positive", {"data.pipeline": "auto", "data.device_budget_mb": 0.0},
      ["config.data.device_budget_mb=0.0", "> 0"]),
+    # images decoded on demand (data.image_size)
+    ("image_size_negative", {"data.image_size": -1}, ["config.data.image_size=-1", ">= 0"]),
+    ("image_size_on_moons", {"data.image_size": 32}, ["config.data.image_size=32", "'moons'", "image_folder"]),
+    ("image_size_in_memory", {"data.name": "image_folder", "data.image_size": 32},
+     ["config.data.image_size=32", "config.data.pipeline='stream'", "not 'memory'"]),
+    ("image_size_float32_on_host", {"data.name": "image_folder", "data.image_size": 32, "data.pipeline": "stream",
+                                    "data.device_dtype": "float32"}, ["config.data.device_dtype='float32'", "'auto'"]),
+    ("resize_below_image_size", {"data.name": "image_folder", "data.image_size": 32, "data.pipeline": "stream",
+                                 "data.resize_size": 16},
+     ["config.data.resize_size=16", ">= config.data.image_size=32"]),
+    ("crop_scale_above_one", {"data.crop_scale": (0.5, 1.5)}, ["config.data.crop_scale=(0.5, 1.5)", "<= 1"]),
+    ("crop_ratio_reversed", {"data.crop_ratio": (1.25, 0.8)}, ["config.data.crop_ratio=(1.25, 0.8)", "low <= high"]),
+    ("crop_ratio_one_number", {"data.crop_ratio": (1.0,)}, ["config.data.crop_ratio=(1.0,)", "(low, high)"]),
+    ("workers_negative", {"data.workers": -2}, ["config.data.workers=-2", ">= 0"]),
     ("mirror_not_a_url", {"data.mirror": "ftp://example.org"}, ["config.data.mirror", "http://"]),
     ("checksums_missing", {"data.checksums": "/nonexistent/SHA256SUMS"}, ["config.data.checksums", "/nonexistent"]),
     ("tfds_without_name", {"data.name": "tfds"}, ["config.data.tfds_name is empty"]),
@@ -146,6 +159,18 @@ CONFIG_CASES = [
                                     "train.process_id": -2}, ["config.train.process_id=-2", ">= -1"]),
     ("num_processes_negative", {"train.distributed": True, "train.coordinator": "127.0.0.1:1234",
                                 "train.num_processes": -1}, ["config.train.num_processes=-1", ">= 0"]),
+    ("mesh_unknown_axis", {"train.mesh": "model=2"}, ["config.train.mesh='model=2'", "tickets, data"]),
+    ("mesh_size_zero", {"train.mesh": "data=0"}, ["config.train.mesh='data=0'", "sizes >= 1"]),
+    ("mesh_axis_twice", {"train.mesh": "data=1,data=1"}, ["config.train.mesh='data=1,data=1'", "each axis once"]),
+    ("mesh_too_many_devices", {"train.mesh": "data=64"}, ["config.train.mesh='data=64'", "needs 64 devices"]),
+    ("mesh_and_num_devices", {"train.mesh": "data=1", "train.num_devices": 1},
+     ["config.train.mesh='data=1'", "config.train.num_devices at 0"]),
+    ("mesh_tickets_without_vmap", {"train.mesh": "tickets=2"},
+     ["config.train.mesh='tickets=2'", "config.train.vmap=True"]),
+    ("coordinator_timeout_without_distributed", {"train.coordinator_timeout_s": 5},
+     ["config.train.coordinator_timeout_s=5", "config.train.distributed=True"]),
+    ("coordinator_timeout_zero", {"train.distributed": True, "train.coordinator": "127.0.0.1:1234",
+                                  "train.coordinator_timeout_s": 0}, ["config.train.coordinator_timeout_s=0", ">= 1"]),
     ("loop_unknown", {"train.loop": "bogus"}, ["config.train.loop='bogus'", "allowed:"]),
     ("cpu_conv_unknown", {"train.cpu_conv": "maybe"}, ["config.train.cpu_conv='maybe'", "allowed:"]),
     ("compute_dtype_unknown", {"train.compute_dtype": "float16"}, ["config.train.compute_dtype='float16'", "allowed:"]),
@@ -266,12 +291,16 @@ CONFIG_CASES = [
     ("slimming_penalty_negative", {"slimming.penalty": -1e-4}, ["config.slimming.penalty=-0.0001", ">= 0"]),
     ("slimming_ratio_zero", {"slimming.ratio": 0.0}, ["config.slimming.ratio=0.0", "(0, 1)"]),
     ("slimming_ratio_one", {"slimming.ratio": 1.0}, ["config.slimming.ratio=1.0", "(0, 1)"]),
-    ("slimming_criterion_unknown", {"slimming.criterion": "l2"}, ["config.slimming.criterion='l2'", "allowed:"]),
+    ("slimming_criterion_unknown", {"slimming.criterion": "gamma"},
+     ["config.slimming.criterion='gamma'", "allowed: l1, l2, l1_filter, bn_scale, taylor"]),
+    ("slimming_scope_unknown", {"slimming.scope": "rowwise"},
+     ["config.slimming.scope='rowwise'", "allowed: auto, global, layerwise"]),
     ("slimming_retrain_from_unknown", {"slimming.retrain_from": "scratch"},
      ["config.slimming.retrain_from='scratch'", "allowed:"]),
     ("slimming_retrain_epochs_negative", {"slimming.retrain_epochs": -1},
      ["config.slimming.retrain_epochs=-1", ">= 0"]),
-    ("slimming_on_an_mlp", {"method": "slimming"}, ["config.model.name='mlp' cannot be", "allowed:"]),
+    ("slimming_by_bn_scale_on_an_mlp", {"method": "slimming"},   # no BatchNorm: l1, l2, ... can prune it
+     ["config.slimming.criterion='bn_scale'", "config.model.name='mlp' has none", "allowed: l1, l2, l1_filter, taylor"]),
     ("slimming_epochs_beyond_training", {"method": "slimming", "data.name": "digits",
                                          "model": model(name="resnet20", width=4), "slimming.epochs": (9,)},
      ["config.slimming.epochs=(9,)", "[1, config.train.epochs=4]"]),
@@ -484,6 +513,8 @@ def file_case(name, content: bytes, source="npz"):
   return make
 
 
+LAZY = {"data.name": "image_folder", "data.image_size": 8, "data.pipeline": "stream"}
+
 # (id, make(tmp_path) -> overrides, fragments); "{dir}" in a fragment stands for the data.dir made
 DATA_CASES = [
     # npz
@@ -545,6 +576,15 @@ DATA_CASES = [
      ["{dir}", "not an archive"]),
     ("image_folder_corrupt_archive", file_case("images.tar.gz", b"\x1f\x8b garbage", source="image_folder"),
      ["{dir}", "cannot read the archive"]),
+    # an image folder decoded on demand (data.image_size): refused when listed, before any image is decoded
+    ("lazy_image_folder_missing", lambda tmp: {**LAZY, "data.dir": str(tmp / "imagenet")},
+     ["{dir}", "does not exist"]),
+    ("lazy_image_folder_empty", lambda tmp: {**LAZY, "data.dir": image_tree(tmp, {})}, ["no images in", "{dir}"]),
+    ("lazy_image_folder_unreadable_jpeg", lambda tmp: {**LAZY, "data.dir": image_tree(
+        tmp, good_tree(**{"train/dog/n02_9.JPEG": b"\xff\xd8 not a jpeg"}))},
+     ["train/dog/n02_9.JPEG", "cannot decode"]),
+    ("lazy_image_folder_archive", lambda tmp: {**LAZY, "data.dir": tar_gz(tmp, "imagenet.tar", {
+        k: png(v) for k, v in good_tree().items()})}, ["{dir} is an archive", "extract it"]),
     # CIFAR pickles
     ("cifar_garbage_batch", lambda tmp: {"data.name": "cifar10", "data.dir": cifar_dir(
         tmp, data_batch_1=b"garbage")}, ["{dir}/data_batch_1", "not a CIFAR python batch"]),
@@ -647,3 +687,19 @@ def test_the_census_covers_every_config_section():
   groups.add("top")
   assert groups <= touched, sorted(groups - touched)
   assert len(CONFIG_CASES) + len(DATA_CASES) + len(FLAG_CASES) + len(SUBPROCESS_CASES) >= 150
+
+
+def test_a_process_waits_for_its_coordinator_and_stops_in_one_line_when_it_never_answers():
+  """jax.distributed.initialize aborts the process when the coordinator cannot be reached; processes other
+  than 0 look for it first: they go on as soon as something listens there, and stop with a UserError
+  naming the key when nothing does."""
+  import socket
+  with socket.socket() as listening:
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    cli.wait_for_coordinator(f"127.0.0.1:{listening.getsockname()[1]}", timeout_s=5)   # returns: it answers
+  with socket.socket() as closed:   # a port nothing listens on: its socket is bound but never listens
+    closed.bind(("127.0.0.1", 0))
+    with pytest.raises(UserError, match=r"config.train.coordinator='127.0.0.1:\d+': nothing accepted a connection "
+                                        r"there within 0.2 s \(config.train.coordinator_timeout_s"):
+      cli.wait_for_coordinator(f"127.0.0.1:{closed.getsockname()[1]}", timeout_s=0.2, poll_s=0.05)

@@ -19,6 +19,7 @@ from lth_jax import data
 from lth_jax.config import base
 from lth_jax.data import augment, files
 from lth_jax.errors import UserError
+from tests.helpers import write_image_folder
 
 CIFAR10_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-images.tar.gz"
 
@@ -162,29 +163,6 @@ def test_cifar_refuses_foreign_pickles_and_missing_members(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- image folder
-
-
-CLASSES = ["zebra", "ant", "cat"]  # written unsorted: the labels follow the sorted names
-
-
-def write_image_folder(root: Path, mode="RGB", size=(5, 4)):
-  """root/{train,test}/<class>/<i>.png with random pixels; returns {split: (pixels, labels)} in sorted order."""
-  rng = np.random.default_rng(2)
-  channels = {"RGB": 3, "L": 1}[mode]
-  written = {}
-  for split_name, per_class in (("train", 4), ("test", 2)):
-    pixels, labels = [], []
-    for label, name in enumerate(sorted(CLASSES)):
-      (root / split_name / name).mkdir(parents=True)
-      for i in range(per_class):
-        image = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
-        PIL.Image.fromarray(image[..., 0] if mode == "L" else image, mode).save(root / split_name / name / f"{i}.png")
-        pixels.append(image)
-        labels.append(label)
-    written[split_name] = np.stack(pixels), np.array(labels)
-  (root / "train" / "ant" / ".DS_Store").write_bytes(b"not an image")
-  (root / "README.txt").write_text("ignored")
-  return written
 
 
 @pytest.mark.parametrize("as_archive", [False, True])

@@ -163,7 +163,7 @@ def _library_error(call, message):
 
 def test_library_functions_raise_value_errors_naming_their_own_arguments():
   from lth_jax.metrics import calibration, corruptions, ood
-  from lth_jax.sparsity import distribution, structured
+  from lth_jax.sparsity import distribution, graph, group_criteria
   params, masks = two_layers()
   images = np.zeros((2, 4, 4, 3), np.float32)
   probs, labels = np.full((2, 2), 0.5), np.array([0, 1])
@@ -173,11 +173,12 @@ def test_library_functions_raise_value_errors_naming_their_own_arguments():
       (lambda: pruning.magnitude(params, masks, 0.5, "rowwise"), "scope='rowwise' is not a scope"),
       (lambda: pruning.prune_distributed("magnitude", params, masks, 0.5, "erdos"), "kind='erdos' is not a distribution"),
       (lambda: distribution.parse_map(("output/*",)), "entry 'output/*' must read 'PATTERN=SPARSITY'"),
-      (lambda: structured.kind_of("conv2"), "model_kind='conv2' has no channel pruning"),
-      (lambda: structured.rebuild("conv2", {}, {"params": {}}, {}), "model_name='conv2' cannot be rebuilt"),
-      (lambda: structured.channel_masks({"bn_0": {"scale": jnp.ones(2)}}, 1.5), "ratio=1.5 is outside [0, 1]"),
-      (lambda: structured.channel_masks({"dense": {"kernel": jnp.ones((2, 2))}}, 0.5),
-       "channel pruning needs the params of a VGG (bn_i) or ResNet (stem_bn)"),
+      (lambda: group_criteria.select([np.ones(2)], 1.5), "ratio=1.5 is outside [0, 1]"),
+      (lambda: group_criteria.group_scores({}, [], "gamma"), "criterion='gamma' is not a group criterion"),
+      (lambda: graph.channel_groups(lambda p, x: x, {}, images, updates=True),
+       "with updates=True, fn must return (output, updates)"),
+      (lambda: graph.narrow_function(lambda p, x: x, {}, [graph.Group(2, ())], [3]),
+       "sizes=(3,) must give each of the 1 groups from 1 to its channels"),
       (lambda: corruptions.corrupt("fog", images, 1), "name='fog' is not a corruption"),
       (lambda: corruptions.corrupt("contrast", images, 7), "severity=7 must be one of (1, 2, 3, 4, 5)"),
       (lambda: calibration.ece(probs, labels, 0), "num_bins must be an integer >= 1, got 0"),

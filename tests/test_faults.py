@@ -55,6 +55,8 @@ CASES = {
     "cifar_resnet": ("cifar_resnet.py", {**CONVNET, "model.width": 4}),
     "cifar_resnet18": ("cifar_resnet18.py", {**CONVNET, "model.width": 4, "iterative.round_epochs": 1,
                                              "iterative.final_epochs": 1}),
+    "imagenet_resnet50": ("imagenet_resnet50.py", {**IMAGES, "data.image_size": 0, "model.width": 4,
+                                                   "prune.rewind_epoch": 1, "optimizer.warmup_epochs": 1.0}),
     "slimming": ("cifar_resnet_slimming.py", SLIMMING),
     "early_bird": ("cifar_resnet_slimming.py", {**SLIMMING, "method": "early_bird", "early_bird.max_epochs": 2}),
     "instability": ("moons_mlp.py", {"method": "instability", "data.n_samples": 200, "model.widths": (8,),
@@ -64,7 +66,7 @@ CASES = {
 
 # The convnet cases compile for minutes on a shared CPU (each process anew): their runs and fault chains
 # run where LTH_JAX_SLOW_TESTS=1; without it, their configs are still checked by `test_every_config_reruns_unchanged`.
-SLOW = {"cifar_conv", "cifar_resnet", "cifar_resnet18", "slimming", "early_bird"}
+SLOW = {"cifar_conv", "cifar_resnet", "cifar_resnet18", "imagenet_resnet50", "slimming", "early_bird"}
 
 # What the tests below do to a run, each followed by the same command (see each test for where).
 FAULTS = {
@@ -75,10 +77,10 @@ FAULTS = {
                 "SIGKILL around a checkpoint save in iterative round 2", "deleted newest checkpoint",
                 "a second run on the busy workdir"],
     "slimming": ["SIGKILL in the penalised dense training", "SIGKILL between slimming branches",
-                 "corrupted rebuilt ticket", "rebuilt ticket's model.json deleted",
+                 "corrupted shrunk ticket", "shrunk ticket's model.json deleted",
                  "garbled checkpoint checksum file", "SIGKILL in a branch's retraining"],
     "early_bird": ["SIGKILL in the Early-Bird search", "deleted checkpoints of a finished search epoch",
-                   "SIGKILL in the rebuilt network's retraining"],
+                   "SIGKILL in the shrunk network's retraining"],
     "instability": ["SIGKILL in a copy's training", "corrupted checkpoint of a finished copy",
                     "zeroed checkpoint data without its checksum", "truncated ticket", "deleted ticket"],
     "config.json": ["truncated, binary or non-object config.json: one line, exit 2, nothing trained"],
@@ -259,7 +261,7 @@ def test_slimming_survives_kills_and_damage_to_identical_numbers(finished, tmp_p
   log = rerun("slimming", w)
   assert resumed_at(log)["slimming@2"] >= 1
   same_as(w, reference)
-  assert checkpoint.load_metadata(str(ticket))["name"] == "resnet20"   # the rebuilt network's model.json is back
+  assert checkpoint.load_metadata(str(ticket))["full_width"]["name"] == "resnet20"   # its model.json is back
 
 
 @slow

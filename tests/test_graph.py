@@ -1,11 +1,14 @@
 """Channel groups read from a jaxpr, and the narrower program `shrink` makes of it.
 
-Expected groups are derived by hand from each architecture: lth_jax's VGG and ResNets against the
-coupling that `structured.py` writes down (and, for the residual streams it never prunes, He et al.'s
-rule that every tensor summed into a stream shares its channels); the models below against their own
-wiring (concatenation offsets, flatten row blocks, depthwise ties). The narrow function is checked
-against the full function on zero-masked params, for random channel choices.
+Expected groups are derived by hand from each architecture: lth_jax's VGG and ResNets against their
+wiring written down here (each BatchNorm with the conv before it and the layer after it; for the residual
+streams, He et al.'s rule that every tensor summed into a stream shares its channels); the models below
+against their own wiring (concatenation offsets, flatten row blocks, depthwise ties). The narrow function
+is checked against the full function on zero-masked params, for random channel choices, in eval mode and
+in training (BatchNorm on batch statistics, its running statistics returned narrowed).
 """
+
+import re
 
 import flax.linen as nn
 import jax
@@ -15,7 +18,8 @@ import pytest
 from flax import nnx
 
 from lth_jax import models
-from lth_jax.sparsity import graph, masks, structured
+from lth_jax.sparsity import graph, masks
+from tests.helpers import leaves_equal
 
 
 def trivial(leaf, axis, size, blocks=1, stride=None):
@@ -85,29 +89,55 @@ def zoo(name):
   return model, random_variables(model.init, x), x
 
 
+def get(tree, path):
+  for key in path.split("/"):
+    tree = tree[key]
+  return tree
+
+
+def network_order(name):
+  """'bn_2' before 'bn_10', blocks in network order."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def inner_pairs(params):
+  """(conv, its BatchNorm, the layer reading them) whose channels stay inside one layer pair (no addition)."""
+  if "stem_conv" not in params:   # VGG: conv_i -> bn_i -> conv_{i+1}, the last one -> output
+    n = len([k for k in params if k.startswith("conv_")])
+    return [(f"conv_{i}", f"bn_{i}", f"conv_{i + 1}" if i + 1 < n else "output") for i in range(n)]
+  out = []
+  for block in sorted((k for k in params if k.startswith("stage")), key=network_order):
+    inner = (1, 2) if "conv3" in params[block] else (1,)   # bottleneck or basic: the block output is summed
+    out += [(f"{block}/conv{i}", f"{block}/bn{i}", f"{block}/conv{i + 1}") for i in inner]
+  return out
+
+
 def handwritten_groups(variables):
-  """structured.py's channel groups: each prunable BN with its conv and the next layer."""
+  """Each inner conv's output channels with its BatchNorm and the next layer's inputs."""
   params, out = variables["params"], set()
-  for bn in structured.prunable_bns(params):
-    channels = structured._get(params, bn)["scale"].shape[0]
-    slices = []
-    for collection, path, axis, blocks in structured._slots(params, bn):
-      ndim = np.ndim(structured._get(variables[collection], path))
-      slices.append(trivial(f"{collection}/{path}", axis % ndim, channels, blocks))
-    out.add(graph.Group(channels, tuple(sorted(slices, key=lambda s: (s.leaf, s.axis)))))
+  for conv, bn, nxt in inner_pairs(params):
+    c = get(params, bn)["scale"].shape[0]
+    slices = [trivial(f"params/{conv}/kernel", 3, c)]
+    slices += [trivial(f"{col}/{bn}/{leaf}", 0, c) for col, leaf in
+               (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))]
+    kernel = get(params, nxt)["kernel"]
+    # a Dense reads the flattened H x W x C map: channel c at rows c + b * C
+    slices.append(trivial(f"params/{nxt}/kernel", 0, c, kernel.shape[0] // c) if kernel.ndim == 2
+                  else trivial(f"params/{nxt}/kernel", 2, c))
+    out.add(graph.Group(c, tuple(sorted(slices, key=lambda s: (s.leaf, s.axis)))))
   return out
 
 
 def residual_groups(params):
   """The residual streams: the stem or a projection, every block output summed into it, and its readers."""
   def produced(conv, bn):
-    c = structured._get(params, conv)["kernel"].shape[-1]
+    c = get(params, conv)["kernel"].shape[-1]
     return c, [trivial(f"params/{conv}/kernel", 3, c), trivial(f"params/{bn}/scale", 0, c),
                trivial(f"params/{bn}/bias", 0, c), trivial(f"batch_stats/{bn}/mean", 0, c),
                trivial(f"batch_stats/{bn}/var", 0, c)]
   width, stream = produced("stem_conv", "stem_bn")
   out = set()
-  for block in sorted((k for k in params if k.startswith("stage")), key=structured.network_order):
+  for block in sorted((k for k in params if k.startswith("stage")), key=network_order):
     p = params[block]
     stream.append(trivial(f"params/{block}/conv1/kernel", 2, width))
     if "shortcut_conv" in p:   # the stream ends: its channels go on through a projection
@@ -137,6 +167,58 @@ def test_zoo_shrinks_to_the_masked_function(name):
   model, variables, x = zoo(name)
   fn = apply_eval(model)
   assert_shrinks(fn, variables, x, graph.channel_groups(fn, variables, x))
+
+
+class TrainableBlock(nn.Module):
+  """A stem and a residual block, BatchNorm after every conv, on batch statistics when training."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.5, name=name)
+    h = nn.relu(bn("bn0")(nn.Conv(6, (3, 3), name="stem")(x)))
+    y = nn.relu(bn("bn1")(nn.Conv(5, (3, 3), name="conv1")(h)))
+    h = nn.relu(h + bn("bn2")(nn.Conv(6, (3, 3), name="conv2")(y)))
+    return nn.Dense(3, name="head")(h.reshape((h.shape[0], -1)))
+
+
+def unoptimized(fn):
+  """jit without XLA's slow optimizations: these tests compare values, not speed."""
+  def call(*args):
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
+  return call
+
+
+def test_training_program_has_the_eval_groups_and_shrinks_with_its_statistics():
+  """BatchNorm on the batch's statistics, the running ones returned: the same groups, narrowed updates."""
+  model = TrainableBlock()
+  x = jax.random.normal(jax.random.key(0), (4, 4, 4, 3))
+  variables = random_variables(model.init, x)
+  fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+  groups = graph.channel_groups(fn, variables, x, updates=True)
+  assert len(groups) == 2 and set(groups) == set(graph.channel_groups(apply_eval(model), variables, x))
+  keep = [np.asarray([True, False, True, True, False, True]), np.asarray([False, True, True, False, True])]
+  keep = keep if groups[0].size == 6 else keep[::-1]
+  narrow_fn, narrow_variables = graph.shrink(fn, variables, groups, keep, updates=True)
+  want, want_stats = unoptimized(fn)(graph.mask(variables, groups, keep), x)
+  got, got_stats = unoptimized(narrow_fn)(narrow_variables, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.abs(want).max()))
+  # the updated running statistics are the masked network's, kept channels only
+  want_stats = graph.narrow({**variables, **want_stats}, groups, keep)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_stats["batch_stats"],
+               want_stats["batch_stats"])
+  assert not leaves_equal(got_stats["batch_stats"], narrow_variables["batch_stats"])   # they were updated
+
+
+def test_updates_must_name_leaves_of_params():
+  params, x = {"w": jnp.ones((3, 4)), "s": jnp.ones(4), "v": jnp.ones((4, 2))}, jnp.ones((2, 3))
+  with pytest.raises(ValueError, match="fn must return \\(output, updates\\)"):
+    graph.channel_groups(lambda p, x: x @ p["w"], params, x, updates=True)
+  with pytest.raises(ValueError, match="fn's updates hold 't'"):
+    graph.channel_groups(lambda p, x: (x @ p["w"], {"t": p["s"]}), params, x, updates=True)
+  fn = lambda p, x: ((x @ p["w"] * p["s"]) @ p["v"], {"s": p["s"] * 2})
+  assert not graph.channel_groups(fn, params, x)   # s * 2 is an output: its channels are fixed
+  (g,) = graph.channel_groups(fn, params, x, updates=True)   # a new value of s: they are s's
+  assert g.leaves() == {"w", "s", "v"}
 
 
 # --- models written only here -----------------------------------------------------------------------

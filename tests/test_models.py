@@ -10,7 +10,7 @@ from lth_jax import masks, models
 from lth_jax.errors import UserError
 
 X = (2, 32, 32, 3)
-BN_MODELS = ["resnet18", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16"]
+BN_MODELS = ["imagenet_resnet18", "imagenet_resnet50", "resnet18", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16"]
 
 
 def conv(cin, cout, k=3, bias=False):
@@ -25,9 +25,9 @@ def dense(fan_in, fan_out):
   return fan_in * fan_out + fan_out
 
 
-def shapes(name, **kwargs):
+def shapes(name, num_classes=10, **kwargs):
   """Variable shapes without computing anything, so even VGG-16 costs nothing."""
-  model = models.get(name, num_classes=10, **kwargs)
+  model = models.get(name, num_classes=num_classes, **kwargs)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(X)))
 
 
@@ -53,13 +53,13 @@ def bottleneck_block(cin, f):
   return total + (conv(cin, 4 * f, k=1) + bn(4 * f) if cin != 4 * f else 0)
 
 
-def resnet(stages, widths, stem, bottleneck=False):
-  total, cin = conv(3, stem) + bn(stem), stem
+def resnet(stages, widths, stem, bottleneck=False, stem_kernel=3, classes=10):
+  total, cin = conv(3, stem, k=stem_kernel) + bn(stem), stem
   for n, width in zip(stages, widths):
     for _ in range(n):
       total += bottleneck_block(cin, width) if bottleneck else basic_block(cin, width)
       cin = 4 * width if bottleneck else width
-  return total + dense(cin, 10)
+  return total + dense(cin, classes)
 
 
 def vgg(layers):
@@ -76,6 +76,8 @@ def vgg(layers):
     ("resnet20", {"bottleneck": True}, resnet((2, 2, 2), (16, 32, 64), 16, bottleneck=True)),
     ("resnet20", {"width": 32}, resnet((3, 3, 3), (32, 64, 128), 32)),
     ("resnet18", {}, resnet((2, 2, 2, 2), (64, 128, 256, 512), 64)),
+    ("imagenet_resnet50", {}, resnet((3, 4, 6, 3), (64, 128, 256, 512), 64, bottleneck=True, stem_kernel=7)),
+    ("imagenet_resnet50", {"width": 8}, resnet((3, 4, 6, 3), (8, 16, 32, 64), 8, bottleneck=True, stem_kernel=7)),
     ("vgg11", {}, vgg((64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512))),
     ("vgg16", {}, vgg((64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512))),
 ])
@@ -89,6 +91,21 @@ def test_known_counts():
   assert round(n_params("conv2") / 1e6, 1) == 4.3
   assert round(n_params("conv4") / 1e6, 1) == 2.4
   assert round(n_params("resnet20") / 1e6, 2) == 0.27
+  # torchvision's resnet18() and resnet50(): sum(p.numel() for p in model.parameters())
+  assert sum(leaf.size for leaf in jax.tree.leaves(shapes("imagenet_resnet18", 1000)["params"])) == 11_689_512
+  assert sum(leaf.size for leaf in jax.tree.leaves(shapes("imagenet_resnet50", 1000)["params"])) == 25_557_032
+
+
+def test_imagenet_stem_quarters_the_resolution():
+  """torchvision's stem: 224x224 reaches the first stage at 56x56 and the last at 7x7."""
+  model = models.get("imagenet_resnet50", num_classes=5, width=8)
+  x = jnp.zeros((1, 224, 224, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  _, state = jax.eval_shape(lambda v: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+                            variables)
+  out = state["intermediates"]
+  assert out["stage1_block0"]["__call__"][0].shape == (1, 56, 56, 32)
+  assert out["stage4_block2"]["__call__"][0].shape == (1, 7, 7, 256)
 
 
 @pytest.mark.parametrize("name", models.names())
@@ -104,7 +121,8 @@ def test_output_shape_and_output_layer(name):
 N_KERNELS = {
     "conv2": 2 + 3, "conv4": 4 + 3, "conv6": 6 + 3,
     "resnet20": 1 + 2 * 9 + 2 + 1, "resnet32": 1 + 2 * 15 + 2 + 1, "resnet56": 1 + 2 * 27 + 2 + 1,
-    "resnet18": 1 + 2 * 8 + 3 + 1, "vgg11": 8 + 1, "vgg16": 13 + 1,
+    "resnet18": 1 + 2 * 8 + 3 + 1, "imagenet_resnet18": 1 + 2 * 8 + 3 + 1,
+    "imagenet_resnet50": 1 + 3 * 16 + 4 + 1, "vgg11": 8 + 1, "vgg16": 13 + 1,
 }
 
 

@@ -78,13 +78,23 @@ def figures(workdir: Path) -> list[dict]:
           for r in runs]
 
 
-def two_processes(workdir: Path, logs: str, attempts: int = 3) -> list[str]:
+def assert_same_figures(two: list[dict], one: list[dict]) -> None:
+  """The two-process run's figures are the one-process run's, to float tolerance."""
+  assert [len(r["curve"]) for r in two] == [len(r["curve"]) for r in one] == [2, 2]
+  for a, b in zip(two, one):
+    for key in ("test_accuracy", "ece", "nll"):
+      assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
+    for row_a, row_b in zip(a["curve"], b["curve"]):
+      assert max(abs(x - y) for x, y in zip(row_a, row_b)) <= 1e-5, (row_a, row_b)
+
+
+def two_processes(workdir: Path, logs: str, extra=(), attempts: int = 3) -> list[str]:
   """Both processes to their end; again on a fresh port where process 0's was taken before it bound it."""
   for attempt in range(attempts):
     port = free_port()
     procs = [start(workdir, workdir.parent / f"{logs}.{i}",
                    ["--config.train.distributed=True", f"--config.train.coordinator=127.0.0.1:{port}",
-                    "--config.train.num_processes=2", f"--config.train.process_id={i}"]) for i in range(2)]
+                    "--config.train.num_processes=2", f"--config.train.process_id={i}", *extra]) for i in range(2)]
     try:
       outputs = [procs[0].communicate(timeout=TIMEOUT)[0]]
       # the coordinator comes up before anything is written: a retry finds the workdir as it was
@@ -106,13 +116,7 @@ def test_two_processes_match_one_and_only_process_0_writes_results(tmp_path):
   two_processes(tmp_path / "two", "writes")
   finish([start(tmp_path / "one", tmp_path / "writes.single")])
 
-  two, one = figures(tmp_path / "two"), figures(tmp_path / "one")
-  assert [len(r["curve"]) for r in two] == [len(r["curve"]) for r in one] == [2, 2]
-  for a, b in zip(two, one):
-    for key in ("test_accuracy", "ece", "nll"):
-      assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
-    for row_a, row_b in zip(a["curve"], b["curve"]):
-      assert max(abs(x - y) for x, y in zip(row_a, row_b)) <= 1e-5, (row_a, row_b)
+  assert_same_figures(figures(tmp_path / "two"), figures(tmp_path / "one"))
 
   workdir = tmp_path / "two"
   assert (workdir / "results.md").is_file() and len(list((workdir / "tickets").iterdir())) == 2
@@ -131,3 +135,12 @@ def test_two_processes_match_one_and_only_process_0_writes_results(tmp_path):
   outputs = two_processes(workdir, "rerun")
   assert all("resumed at epoch 2 from checkpoints" in out for out in outputs)
   assert figures(workdir) == first
+
+
+@slow
+def test_two_processes_fed_streamed_data_match_one_process(tmp_path):
+  """data.pipeline=stream across two processes: each gathers the same host batch and places its devices' half
+  of it (one global array), so the run gives one process's in-memory numbers."""
+  two_processes(tmp_path / "two", "writes", ["--config.data.pipeline=stream"])
+  finish([start(tmp_path / "one", tmp_path / "writes.single")])
+  assert_same_figures(figures(tmp_path / "two"), figures(tmp_path / "one"))

@@ -120,8 +120,8 @@ def test_a_corrupted_or_foreign_ticket_is_refused_in_one_line(straight, tmp_path
 
 
 def test_a_rebuilt_ticket_without_its_model_json_is_refused_naming_it(tmp_path):
-  # A rebuilt ticket as slimming saves one (narrower than config.model, its network in model.json),
-  # made here without the slimming run.
+  # A shrunk ticket as slimming saves one (narrower than config.model; the full-width network and the
+  # channels each group kept in model.json), made here without the slimming run.
   from tests.helpers import small_config
   from lth_jax import cli, experiment, masks, models
   from lth_jax.errors import UserError
@@ -132,10 +132,12 @@ def test_a_rebuilt_ticket_without_its_model_json_is_refused_naming_it(tmp_path):
   params = narrow.init(exp.key("narrow"), exp.data["train"][0][:1], train=False)["params"]
   ticket = SimpleNamespace(params=params, batch_stats={}, masks=masks.init(params))
   path = tmp_path / "ticket"
-  checkpoint.save_ticket(str(path), ticket, params, {"name": "mlp", "widths": (8, 4), "num_classes": 2,
-                                                     "full_width": None})
+  checkpoint.save_ticket(str(path), ticket, params, {
+      "full_width": {"name": "mlp", "num_classes": 2, "widths": (16, 16)},
+      "layer_channels": {"hidden_0": (8, 16), "hidden_1": (4, 16)}})
   config.mode, config.restore = "eval", str(path)
-  assert cli.ticket_model(config)[0].model.widths == (8, 4)   # read as the rebuilt network it is
+  full, _, kept = cli.ticket_model(config)   # read as the shrunk network it is
+  assert full.model.widths == (16, 16) and kept == {"hidden_0": (8, 16), "hidden_1": (4, 16)}
   (path / "model.json").unlink()
   with pytest.raises(UserError, match=re.escape(f"the ticket at {str(path)!r} lacks its model.json")) as error:
     cli.run(config)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from lth_jax import aggregate, evaluation, experiment
-from lth_jax.sparsity import masks as masks_lib
 from tests.helpers import Collect, ENV, ROOT, run_method, small_config
 
 STEPS, EVERY = 21, 5   # moons: 280 training examples at batch 32 -> 8 steps per epoch; 21 ends inside epoch 3
@@ -51,8 +50,9 @@ def test_steps_train_exactly_that_many_iterations_and_evaluate_every_k(tmp_path)
   assert spe == 8 and exp.config.train.epochs == 3   # ceil(21 / 8)
   state, record = collect.states[0], collect.records[0]
   assert int(state.step) == STEPS
-  adam_count = [s for s in jax.tree.leaves(state.opt_state) if np.asarray(s).dtype == np.int32]
-  assert [int(c) for c in adam_count] == [STEPS]   # optax counted exactly that many updates
+  # optax counted exactly that many updates: Adam's own count, and the schedule's (set to the global step)
+  counts = [s for s in jax.tree.leaves(state.opt_state) if np.asarray(s).dtype == np.int32]
+  assert [int(c) for c in counts] == [STEPS, STEPS]
   evals = [e for row in record["curve"] for e in row["evals"]]
   assert [e["step"] for e in evals] == [5, 10, 15, 20, 21]   # multiples of 5, then the last step
   assert all(e["test_accuracy"] is not None for e in evals)

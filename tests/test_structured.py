@@ -1,4 +1,4 @@
-"""Channel pruning, narrower rebuilt models, FLOP and parameter counts, and the Early-Bird detector."""
+"""Networks shrunk by channel groups as Flax modules, FLOP and parameter counts, and the Early-Bird detector."""
 
 import math
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from lth_jax import masks, models
-from lth_jax.metrics import compression
-from lth_jax.sparsity import early_bird, structured
 from lth_jax.errors import UserError
+from lth_jax.metrics import compression
+from lth_jax.models import shrunk
+from lth_jax.sparsity import early_bird, graph
 
 VGG_WIDTHS = (4, 4, 4, 4, 4, 4, 4, 4)  # vgg11 at 4 channels per conv: 32 prunable channels
 
@@ -30,128 +31,49 @@ def random_variables(model, x, seed=0):
   return variables
 
 
-def set_gammas(params, values):
-  """Copy of params with BN layer bn's scale set to values[bn]."""
-  params = jax.tree.map(lambda a: a, params)  # fresh dicts, shared leaves
-  for bn, v in values.items():
-    layer = params
-    for key in bn.split("/"):
-      layer = layer[key]
-    layer["scale"] = jnp.asarray(v, jnp.float32)
-  return params
-
-
-@pytest.fixture(scope="module")
-def vgg_params():
-  model = models.get("vgg11", num_classes=10, widths=VGG_WIDTHS)
-  return random_variables(model, jnp.zeros((1, 32, 32, 3)))["params"]
-
-
-def kept(keep):
-  return {bn: int(k.sum()) for bn, k in keep.items()}
-
-
-def test_channel_masks_remove_the_exact_global_count(vgg_params):
-  # Channel c of layer i has |gamma| = 8c + i (negated for odd layers: the score is |gamma|), so the k
-  # smallest are channel 0 of every layer, then channel 1 of layers 0, 1, ...
-  gammas = {f"bn_{i}": (-1) ** i * (8.0 * np.arange(4) + i) for i in range(8)}
-  params = set_gammas(vgg_params, gammas)
-  assert list(structured.bn_scales(params)) == [f"bn_{i}" for i in range(8)]
-  keep = structured.channel_masks(params, 0.3, "vgg11")  # round(0.3 * 32) = 10 removed
-  assert kept(keep) == {f"bn_{i}": 2 if i < 2 else 3 for i in range(8)}
-  assert all(not k[0] for k in keep.values()) and not keep["bn_1"][1] and keep["bn_2"][1]
-  assert sum(kept(structured.channel_masks(params, 0.0)).values()) == 32
-
-
-def test_ties_go_by_network_order_and_every_layer_keeps_one(vgg_params):
-  params = set_gammas(vgg_params, {f"bn_{i}": np.full(4, 0.5) for i in range(8)})
-  keep = structured.channel_masks(params, 3 / 32)
-  np.testing.assert_array_equal(keep["bn_0"], [False, False, False, True])
-  assert sum(kept(keep).values()) == 29
-  # Removing 4 would empty bn_0: its largest (first, on ties) channel stays, so only 3 go.
-  keep = structured.channel_masks(params, 4 / 32)
-  np.testing.assert_array_equal(keep["bn_0"], [True, False, False, False])
-  assert sum(kept(keep).values()) == 29
-  # bn_5 holds the 4 smallest scales; ratio 1 leaves exactly one channel, the largest, everywhere.
-  gammas = {f"bn_{i}": np.arange(4) + (0.0 if i == 5 else 10.0) for i in range(8)}
-  keep = structured.channel_masks(set_gammas(vgg_params, gammas), 4 / 32)
-  np.testing.assert_array_equal(keep["bn_5"], [False, False, False, True])
-  assert kept(structured.channel_masks(params, 1.0)) == {f"bn_{i}": 1 for i in range(8)}
-
-
-def test_l1_filter_masks_keep_the_largest_filters(vgg_params):
-  keep = structured.l1_filter_masks(vgg_params, 0.5)
-  for bn, k in keep.items():
-    kernel = np.asarray(vgg_params[bn.replace("bn", "conv")]["kernel"])
-    norms = np.abs(kernel).sum(axis=(0, 1, 2))
-    assert k.sum() == 2 and norms[k].min() > norms[~k].max()
-  # L1, not the signed sum: a filter of large negative weights is the one kept.
-  kernel = np.full((3, 3, 4, 4), 0.1, np.float32)
-  kernel[..., 2] = -1.0
-  params = dict(vgg_params, conv_7={"kernel": jnp.asarray(kernel)})
-  np.testing.assert_array_equal(structured.l1_filter_masks(params, 0.75)["bn_7"], [False, False, True, False])
-  assert kept(structured.l1_filter_masks(params, 1.0)) == {f"bn_{i}": 1 for i in range(8)}
-
-
-def test_resnet_coupling_rule():
-  for bottleneck, inner in ((False, ["bn1"]), (True, ["bn1", "bn2"])):
-    model = models.get("resnet20", num_classes=10, width=8, bottleneck=bottleneck)
-    params = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
-    blocks = sorted((k for k in params if k.startswith("stage")), key=structured.network_order)
-    assert structured.prunable_bns(params, "resnet") == [f"{b}/{bn}" for b in blocks for bn in inner]
-  params = random_variables(models.get("resnet20", num_classes=10, width=8), jnp.zeros((1, 32, 32, 3)))["params"]
-  with pytest.raises(ValueError, match="residual"):  # a block output channel is summed with the shortcut
-    structured.expand_channel_masks(params, {"stage1_block0/bn2": np.arange(8) > 0})
-  assert "stem_bn" not in structured.channel_masks(params, 0.5)
-
-
-def test_slimming_penalty_is_l1_of_the_prunable_scales():
-  model = models.get("resnet20", num_classes=10, width=8)
-  params = random_variables(model, jnp.zeros((1, 32, 32, 3)))["params"]
-  expected = sum(float(s.sum()) for s in structured.bn_scales(params).values())
-  np.testing.assert_allclose(structured.slimming_penalty(params), expected, rtol=1e-6)
-  grads = jax.jit(jax.grad(structured.slimming_penalty))(params)
-  scale = params["stage2_block1"]["bn1"]["scale"]
-  np.testing.assert_array_equal(grads["stage2_block1"]["bn1"]["scale"], jnp.sign(scale))
-  assert not np.any(grads["stem_bn"]["scale"]) and not np.any(grads["stage1_block0"]["bn2"]["scale"])
-
-
 CASES = [
     # 64x64: the output layer reads a 2x2xC map, so its rows are channels interleaved with positions.
     ("vgg11", {"widths": (4, 6, 8, 4, 6, 8, 4, 6)}, (2, 64, 64, 3)),
-    ("resnet20", {"width": 8}, (2, 32, 32, 3)),
-    ("resnet20", {"width": 4, "bottleneck": True}, (2, 16, 16, 3)),
+    ("resnet20", {"width": 8}, (2, 8, 8, 3)),
+    ("resnet20", {"width": 4, "bottleneck": True}, (2, 8, 8, 3)),
 ]
 
 
-def apply_both(model_a, variables_a, model_b, variables_b, x):
-  """Both models in eval mode, compiled together without XLA's slow optimizations: tests stay fast."""
-  def both(a, b):
-    return model_a.apply(a, x, train=False), model_b.apply(b, x, train=False)
-  compiled = jax.jit(both).lower(variables_a, variables_b).compile({"xla_backend_optimization_level": 0})
-  return compiled(variables_a, variables_b)
+def unoptimized(fn, *args):
+  """fn(*args) compiled without XLA's slow optimizations: tests stay fast."""
+  return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
 
 
 @pytest.mark.parametrize("name,kwargs,shape", CASES)
-def test_rebuilt_model_computes_the_masked_model(name, kwargs, shape):
+def test_shrunk_model_computes_the_masked_model(name, kwargs, shape):
+  """models.shrunk.Shrunk: the zoo with every other channel of every group cut out, residual streams too."""
   model = models.get(name, num_classes=10, **kwargs)
   x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
   variables = random_variables(model, x)
-  keep = structured.channel_masks(variables["params"], 0.5, name)
-  mask = structured.expand_channel_masks(variables["params"], keep)
-  masked = dict(variables, params=masks.apply(variables["params"], mask))
-
-  new_kwargs, new_variables = structured.rebuild(name, kwargs, variables, keep)
-  narrow = models.get(name, num_classes=10, **new_kwargs)
+  groups = shrunk.groups(model, variables, x)
+  keep = [np.arange(g.size) % 2 == 1 for g in groups]
+  narrow = shrunk.Shrunk(shrunk.Network(model), groups, tuple(int(k.sum()) for k in keep))
+  new_variables = graph.narrow(variables, groups, keep)
   shapes = jax.eval_shape(lambda: narrow.init(jax.random.key(0), x))
   assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, new_variables)
-  expected, got = apply_both(model, masked, narrow, new_variables, x)
+  mask = graph.channel_mask(variables, groups, keep)["params"]
+  masked = dict(variables, params=masks.apply(variables["params"], mask))
+
+  train = name == "resnet20" and not kwargs.get("bottleneck")   # training mode on one case: compiling dominates
+
+  def both(a, b):   # eval mode; training mode, BatchNorm on batch statistics, its running ones updated
+    return [(m.apply(v, x, train=False), m.apply(v, x, train=True, mutable=["batch_stats"]) if train else None)
+            for m, v in ((model, a), (narrow, b))]
+  (expected, trained), (got, got_trained) = unoptimized(both, masked, new_variables)
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
   assert np.abs(np.asarray(expected)).max() > 1e-2  # the outputs are not trivially zero
+  if train:
+    np.testing.assert_allclose(got_trained[0], trained[0], atol=1e-4, rtol=1e-4)
+    updated = graph.narrow({**variables, **trained[1]}, groups, keep)["batch_stats"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), got_trained[1]["batch_stats"],
+                 updated)
 
-  # Half the prunable channels are gone, and the masked and the narrow network count alike.
-  removed = sum(int((~k).sum()) for k in keep.values())
-  assert removed == round(0.5 * sum(k.size for k in keep.values()))
+  # Half the channels are gone, and the masked and the narrow network count alike.
   assert compression.count_nonzero(variables["params"], mask) == compression.count_params(new_variables)
   input_shape = shape[1:]
   assert (compression.flops(model, variables, input_shape, mask)
@@ -159,24 +81,11 @@ def test_rebuilt_model_computes_the_masked_model(name, kwargs, shape):
           < compression.flops(model, variables, input_shape))
 
 
-def test_rebuild_keeping_everything_is_the_original_model():
-  model = models.get("resnet20", num_classes=10, width=4, bottleneck=True)
-  variables = random_variables(model, jnp.zeros((1, 16, 16, 3)))
-  kwargs, new = structured.rebuild("resnet20", {"width": 4, "bottleneck": True}, variables,
-                                   structured.channel_masks(variables["params"], 0.0))
-  assert kwargs["block_widths"] == ((4, 4),) * 2 + ((8, 8),) * 2 + ((16, 16),) * 2
-  jax.tree.map(np.testing.assert_array_equal, new, variables)
-
-
-def test_unsupported_models_and_bad_widths():
-  with pytest.raises(ValueError, match="model_name='conv2' cannot be rebuilt"):
-    structured.rebuild("conv2", {}, {"params": {}}, {})
+def test_bad_widths():
   with pytest.raises(UserError, match="config.model.widths"):
     models.get("vgg11", num_classes=10, widths=(4, 4))
   with pytest.raises(UserError, match="config.model.block_widths"):
     models.get("resnet20", num_classes=10, block_widths=((4, 4),) * 9)  # basic blocks have one inner width
-  with pytest.raises(ValueError, match=r"ratio=1.5 is outside \[0, 1\]"):
-    structured.channel_masks({"bn_0": {"scale": jnp.ones(2)}}, 1.5)
 
 
 class Toy(nn.Module):

@@ -62,6 +62,36 @@ def test_one_sgd_step_matches_the_definition():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_an_optax_optimizer_gives_the_config_s_numbers():
+  """optax.sgd with coupled weight decay is the config's sgd: the same weights, bit for bit."""
+  opt = dict(name="sgd", momentum=0.9, weight_decay=5e-4, lr=0.1)
+  trainer, data, params, m = setup(opt, epochs=2)
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+  own = train.Trainer(trainer.model, tx, batch_size=32, steps_per_epoch=8, epochs=2)
+  a, _ = fit(trainer, trainer.init_state(params, {}, m, jax.random.key(1)), data, 2)
+  b, history = fit(own, own.init_state(params, {}, m, jax.random.key(1)), data, 2)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  assert history[0]["lr"] is None   # the optimizer's own learning rate is not known to the trainer
+
+
+def test_an_optax_schedule_reads_the_global_step_after_a_rewind():
+  """A fresh optimizer state at epoch 2 (step 16) steps with lr(16), not lr(0): p - lr(16) * g at the kept weights."""
+  trainer, data, params, m = setup(dict(name="sgd"))
+  schedule = lambda count: 0.1 * (count + 1)  # noqa: E731
+  own = train.Trainer(trainer.model, optax.sgd(schedule), batch_size=32, steps_per_epoch=8, epochs=5)
+  state = own.init_state(params, {}, m, jax.random.key(3), start_epoch=2)
+  x, y = data["train"][0][:32], data["train"][1][:32]
+  new_state, _ = step.train_step(own.recipe, state, (x, y))
+
+  def loss(p):
+    return step.cross_entropy(own.model.apply({"params": p}, x), y).mean()
+  grads = jax.grad(loss)(masks.apply(params, m))
+  expected = jax.tree.map(lambda p, g, mk: (p - 1.7 * g) * mk, params, grads, m)
+  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_step_schedule_and_warmup():
   opt = ml_collections.ConfigDict(base().optimizer.to_dict())
   opt.update(dict(lr=0.1, schedule="step", milestones=(2, 4), gamma=0.1))
@@ -159,8 +189,9 @@ def test_bfloat16_compute_keeps_float32_state_and_exact_zeros():
                              rtol=0.05, atol=0.02)
   assert trainer.logits(state, data["val"][0]).dtype == jnp.float32
   state, history = fit(trainer, state, data, 3)
-  assert {a.dtype for a in jax.tree.leaves((state.params, state.masks, state.batch_stats, state.opt_state))} \
-      == {jnp.dtype(jnp.float32)}
+  floats = [a for a in jax.tree.leaves((state.params, state.masks, state.batch_stats, state.opt_state))
+            if jnp.issubdtype(a.dtype, jnp.floating)]   # the schedule's step count is an int32
+  assert {a.dtype for a in floats} == {jnp.dtype(jnp.float32)}
   for p, mk in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.masks)):
     assert np.all(np.asarray(p)[np.asarray(mk) == 0] == 0.0)
   assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -177,3 +208,28 @@ def test_unknown_loop_or_dtype_is_a_user_error():
     conv_setup("while")
   with pytest.raises(UserError, match="compute_dtype"):
     conv_setup("scan", compute_dtype="float16")
+
+
+def test_a_checkpoint_of_the_older_optimizer_layout_resumes_the_same_run(tmp_path):
+  """Checkpoints written before the optimizer became one optax transformation hold only the direction's
+  state (`optimizer(config)`, the learning rate applied by hand): they restore into today's state, and the
+  next steps equal those of the state they were written from."""
+  from lth_jax.training import checkpoint
+  trainer, data, params, m = setup(dict(name="adam", lr=1e-2), epochs=3)
+  state, _ = fit(trainer, trainer.init_state(params, {}, m, jax.random.key(1)), data, 1)
+  direction = state_lib.optimizer(trainer.optimizer)
+  assert jax.tree.structure(state.opt_state[0]) == jax.tree.structure(direction.init(params))
+  checkpoints = checkpoint.SegmentStore(str(tmp_path), every=1, keep=2)
+  older = state.replace(opt_state=state.opt_state[0])          # what the older Trainer saved
+  checkpoints.save("run", 1, older, [{"epoch": 0}], final=True)
+  template = trainer.init_state(params, {}, m, jax.random.key(1))
+  restored, history = checkpoints.restore("run", template, end_epoch=1)
+  checkpoints.close()
+  assert history == [{"epoch": 0}]
+  assert jax.tree.structure(restored.opt_state) == jax.tree.structure(template.opt_state)
+  assert int(restored.opt_state[1].count) == int(state.step) == 8
+  a, _ = fit(trainer, state, data, 2)
+  b, _ = fit(trainer, restored, data, 2)
+  assert int(a.step) == 16
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)

@@ -4,36 +4,40 @@ Every source here reads the path in `config.dir`. The training split is shuffled
 it held out as val; test is the files' own test split. Pixels stay uint8 (`lth_jax.data.pixels`): no float
 copy of a large data set is made here.
 
-Archives (.tar.gz, .tgz, .tar) are streamed member by member in a single pass and never extracted to disk.
+Archives (.tar.gz, .tgz, .tar) are streamed member by member in a single pass and never extracted to disk
+(lth_jax.data.filetree).
 
 `image_folder` decodes every image with PIL, which takes seconds for tens of thousands of files, so it caches
 the decoded arrays as `$XDG_CACHE_HOME/lth_jax/<sha256>.npz` (default `~/.cache/lth_jax/`). The sha256 covers
 the resolved path and the size and modification time of every file under it, so editing the data makes a new
 entry; delete the folder to reclaim the space. Nothing is ever written next to the user's data.
+
+With `config.image_size` > 0 (ImageNet: images of every size, a split larger than host memory) `image_folder`
+decodes nothing up front: it lists the files of a directory tree, opens each one's header (so that a file PIL
+cannot read stops the run now, not hours into it), caches that index the same way, and returns splits of
+`lth_jax.data.lazy.LazyImages`, decoded and resized batch by batch while the run streams them
+(config.data.pipeline=stream).
 """
 
+import concurrent.futures
 import dataclasses
-import hashlib
+import functools
 import io
 import os
 import pickle
-import tarfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from absl import logging
 import ml_collections
 import numpy as np
 import PIL.Image
 
-from lth_jax.data import builtin, download
+from lth_jax.data import builtin, download, filetree, lazy
 from lth_jax.data.registry import Dataset, register, split
 from lth_jax.errors import UserError, check
 
 Config = ml_collections.ConfigDict
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 @register("fashion_mnist")
@@ -89,16 +93,16 @@ def _cifar_location(value: str, name: str, layout: CifarLayout) -> Path | None:
   """The pickles' directory or archive that `config.data.dir` points to or holds; None for an image-folder tree."""
   expected = f"{name} expects config.data.dir to be the directory {layout.folder}/, a directory holding it, " \
              f"the archive {layout.archive}, or an image folder (<root>/train/<class>/*.png|jpg) or its archive"
-  path = _existing_path(value, expected)
+  path = filetree.existing_path(value, expected)
   if path.is_file():  # the format from the archive's first member: the pickles' folder, or images
-    first = next(_archive_files(path, lambda member: True), ("", b""))[0]
+    first = next(filetree.archive_files(path, lambda member: True), ("", b""))[0]
     return path if _cifar_member(first, layout) else None
   for candidate in (path, path / layout.folder):
     if (candidate / layout.train[0]).is_file():
       return candidate
   if (path / layout.archive).is_file():
     return path / layout.archive
-  if next(_files(path, _is_image), None):
+  if next(filetree.files(path, _is_image), None):
     return None
   raise UserError(f"{path} holds neither {layout.train[0]} nor {layout.folder}/ nor {layout.archive}; {expected}")
 
@@ -111,7 +115,7 @@ def _read_cifar_pickles(path: Path, layout: CifarLayout) -> dict[str, dict]:
                for member in wanted if (path / member).is_file()}
   else:
     pickles = {}
-    for name, data in _archive_files(path, lambda name: _cifar_member(name, layout) in wanted):
+    for name, data in filetree.archive_files(path, lambda name: _cifar_member(name, layout) in wanted):
       pickles[_cifar_member(name, layout)] = _unpickle(data, f"{path}:{name}")
   missing = sorted(wanted - set(pickles))
   check(not missing, f"{path} lacks {', '.join(f'{layout.folder}/{m}' for m in missing)}: is it a complete "
@@ -120,7 +124,7 @@ def _read_cifar_pickles(path: Path, layout: CifarLayout) -> dict[str, dict]:
 
 
 def _cifar_member(name: str, layout: CifarLayout) -> str | None:
-  parts = _parts(name)
+  parts = filetree.parts(name)
   return parts[-1] if len(parts) >= 2 and parts[-2] == layout.folder else None
 
 
@@ -161,18 +165,22 @@ def _unpickle(data: bytes, where) -> dict:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
+TEST_FOLDERS = ("test", "val")   # the test split's folder: "test", else ImageNet's "val"
 
 
 @register("image_folder")
 def image_folder(config: Config, seed: int) -> Dataset:
-  """`<root>/{train,test}/<class>/*.png|jpg|jpeg` in a directory or an archive; classes are train's sorted names."""
-  path = _existing_path(config.dir, "image_folder expects config.data.dir to be a directory or a .tar.gz "
-                        "holding <root>/train/<class>/*.png|jpg|jpeg and <root>/test/<class>/...")
+  """`<root>/train/<class>/*.png|jpg|jpeg` and `<root>/test/<class>/...` (or ImageNet's `val/`) in a directory or an
+  archive; classes are train's sorted names. config.image_size > 0: decoded on demand (see the module docstring)."""
+  path = filetree.existing_path(config.dir, "image_folder expects config.data.dir to be a directory or a .tar.gz "
+                        "holding <root>/train/<class>/*.png|jpg|jpeg and <root>/test/<class>/... (or val/)")
+  if config.get("image_size"):
+    return _lazy_image_folder(path, config, seed)
   return _image_folder(path, seed, config.val_fraction)
 
 
 def _image_folder(path: Path, seed: int, val_fraction: float) -> Dataset:
-  arrays = _cached(path, _decode_image_tree)
+  arrays = filetree.cached(path, _decode_image_tree)
   train, val, test = _pixel_splits(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                                    seed, val_fraction)
   return Dataset("image_folder", train, val, test, num_classes=len(arrays["classes"]))
@@ -180,46 +188,103 @@ def _image_folder(path: Path, seed: int, val_fraction: float) -> Dataset:
 
 def _decode_image_tree(path: Path) -> dict[str, np.ndarray]:
   """Decodes every image in one pass, then orders each split by (class, file name) whatever the archive's order."""
-  found = {split_name: [] for split_name in SPLITS}  # (class, file name, pixels)
-  roots, first = set(), None
+  first = None
   where = f"{path}/" if path.is_dir() else f"{path}:"  # how messages name a file: on disk or in the archive
-  for name, data in _files(path, _is_image):
-    parts = _parts(name)
-    if len(parts) < 3 or parts[-3] not in SPLITS:
+
+  def decode(name: str, data: bytes) -> np.ndarray:
+    nonlocal first
+    pixels = _decode(data, where + name)
+    first = first or (name, pixels.shape)
+    check(pixels.shape == first[1], f"{path}: {name} is {_size(pixels.shape)} but {first[0]} is "
+          f"{_size(first[1])}; image_folder needs all images the same size (resize them first, or set "
+          "config.data.image_size)")
+    return pixels
+
+  classes, splits = _image_tree(path, filetree.files(path, _is_image), decode)
+  arrays = {"classes": np.array(classes)}
+  for split_name, entries in splits.items():
+    arrays[f"x_{split_name}"] = np.stack([entry[2] for entry in entries])
+    arrays[f"y_{split_name}"] = _labels(entries, classes)
+  return arrays
+
+
+def _image_tree(path: Path, files: Iterator[tuple[str, object]], read: Callable[[str, object], object]
+                ) -> tuple[list[str], dict[str, list]]:
+  """The classes (train's sorted class folders) and, per split, the (class, file name, item) entries sorted by
+  class and file name, from the `files` (name relative to `path`, payload) of a tree, checked to be one
+  train/test tree whose splits hold images of the same classes. An entry's item is read(name, payload), called
+  as the file comes for train and test (an archive is read once, in its order), for val only when the tree
+  has no test folder."""
+  found = {folder: [] for folder in ("train", *TEST_FOLDERS)}
+  roots = set()
+  for name, payload in files:
+    parts = filetree.parts(name)
+    if len(parts) < 3 or parts[-3] not in found:
       continue  # e.g. a preview image at the top level
     roots.add(parts[:-3])
     check(len(roots) == 1, f"{path} holds more than one train/test tree ({', '.join(map(_root, roots))}); "
           "point config.data.dir at one")
-    pixels = _decode(data, where + name)
-    first = first or (name, pixels.shape)
-    check(pixels.shape == first[1], f"{path}: {name} is {_size(pixels.shape)} but {first[0]} is "
-          f"{_size(first[1])}; image_folder needs all images the same size (resize them first)")
-    found[parts[-3]].append((parts[-2], parts[-1], pixels))
+    deferred = parts[-3] == TEST_FOLDERS[1]
+    found[parts[-3]].append((parts[-2], parts[-1], (name, payload) if deferred else read(name, payload)))
   root = f"{path}/{_root(next(iter(roots)))}" if roots else str(path)
-  for split_name in SPLITS:
-    check(found[split_name], f"no images in {root}/{split_name}/<class>/ (*.png, *.jpg, *.jpeg); image_folder "
-          f"needs a train and a test folder (config.data.dir={str(path)!r})")
+  test = next((folder for folder in TEST_FOLDERS if found[folder]), TEST_FOLDERS[0])
+  if test == TEST_FOLDERS[1]:
+    found[test] = [(label, file, read(*item)) for label, file, item in found[test]]
+  for folder in ("train", test):
+    check(found[folder], f"no images in {root}/{folder}/<class>/ (*.png, *.jpg, *.jpeg); image_folder "
+          f"needs a train and a test (or val) folder (config.data.dir={str(path)!r})")
   classes = sorted({entry[0] for entry in found["train"]})
-  test_classes = sorted({entry[0] for entry in found["test"]})
-  check(classes == test_classes, f"{root}: the test classes differ from the train classes "
+  test_classes = sorted({entry[0] for entry in found[test]})
+  check(classes == test_classes, f"{root}: the {test} classes differ from the train classes "
         f"(only in train: {sorted(set(classes) - set(test_classes))}, "
-        f"only in test: {sorted(set(test_classes) - set(classes))}); image_folder needs the same class folders")
+        f"only in {test}: {sorted(set(test_classes) - set(classes))}); image_folder needs the same class folders")
+  return classes, {split_name: sorted(found[folder], key=lambda entry: entry[:2])
+                   for split_name, folder in zip(SPLITS, ("train", test))}
+
+
+def _lazy_image_folder(path: Path, config: Config, seed: int) -> Dataset:
+  """image_folder's splits as LazyImages: val a seeded `val_fraction` of train, as for the decoded tree."""
+  check(path.is_dir(), f"config.data.image_size={config.image_size} decodes images on demand, which needs them "
+        f"as files in a directory; {path} is an archive: extract it and point config.data.dir at the folder")
+  index = filetree.cached(path, functools.partial(_index_image_tree, workers=config.workers),
+                          kind="image_folder index")
+  train, test = (lazy.images(lazy.ImageFiles(path, index[f"files_{s}"]), len(index[f"y_{s}"]), config, seed)
+                 for s in SPLITS)
+  parts = split(train, index["y_train"], seed, val_fraction=config.val_fraction)
+  return Dataset("image_folder", *parts, (test, index["y_test"]), num_classes=len(index["classes"]))
+
+
+def _index_image_tree(path: Path, workers: int = 0) -> dict[str, np.ndarray]:
+  """The tree's files (paths relative to `path`, UTF-8 bytes) and labels per split, each file's header read by
+  `workers` threads: a file PIL cannot open stops here, in one line, before anything is trained or written."""
+  names = ((name, None) for name in filetree.walk(path, _is_image))
+  classes, splits = _image_tree(path, names, lambda name, _: name)
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+    list(pool.map(lambda name: _read_header(path / name), [e[2] for entries in splits.values() for e in entries]))   # list(): raises the first failure
   arrays = {"classes": np.array(classes)}
-  for split_name in SPLITS:
-    entries = sorted(found[split_name], key=lambda entry: entry[:2])
-    arrays[f"x_{split_name}"] = np.stack([entry[2] for entry in entries])
-    arrays[f"y_{split_name}"] = np.array([classes.index(entry[0]) for entry in entries], np.int32)
+  for split_name, entries in splits.items():
+    arrays[f"files_{split_name}"] = np.array([entry[2].encode() for entry in entries], dtype=np.bytes_)
+    arrays[f"y_{split_name}"] = _labels(entries, classes)
   return arrays
 
 
-def _parts(name: str) -> tuple[str, ...]:
-  """"./a/b.png" -> ("a", "b.png"); plain string work, as pathlib is slow for 60,000 names."""
-  return tuple(part for part in name.split("/") if part not in ("", "."))
+def _labels(entries: list, classes: list[str]) -> np.ndarray:
+  """The int32 labels of `_image_tree`'s entries: their class's place among `classes`."""
+  number = {name: i for i, name in enumerate(classes)}
+  return np.array([number[entry[0]] for entry in entries], np.int32)
+
+
+def _read_header(path: Path) -> None:
+  try:
+    with PIL.Image.open(path) as image:
+      image.size  # noqa: B018  -- the header is parsed on open; the pixels stay unread
+  except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
+    raise lazy.cannot_decode(str(path), e) from e
 
 
 def _is_image(name: str) -> bool:
   # Dot names are hidden files and folders, and the "._x.jpg" resource forks that macOS tar adds: not images.
-  return name.lower().endswith(IMAGE_SUFFIXES) and not any(part.startswith(".") for part in _parts(name))
+  return name.lower().endswith(IMAGE_SUFFIXES) and not any(part.startswith(".") for part in filetree.parts(name))
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
@@ -228,7 +293,7 @@ def _decode(data: bytes, where: str) -> np.ndarray:
       # Grey and RGB images keep their channels; palette, alpha and other modes become RGB.
       pixels = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
   except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-    raise UserError(f"{where}: cannot decode the image ({e}); remove or fix it (config.data.dir)") from e
+    raise lazy.cannot_decode(where, e) from e
   return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
@@ -250,7 +315,7 @@ def npz(config: Config, seed: int) -> Dataset:
   uint8 inputs are pixels (kept as uint8, standing for v / 255); float inputs are taken as they are. Inputs may be
   images (N, H, W, C), grey images (N, H, W), or tabular (N, F). Without x_val, val is split off train.
   """
-  path = _existing_path(config.dir, "npz expects config.data.dir to be an .npz file with x_train, y_train, "
+  path = filetree.existing_path(config.dir, "npz expects config.data.dir to be an .npz file with x_train, y_train, "
                         "x_test, y_test (and optionally x_val, y_val)")
   arrays = _read_npz(path)
   x, y = arrays["x_train"], arrays["y_train"]
@@ -306,71 +371,3 @@ def cast_inputs(parts, pixels: bool):
   """int32 labels; inputs float32, or uint8 when they are `pixels` (scaled on their way to the model)."""
   dtype = np.uint8 if pixels else np.float32
   return [(x.astype(dtype, copy=False), y.astype(np.int32, copy=False)) for x, y in parts]
-
-
-def _existing_path(value: str, expected: str) -> Path:
-  check(bool(value), f"config.data.dir is empty; {expected}; set it with --config.data.dir")
-  path = Path(value).expanduser()
-  check(path.exists(), f"config.data.dir={value!r}: {path} does not exist; {expected}")
-  return path
-
-
-def _files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-  """(name relative to `path`, contents) of the wanted files in a directory tree or an archive."""
-  if path.is_file():
-    yield from _archive_files(path, wanted)
-    return
-  for directory, subdirectories, names in os.walk(path):
-    subdirectories.sort()  # walk in a fixed order
-    for name in sorted(names):
-      relative = (Path(directory) / name).relative_to(path).as_posix()
-      if wanted(relative):
-        yield relative, (Path(directory) / name).read_bytes()
-
-
-def _archive_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-  """Streams a tar archive once, front to back ("r|*"): a compressed archive never seeks backwards."""
-  check(path.name.endswith(ARCHIVE_SUFFIXES),
-        f"config.data.dir={str(path)!r} is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)})")
-  try:
-    with tarfile.open(path, "r|*") as archive:
-      for member in archive:
-        if member.isfile() and wanted(member.name):
-          yield member.name, archive.extractfile(member).read()
-  except (tarfile.TarError, OSError, EOFError) as e:
-    raise UserError(f"{path}: cannot read the archive ({e}); check config.data.dir") from e
-
-
-def _cached(path: Path, build: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """`build(path)`, kept as an .npz in the cache directory under a digest of the files' names, sizes and times."""
-  cache = download.cache_root() / f"{_fingerprint(path)}.npz"
-  if cache.is_file():
-    try:
-      with np.load(cache, allow_pickle=False) as file:
-        return {key: file[key] for key in file.files}
-    except (OSError, ValueError, zipfile.BadZipFile):
-      logging.warning("Ignoring the unreadable cache file %s", cache)
-  start = time.perf_counter()
-  arrays = build(path)
-  logging.info("Decoded %d images from %s in %.1f s", len(arrays["x_train"]) + len(arrays["x_test"]), path,
-               time.perf_counter() - start)
-  try:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as file:
-      np.savez(file, **arrays)
-    os.replace(partial, cache)  # atomic: a concurrent run sees either no file or a whole one
-    logging.info("Cached the decoded images at %s", cache)
-  except OSError as e:  # a read-only home only costs the next run the decoding time
-    logging.warning("Could not cache the decoded images at %s: %s", cache, e)
-  return arrays
-
-
-def _fingerprint(path: Path) -> str:
-  path = path.resolve()
-  files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-  digest = hashlib.sha256(b"image_folder v1\n")  # bump the version when the cached layout changes
-  for file in files:
-    stat = file.stat()
-    digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-  return digest.hexdigest()

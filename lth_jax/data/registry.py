@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from lth_jax import user_code
+from lth_jax.data import lazy
 from lth_jax.errors import UserError, check
 
 Split = tuple[np.ndarray, np.ndarray]  # x float32 or uint8 pixels (N, ...features), y int32 (N,)
@@ -73,15 +74,20 @@ def load(config: ml_collections.ConfigDict, seed: int) -> Dataset:
     check(0 < config.subset <= len(y),
           f"config.data.subset={config.subset} must be 0 (all) or in [1, {len(y)}] for {config.name}")
     # The training split is already shuffled, so its head is a random subset.
-    dataset = dataclasses.replace(dataset, train=(x[:config.subset], y[:config.subset]))
+    dataset = dataclasses.replace(dataset, train=(_rows(x, slice(config.subset)), y[:config.subset]))
   if config.test_subset:
     x, y = dataset.test
     check(0 < config.test_subset <= len(y),
           f"config.data.test_subset={config.test_subset} must be 0 (all) or in [1, {len(y)}] for {config.name}")
     # Test splits are often sorted by class: take a seeded random subset, not the head.
     keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:config.test_subset])
-    dataset = dataclasses.replace(dataset, test=(x[keep], y[keep]))
+    dataset = dataclasses.replace(dataset, test=(_rows(x, keep), y[keep]))
   return dataset
+
+
+def _rows(x, rows):
+  """x[rows] for an array; a split decoded on demand (lazy.LazyImages) stays undecoded."""
+  return x.take(rows) if isinstance(x, lazy.LazyImages) else x[rows]
 
 
 def _load_own(config: ml_collections.ConfigDict, seed: int) -> Dataset:
@@ -108,9 +114,10 @@ def check_sane(dataset: Dataset, where: str) -> None:
     check(len(x) > 0, f"{where}: the {part} split is empty; it needs at least one example")
   check(dataset.num_classes >= 2, f"{where} has {dataset.num_classes} class(es); classification needs at least 2")
   for part, (x, y) in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)):
-    flat = np.asarray(x).ravel()   # a split may be empty (data.val_fraction=0)
-    bad = np.flatnonzero(~np.isfinite(flat)) if flat.dtype != np.uint8 else ()
-    check(len(bad) == 0, lambda: f"{where}: the {part} inputs hold non-finite values, e.g. {flat[bad[0]]}")
+    if getattr(x, "dtype", None) != np.uint8:   # pixels are finite (and a LazyImages split stays undecoded)
+      flat = np.asarray(x).ravel()   # a split may be empty (data.val_fraction=0)
+      bad = np.flatnonzero(~np.isfinite(flat))
+      check(len(bad) == 0, lambda: f"{where}: the {part} inputs hold non-finite values, e.g. {flat[bad[0]]}")
     outside = np.asarray(y)[(np.asarray(y) < 0) | (np.asarray(y) >= dataset.num_classes)]
     check(outside.size == 0, lambda: f"{where}: the {part} labels hold {outside[0]}, outside the "
           f"{dataset.num_classes} classes 0..{dataset.num_classes - 1} that the train and test splits agree on")
@@ -122,12 +129,26 @@ def split(x: np.ndarray, y: np.ndarray, seed: int, **fractions: float) -> list[S
 
   The keyword names are the config keys (`val_fraction=...`), so that errors can name them.
   """
+  dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+  cast = (lambda part: x.take(part)) if isinstance(x, lazy.LazyImages) else \
+      (lambda part: x[part].astype(dtype, copy=False))   # a LazyImages split stays undecoded
+  return [(cast(part), y[part].astype(np.int32, copy=False)) for part in split_indices(len(y), seed, **fractions)]
+
+
+def split_indices(n: int, seed: int, **fractions: float) -> list[np.ndarray]:
+  """`split`'s parts as example indices into 0..n-1: [train, *one part per fraction].
+
+  Args:
+    n: the number of examples.
+    seed: the shuffle's seed.
+    **fractions: each part's fraction of n, named by its config key (`val_fraction=...`).
+  Returns:
+    Index arrays in the shuffled order, which `split` takes its parts in.
+  """
   for key, fraction in fractions.items():
     check(0 <= fraction < 1, f"config.data.{key}={fraction} must be in [0, 1)")
-  sizes = [round(fraction * len(y)) for fraction in fractions.values()]
-  num_train = len(y) - sum(sizes)
-  check(num_train > 0, f"config.data.{' + '.join(fractions)} leaves no training examples out of {len(y)}")
-  order = np.random.default_rng(seed).permutation(len(y))
-  parts = np.split(order, np.cumsum([num_train, *sizes[:-1]]))
-  dtype = np.uint8 if x.dtype == np.uint8 else np.float32
-  return [(x[part].astype(dtype, copy=False), y[part].astype(np.int32, copy=False)) for part in parts]
+  sizes = [round(fraction * n) for fraction in fractions.values()]
+  num_train = n - sum(sizes)
+  check(num_train > 0, f"config.data.{' + '.join(fractions)} leaves no training examples out of {n}")
+  order = np.random.default_rng(seed).permutation(n)
+  return np.split(order, np.cumsum([num_train, *sizes[:-1]]))

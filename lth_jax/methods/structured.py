@@ -1,40 +1,48 @@
-"""Structured pruning methods: network slimming and Early-Bird tickets, both ending in a narrower network.
+"""Structured pruning methods: network slimming and Early-Bird tickets, both ending in a physically narrower network.
 
-Both train the full-width network from theta_0 with config.slimming.penalty * sum|gamma| over the prunable
-BatchNorm scales added to the loss (with penalty 0 this is exactly `methods.dense`'s run: same trainer, same
-key), choose whole channels to remove on the channel groups read from the model's traced program
-(`channel_groups`; scored by `sparsity.group_criteria`, masked by `graph.channel_mask`), copy the kept ones
-into a physically narrower model (`structured.rebuild`) and retrain that network (config.slimming.retrain_from,
-retrain_epochs): from the kept weights at epoch 0 of the retraining schedule ("pruned"), from a fresh
-initialisation ("init"), or from the kept weights with the schedule continuing at the pruning epoch
-("continue", the ResNet-20 seed's alternative: the branch pruned at epoch e retrains retrain_epochs - e
-epochs, the same total training as the dense network).
+Both train the full-width network from theta_0 with config.slimming.penalty * sum|gamma| over the BatchNorm
+scales of the prunable channel groups added to the loss (with penalty 0 this is exactly `methods.dense`'s run:
+same trainer, same key), choose whole channels to remove, cut them out of the network and retrain it
+(config.slimming.retrain_from, retrain_epochs): from the kept weights at epoch 0 of the retraining schedule
+("pruned"), from a fresh initialisation ("init": the full-width network's, its kept channels), or from the kept
+weights with the schedule continuing at the pruning epoch ("continue", the ResNet-20 seed's alternative: the
+branch pruned at epoch e retrains retrain_epochs - e epochs, the same total training as the dense network).
+
+Nothing here knows a model. The channel groups are read from the model's traced programs (`channel_groups`:
+`models.shrunk.groups`, eval mode and training); the methods prune those whose channels one layer makes
+(`group_criteria.producers`), named after it ('conv_3', 'stage1_block0/conv1'). A residual stream, which
+several layers add into, stays whole, as in Liu et al.'s ResNets; so does a depthwise convolution's group. The
+channels are scored by config.slimming.criterion (`group_criteria`: l1, l2, l1_filter, bn_scale, taylor; taylor's
+gradients are of the mean cross-entropy over the training split, BatchNorm on its running statistics) and
+chosen over all groups at once or in each (config.slimming.scope; "auto": per layer for l1_filter, Li et al.'s
+rule, else one global ranking, Liu et al.'s threshold). The narrower network is `models.shrunk.Shrunk`: the
+model's own program with the pruned channels removed from every shape (`graph.narrow_function`), trained and
+evaluated by the same Trainer; its ticket holds only the kept channels.
 
 - `slimming` (Liu et al. 2017): the trained full-width network is recorded as method "dense" (with its
   `l1_penalty`); then one branch per epoch in config.slimming.epochs (default: the last) prunes the weights of
-  that epoch by config.slimming.criterion -- one global |gamma| threshold, or Li et al.'s per-layer filter L1
-  norm -- and is recorded as method "slimming", round = branch number (1, 2, ...).
-- `early_bird` (You et al. 2020): after every epoch, the |gamma| channel mask for config.early_bird.ratio goes
-  to `EarlyBird`; the network is pruned at the first epoch whose mask is within epsilon of the last `window`
+  that epoch and is recorded as method "slimming", round = branch number (1, 2, ...).
+- `early_bird` (You et al. 2020): after every epoch, the channel mask for config.early_bird.ratio goes to
+  `EarlyBird`; the network is pruned at the first epoch whose mask is within epsilon of the last `window`
   ones, or at max_epochs (`detected: false`). One record, method "early_bird", round 1; no full dense run.
 
-A pruned record holds evaluation.record's fields, where for the rebuilt network (which has no zero masks):
+A pruned record holds evaluation.record's fields, where for the narrower network (which has no zero masks):
   sparsity            1 - its prunable weights / the full-width network's (the leaves exp.which marks, so
                       config.prune.exclude applies), comparable with the unstructured methods' sparsity;
   structured_sparsity 1 - all its parameters / the full-width network's (= model_sparsity here);
   params_remaining, params_total: its parameters, the full-width network's;
   params ... theoretical_speedup: compression.figures against the full-width network;
-and: prune_epoch, channels_kept, channels_total, layer_channels {bn: [kept, total]}, accuracy_before_retrain
+and: prune_epoch, channels_kept, channels_total, layer_channels {group: [kept, total]}, accuracy_before_retrain
 (the full-width network at the pruning epoch with the channels masked to zero) and
-rebuilt_accuracy_before_retrain (the rebuilt network before retraining: the same function, so the same value),
-model_kwargs (models.get's arguments for the rebuilt network, saved beside its ticket), full_width_model (the
-same for the network it was cut from, saved there too: eval mode reports against it), retrain_from,
-retrain_start_epoch (the schedule's epoch where retraining starts: the pruning epoch for "continue", else 0),
-inference_time_s and dense_inference_time_s (median forward pass over a test batch of config.train.batch_size
-examples, rebuilt and full-width network on the same device), inference_speedup (their ratio), ratio,
-l1_penalty; slimming adds criterion; early_bird adds detected, detection_epoch (1-based, None when not
-detected), distance_curve (per epoch from 1, the largest distance to the previous `window` masks; None before
-there are `window` of them), window, epsilon and search_curve (the search run's per-epoch history).
+rebuilt_accuracy_before_retrain (the narrower network before retraining: the same function, so the same
+value), full_width_model (models.get's arguments for the network it was cut from; with layer_channels saved
+beside its ticket, which eval mode rebuilds from them), retrain_from, retrain_start_epoch (the schedule's
+epoch where retraining starts: the pruning epoch for "continue", else 0), inference_time_s and
+dense_inference_time_s (median forward pass over a test batch of config.train.batch_size examples, narrower
+and full-width network on the same device), inference_speedup (their ratio), ratio, l1_penalty, criterion,
+scope; early_bird adds detected, detection_epoch (1-based, None when not detected), distance_curve (per epoch
+from 1, the largest distance to the previous `window` masks; None before there are `window` of them),
+window, epsilon and search_curve (the search run's per-epoch history).
 """
 
 import dataclasses
@@ -44,32 +52,29 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
-from lth_jax import models
-from lth_jax.errors import check
+from lth_jax.errors import UserError, check
 from lth_jax.methods import cohort
 from lth_jax.methods import common
 from lth_jax.methods.registry import Recorder, register
 from lth_jax.metrics import compression
-from lth_jax.sparsity import graph, group_criteria, structured
+from lth_jax.models import shrunk
+from lth_jax.sparsity import graph, group_criteria
 from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity.early_bird import EarlyBird
 from lth_jax.training import Trainer, TrainState
+from lth_jax.training.step import cross_entropy
 
-# config.slimming.criterion -> (group criterion, scope): Liu et al.'s one global |gamma| threshold, Li et al.'s
-# per-layer L1 of each conv's own filters
-CRITERIA = {"bn_scale": ("bn_scale", "global"), "l1_filter": ("l1_filter", "layerwise")}
 STRUCTURED = ("slimming", "early_bird")
 RETRAIN_FROM = ("pruned", "init", "continue")
+SCOPES = ("auto",) + group_criteria.SCOPES
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """config.slimming and config.early_bird; their epochs only where the method that reads them runs."""
   s, eb, epochs = config.slimming, config.early_bird, config.train.epochs
-  if config.method in STRUCTURED:
-    check(config.model.name in structured.REBUILDABLE, f"config.method={config.method!r} rebuilds the model "
-          f"narrower; config.model.name={config.model.name!r} cannot be; allowed: {', '.join(structured.REBUILDABLE)}")
   check(s.penalty >= 0, f"config.slimming.penalty={s.penalty} must be >= 0")
   check(0.0 < s.ratio < 1.0, f"config.slimming.ratio={s.ratio} must be in (0, 1)")
   # Epochs are checked against train.epochs only where they are used: a config shared by several methods
@@ -77,7 +82,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.method != "slimming" or (all(isinstance(e, int) and 1 <= e <= epochs for e in s.epochs)
                                         and list(s.epochs) == sorted(set(s.epochs))),
         f"config.slimming.epochs={tuple(s.epochs)} must be increasing epochs in [1, config.train.epochs={epochs}]")
-  check(s.criterion in CRITERIA, f"config.slimming.criterion={s.criterion!r}; allowed: {', '.join(CRITERIA)}")
+  check(s.criterion in group_criteria.CRITERIA,
+        f"config.slimming.criterion={s.criterion!r}; allowed: {', '.join(group_criteria.CRITERIA)}")
+  check(s.scope in SCOPES, f"config.slimming.scope={s.scope!r}; allowed: {', '.join(SCOPES)}")
   check(s.retrain_from in RETRAIN_FROM,
         f"config.slimming.retrain_from={s.retrain_from!r}; allowed: {', '.join(RETRAIN_FROM)}")
   check(s.retrain_epochs >= 0, f"config.slimming.retrain_epochs={s.retrain_epochs} must be >= 0 (0 = train.epochs)")
@@ -93,47 +100,89 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.early_bird.max_epochs={eb.max_epochs} must be in [0, config.train.epochs={epochs}] (0 = all)")
 
 
+def ready(exp) -> None:
+  """The model has channels the method can remove, and the criterion can score some of them."""
+  config, groups = exp.config, channel_groups(exp)
+  check(bool(groups), f"config.method={config.method!r} removes channels; config.model.name={config.model.name!r} "
+        "has no channel group one layer makes that its programs (eval and training) leave free to remove")
+  if config.slimming.criterion == "bn_scale":
+    scored = group_criteria.group_scores(_variables(exp), list(groups.values()), "bn_scale")
+    allowed = ", ".join(c for c in group_criteria.CRITERIA if c != "bn_scale")
+    check(any(s is not None for s in scored),
+          f"config.slimming.criterion='bn_scale' scores channels by the BatchNorm scale after them; "
+          f"config.model.name={config.model.name!r} has none in its prunable channel groups; allowed: {allowed}")
+
+
+def scope(config: ml_collections.ConfigDict) -> str:
+  """config.slimming.scope, "auto" resolved: layerwise for l1_filter (Li et al.), else global (Liu et al.)."""
+  s = config.slimming
+  if s.scope != "auto":
+    return s.scope
+  return "layerwise" if s.criterion == "l1_filter" else "global"
+
+
 def penalised_trainer(exp, epochs: int, penalty: float) -> Trainer:
-  """exp.trainer(epochs) with penalty * sum|gamma| over the prunable BN scales added to the loss.
+  """exp.trainer(epochs) with penalty * sum|gamma| over the prunable groups' BatchNorm scales added to the loss.
 
   One compiled trainer per experiment family and penalty: early_bird (and tests) reuse slimming's.
   """
   trainer = exp.trainer(epochs)
   if not penalty:
     return trainer
+  groups = tuple(channel_groups(exp).values())
   return exp.cached(("penalised", epochs, penalty),
-                    lambda: dataclasses.replace(trainer, regularizer=functools.partial(_l1_penalty, penalty)))
+                    lambda: dataclasses.replace(trainer, regularizer=functools.partial(_l1_penalty, penalty, groups)))
 
 
-def _l1_penalty(penalty: float, params):
-  return penalty * structured.slimming_penalty(params)
+def _l1_penalty(penalty: float, groups, params):
+  return penalty * group_criteria.bn_scale_penalty({"params": params}, groups)
+
+
+def _variables(exp) -> dict:
+  """theta_0 as the variables dict the model applies to (no empty batch_stats)."""
+  return {"params": exp.init_params, **({"batch_stats": exp.init_batch_stats} if exp.init_batch_stats else {})}
 
 
 def channel_groups(exp) -> dict[str, graph.Group]:
-  """{BatchNorm path: its channel group} read from the model's program, traced once per experiment family.
+  """{name: group} for the channel groups the methods prune, in program order; traced once per family.
 
-  Only the groups `structured.rebuild` can build narrower: those whose one BatchNorm is a prunable one
-  (the residual streams, which tie several, stay whole).
+  The groups of both the model's programs (`models.shrunk.groups`) whose channels one layer makes,
+  each named after that layer ('conv_3' for 'params/conv_3/kernel').
   """
   def trace():
-    fn = lambda variables, x: exp.model.apply(variables, x, train=False)
-    variables = {"params": exp.init_params, "batch_stats": exp.init_batch_stats}
-    groups = graph.channel_groups(fn, variables, exp.inputs(exp.data["train"][0][:1]))
-    prunable = set(structured.prunable_bns(exp.init_params))
+    variables = _variables(exp)
     out = {}
-    for g in groups:
-      bns = {s.leaf.removeprefix("params/").removesuffix("/scale") for s in g.slices if s.leaf.endswith("/scale")}
-      if len(bns) == 1 and bns <= prunable:
-        out[bns.pop()] = g
+    for g in shrunk.groups(exp.model, variables, exp.inputs(exp.data["train"][0][:1])):
+      made_by = group_criteria.producers(variables, g)
+      if len(made_by) == 1:
+        out[made_by[0].removeprefix("params/").rpartition("/")[0]] = g
     return out
   return exp.cached(("channel_groups",), trace)
 
 
-def channel_keep(exp, variables, ratio: float, criterion: str) -> dict:
-  """{BatchNorm path: bool keep-array} at `ratio` by config.slimming.criterion, chosen on the traced groups."""
-  groups = channel_groups(exp)
-  keep = group_criteria.channel_keep(variables, list(groups.values()), ratio, *CRITERIA[criterion])
+def channel_keep(exp, variables, ratio: float) -> dict[str, np.ndarray]:
+  """{group name: bool keep-array} removing `ratio` of the channels by config.slimming.criterion and scope."""
+  groups, criterion = channel_groups(exp), exp.config.slimming.criterion
+  grads = {"params": taylor_grads(exp, variables)} if criterion == "taylor" else None
+  keep = group_criteria.channel_keep(variables, list(groups.values()), ratio, criterion, scope(exp.config), grads)
   return dict(zip(groups, keep))
+
+
+def taylor_grads(exp, variables):
+  """d/dparams of the mean cross-entropy over the training split, BatchNorm on its running statistics."""
+  x, y = exp.data["train"]
+  size, n = exp.config.train.eval_batch_size, len(y)
+  grad_sum = exp.cached(("taylor_grads",), lambda: jax.jit(jax.grad(functools.partial(_loss_sum, exp))))
+  total = None
+  for start in range(0, n, size):
+    g = grad_sum(variables["params"], variables, x[start:start + size], y[start:start + size])
+    total = g if total is None else jax.tree.map(lambda a, b: a + b, total, g)
+  return jax.tree.map(lambda a: a / n, total)
+
+
+def _loss_sum(exp, params, variables, x, y):
+  logits = exp.model.apply({**variables, "params": params}, exp.inputs(x), train=False)
+  return cross_entropy(logits, y).sum()
 
 
 def _initial_state(exp, trainer: Trainer) -> TrainState:
@@ -151,9 +200,9 @@ def slimming_epochs(exp) -> int:
 
 
 # early_bird plans nothing: its search stops when the channel mask settles, so its bar counts without a total
-@register("slimming", validate=validate, planned=slimming_epochs)
+@register("slimming", validate=validate, planned=slimming_epochs, ready=ready)
 def slimming(exp, recorder: Recorder):
-  """Train with the L1 penalty; one branch per pruning epoch: prune channels, rebuild narrower, retrain."""
+  """Train with the L1 penalty; one branch per pruning epoch: prune channels, shrink the network, retrain."""
   started, cfg, epochs = time.time(), exp.config.slimming, exp.config.train.epochs
   trainer = penalised_trainer(exp, epochs, cfg.penalty)
   state, history, snapshots, best = _initial_state(exp, trainer), [], {}, None
@@ -173,15 +222,15 @@ def slimming(exp, recorder: Recorder):
   dense = dataclasses.replace(dense, accuracy_drop=0.0).with_extra(l1_penalty=cfg.penalty)
   recorder(dense, state, exp.init_params)
   for round_, (epoch, (weights_epoch, pruned)) in enumerate(snapshots.items(), 1):
-    keep = channel_keep(exp, pruned.variables, cfg.ratio, cfg.criterion)
+    keep = channel_keep(exp, pruned.variables, cfg.ratio)
     yield from _prune_and_retrain(exp, trainer, pruned, keep, "slimming", round_, dense.test_accuracy, recorder,
-                       time.time(), prune_epoch=epoch, pruned_from_epoch=weights_epoch, criterion=cfg.criterion,
-                       ratio=cfg.ratio, l1_penalty=cfg.penalty)
+                       time.time(), prune_epoch=epoch, pruned_from_epoch=weights_epoch, ratio=cfg.ratio,
+                       l1_penalty=cfg.penalty)
 
 
-@register("early_bird", validate=validate)
+@register("early_bird", validate=validate, ready=ready)
 def early_bird(exp, recorder: Recorder):
-  """Train until the channel mask settles (or max_epochs), prune and rebuild there, retrain."""
+  """Train until the channel mask settles (or max_epochs), prune and shrink there, retrain."""
   started, cfg, config = time.time(), exp.config.early_bird, exp.config
   trainer = penalised_trainer(exp, config.train.epochs, config.slimming.penalty)
   state, history = _initial_state(exp, trainer), []
@@ -189,7 +238,7 @@ def early_bird(exp, recorder: Recorder):
   for epoch in range(1, (cfg.max_epochs or config.train.epochs) + 1):
     state, rows = yield from cohort.fit(trainer, state, epoch, "early_bird search", exp.data)
     history += rows
-    keep = channel_keep(exp, state.variables, cfg.ratio, "bn_scale")
+    keep = channel_keep(exp, state.variables, cfg.ratio)
     if detector.update(keep):
       break
   detected = detector.ticket_epoch is not None
@@ -204,31 +253,32 @@ def early_bird(exp, recorder: Recorder):
 def _prune_and_retrain(exp, trainer: Trainer, pruned: TrainState, keep: dict, method: str,
                        round_: int, dense_accuracy: float | None, recorder: Recorder, started: float,
                        **extra):
-  """Program: mask `keep` at full width, rebuild the narrower network, retrain it and record it.
+  """Program: mask `keep` at full width, cut the channels out (`shrunk.Shrunk`), retrain and record it.
 
   `trainer` trained the full-width state `pruned`, taken at the pruning epoch extra["prune_epoch"].
   """
   cfg, config, test = exp.config.slimming, exp.config, exp.data["test"]
   name = f"{method}@{extra['prune_epoch']}"
-  groups = channel_groups(exp)
-  channel_masks = graph.channel_mask(pruned.variables, [groups[bn] for bn in keep], list(keep.values()))["params"]
+  groups = [channel_groups(exp)[g] for g in keep]
+  channel_masks = graph.channel_mask(pruned.variables, groups, list(keep.values()))["params"]
   masked = pruned.replace(params=masks_lib.apply(pruned.params, channel_masks), masks=channel_masks)
   before = trainer.evaluate(masked, test)["accuracy"]
 
-  widths, rebuilt = structured.rebuild(config.model.name, exp.model_kwargs, pruned.variables, keep)
-  narrow = models.get(config.model.name, num_classes=exp.num_classes, **widths)
+  narrow = shrunk_model(exp, {g: int(k.sum()) for g, k in keep.items()})
+  rebuilt = graph.narrow(pruned.variables, groups, list(keep.values()))
   epochs = cfg.retrain_epochs or config.train.epochs
   # "continue": the ResNet-20 seed's alternative; every branch then trains `epochs` in all, dense part included.
   start_epoch = extra["prune_epoch"] if cfg.retrain_from == "continue" else 0
   narrow_trainer = exp.trainer(epochs, model=narrow)
-  start = narrow_trainer.init_state(rebuilt["params"], rebuilt["batch_stats"], masks_lib.init(rebuilt["params"]),
-                                    exp.key(name), start_epoch)
+  start = narrow_trainer.init_state(rebuilt["params"], rebuilt.get("batch_stats", {}),
+                                    masks_lib.init(rebuilt["params"]), exp.key(name), start_epoch)
   rebuilt_before = narrow_trainer.evaluate(start, test)["accuracy"]
   timing = _inference_times(exp, trainer.model, pruned.variables, narrow, rebuilt)
   if cfg.retrain_from == "init":
-    fresh = jax.jit(narrow.init, static_argnames="train")(exp.key(f"reinit/{name}"), test[0][:1], train=False)
-    start = narrow_trainer.init_state(fresh["params"], fresh["batch_stats"], start.masks, exp.key(name))
-  logging.info("%s: %d of %d channels kept; test accuracy masked %.4f, rebuilt %.4f; retraining from %s",
+    fresh = jax.jit(narrow.init, static_argnames="train")(exp.key(f"reinit/{name}"), exp.inputs(test[0][:1]),
+                                                          train=False)
+    start = narrow_trainer.init_state(fresh["params"], fresh.get("batch_stats", {}), start.masks, exp.key(name))
+  logging.info("%s: %d of %d channels kept; test accuracy masked %.4f, shrunk %.4f; retraining from %s",
                name, sum(int(k.sum()) for k in keep.values()), sum(k.size for k in keep.values()), before,
                rebuilt_before, cfg.retrain_from)
 
@@ -237,17 +287,30 @@ def _prune_and_retrain(exp, trainer: Trainer, pruned: TrainState, keep: dict, me
   counts, channels = rebuilt_counts(exp, state), channel_counts(exp, state, keep)
   record = dataclasses.replace(record, **counts).with_extra(
       **channels, rebuilt_accuracy_before_retrain=rebuilt_before, retrain_from=cfg.retrain_from,
-      retrain_start_epoch=start_epoch, model_kwargs={"name": config.model.name, "num_classes": exp.num_classes,
-                                                     **widths},
-      full_width_model={"name": config.model.name, "num_classes": exp.num_classes,
-                        **exp.model_kwargs},
+      retrain_start_epoch=start_epoch, criterion=cfg.criterion, scope=scope(config),
+      full_width_model={"name": config.model.name, "num_classes": exp.num_classes, **exp.model_kwargs},
       **timing, **extra)
   recorder(record, state, start.params)
   return state
 
 
+def shrunk_model(exp, kept: dict) -> shrunk.Shrunk:
+  """exp.model with group g (a `channel_groups` name) narrowed to kept[g] channels; a group not named stays
+  whole. A name the model has no group of, or a count outside [1, channels], is a UserError (a saved ticket's)."""
+  groups = channel_groups(exp)
+  unknown = sorted(set(kept) - set(groups))
+  if unknown:
+    raise UserError(f"config.model.name={exp.config.model.name!r} has no prunable channel group {unknown[0]!r}; "
+                    f"its groups: {', '.join(groups)}")
+  for g, n in kept.items():
+    check(1 <= n <= groups[g].size, f"channel group {g!r} of config.model.name={exp.config.model.name!r} has "
+          f"{groups[g].size} channels; {n} cannot be kept")
+  return shrunk.Shrunk(shrunk.Network(exp.model), tuple(groups.values()),
+                       tuple(int(kept.get(g, group.size)) for g, group in groups.items()))
+
+
 def rebuilt_counts(exp, state: TrainState) -> dict:
-  """The RunRecord fields sparsity, model_sparsity, params_remaining, params_total of a rebuilt network
+  """The RunRecord fields sparsity, model_sparsity, params_remaining, params_total of a shrunk network
   `state` against exp's model at full width (see the module docstring); eval mode reports a ticket so too."""
   prunable = masks_lib.count(state.masks, exp.which)[1]
   prunable_dense = masks_lib.count(masks_lib.init(exp.init_params), exp.which)[1]
@@ -257,12 +320,12 @@ def rebuilt_counts(exp, state: TrainState) -> dict:
 
 
 def channel_counts(exp, state: TrainState, keep: dict) -> dict:
-  """The structured fields of a rebuilt network: its size and the channels `keep` kept, per layer."""
+  """The structured fields of a shrunk network: its size and the channels `keep` kept, per group."""
   params, params_dense = compression.count_params(state.params), compression.count_params(exp.init_params)
   return {"structured_sparsity": 1.0 - params / params_dense,
           "channels_kept": sum(int(k.sum()) for k in keep.values()),
           "channels_total": sum(int(k.size) for k in keep.values()),
-          "layer_channels": {bn: [int(k.sum()), int(k.size)] for bn, k in keep.items()}}
+          "layer_channels": {g: [int(k.sum()), int(k.size)] for g, k in keep.items()}}
 
 
 def _inference_times(exp, dense_model, dense_variables, narrow, narrow_variables) -> dict:

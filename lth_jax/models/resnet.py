@@ -1,7 +1,8 @@
-"""ResNets for 32x32 inputs: the CIFAR ResNets of He et al. 2016 and the CIFAR ResNet-18.
+"""ResNets: the CIFAR ResNets of He et al. 2016, the CIFAR ResNet-18, and torchvision's ImageNet ResNet-50.
 
-Both start with a 3x3 stride-1 conv (no max-pool), halve the resolution at the first block of every stage
-after the first, and end with global average pooling and the `output` Dense layer.
+The CIFAR models start with a 3x3 stride-1 conv (no max-pool); the ImageNet model with torchvision's stem,
+a 7x7 stride-2 conv and a 3x3 stride-2 max-pool (`stem="imagenet"`). All halve the resolution at the first
+block of every stage after the first, and end with global average pooling and the `output` Dense layer.
 
 - `resnet20/32/56`: 3 stages of n basic blocks at width, 2*width, 4*width (width 16), n = (depth-2)/6;
   ResNet-20 has 272,474 parameters. With `bottleneck=True` the blocks are bottlenecks (1x1 reduce, 3x3,
@@ -9,6 +10,11 @@ after the first, and end with global average pooling and the `output` Dense laye
   ResNets (ResNet-164 is n=18); depth 20 gives 2 blocks per stage, depth 32 is not allowed.
 - `resnet18`: kuangliu/pytorch-cifar's ResNet-18, 4 stages of 2 basic blocks at 64/128/256/512,
   11,173,962 parameters.
+- `imagenet_resnet50`: torchvision's ResNet-50 (v1.5: the stride on the bottleneck's 3x3 conv, as in Flax's
+  ImageNet example and OpenLTH's `imagenet_resnet_50`), 4 stages of [3, 4, 6, 3] bottleneck blocks at
+  64/128/256/512 (outputs 4x wider), 25,557,032 parameters for 1000 classes; `width` scales every stage
+  (OpenLTH's `imagenet_resnet_50_W`). `imagenet_resnet18`: torchvision's ResNet-18, [2, 2, 2, 2] basic
+  blocks, 11,689,512 parameters.
 
 Where a block changes shape the shortcut is a 1x1 conv + BatchNorm (He et al.'s option B), as in OpenLTH,
 kuangliu/pytorch-cifar and the Flax ImageNet example, rather than the paper's zero-padding option A for
@@ -21,14 +27,13 @@ the two agree; the VGG and Conv-2/4/6 models only use stride-1 3x3 convs, so the
 
 Names: blocks are `stage{s}_block{b}` (s from 1, b from 0), holding `conv1`, `bn1`, `conv2`, `bn2`
 (`conv3`, `bn3`) and `shortcut_conv`, `shortcut_bn`; the stem is `stem_conv`, `stem_bn`. Every BatchNorm
-is named after the conv it follows with 'conv' replaced by 'bn', so channel pruning can pair them.
+is named after the conv it follows with 'conv' replaced by 'bn'.
 
 `block_widths` (config.model.block_widths) sets the widths inside each block: one entry per block in
 network order (stage by stage), each the widths of the convs whose outputs stay inside the block --
 (conv1,) for a basic block, (conv1, conv2) for a bottleneck; a basic block's entry may be a bare int.
 Block outputs, shortcuts and the stem keep the stage widths, since residual additions tie their
-channels together. This is the narrower network `lth_jax.structured.rebuild` builds after channel
-pruning; absent, every block is at its stage width.
+channels together. Absent, every block is at its stage width.
 """
 
 import functools
@@ -44,8 +49,9 @@ from lth_jax.models.registry import register
 ModuleDef = Any
 
 # He et al. 2016 initialize as He et al. 2015; torchvision's ResNet takes the normal, fan_out form.
-# Dense and BatchNorm keep Flax's defaults (BN scale 1, not the zero-init of the Flax ImageNet example,
-# which none of the CIFAR references use and which would start channel-pruning scores at zero).
+# Dense and BatchNorm keep Flax's defaults. BN starts at scale 1, bias 0 -- torchvision's ResNet init (with
+# its default zero_init_residual=False) -- not the zero-init of the Flax ImageNet example, which none of
+# the references use and which would start channel-pruning scores at zero.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -99,18 +105,26 @@ def shortcut(x, y, conv, norm, strides):
 
 
 class ResNet(nn.Module):
-  """Stem, then stage s (from 0) of `stage_sizes[s]` blocks at `width * 2**s` filters."""
+  """Stem, then stage s (from 0) of `stage_sizes[s]` blocks at `width * 2**s` filters.
+
+  `stem`: "cifar" (3x3 conv, stride 1) or "imagenet" (torchvision's 7x7 stride-2 conv, BN, ReLU, then a
+  3x3 stride-2 max-pool padded by 1: a 224x224 input reaches the first stage at 56x56).
+  """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
   num_classes: int
   width: int
   block_widths: Optional[Sequence[Sequence[int]]] = None  # per block, see the module docstring
+  stem: str = "cifar"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (the weight on the old running average).
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    x = nn.relu(norm(name="stem_bn")(conv(self.width, (3, 3), name="stem_conv")(x)))
+    kernel, strides = ((7, 7), 2) if self.stem == "imagenet" else ((3, 3), 1)
+    x = nn.relu(norm(name="stem_bn")(conv(self.width, kernel, strides, name="stem_conv")(x)))
+    if self.stem == "imagenet":   # Flax pads a max-pool with -inf, as PyTorch's MaxPool2d(3, 2, padding=1)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     k = 0  # block index over all stages, into block_widths
     for s, size in enumerate(self.stage_sizes):
       for b in range(size):
@@ -172,3 +186,17 @@ def resnet56(num_classes: int, width: int = 16, bottleneck: bool = False, block_
 def resnet18(num_classes: int, width: int = 64, block_widths=None):
   """kuangliu/pytorch-cifar's ResNet-18 (width 64: 11,173,962 parameters for 10 classes)."""
   return ResNet((2, 2, 2, 2), BasicBlock, num_classes, check_width(width), check_block_widths(block_widths, 8, False))
+
+
+@register("imagenet_resnet18")
+def imagenet_resnet18(num_classes: int, width: int = 64, block_widths=None):
+  """torchvision's ResNet-18 (width 64: 11,689,512 parameters for 1000 classes)."""
+  return ResNet((2, 2, 2, 2), BasicBlock, num_classes, check_width(width), check_block_widths(block_widths, 8, False),
+                stem="imagenet")
+
+
+@register("imagenet_resnet50")
+def imagenet_resnet50(num_classes: int, width: int = 64, block_widths=None):
+  """torchvision's ResNet-50 (width 64: 25,557,032 parameters for 1000 classes)."""
+  return ResNet((3, 4, 6, 3), BottleneckBlock, num_classes, check_width(width),
+                check_block_widths(block_widths, 16, True), stem="imagenet")

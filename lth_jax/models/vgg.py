@@ -6,12 +6,10 @@ groups but none after the last, a 2x2 average pool down to 1x1, and a single cla
 from 512 features -- no 4096-wide hidden layers. VGG-11 has 9,228,362 parameters and VGG-16 14,724,042
 for 10 classes (convs, BatchNorm scale and bias, output kernel and bias).
 
-Names: `conv_{i}` and the BatchNorm after it `bn_{i}`, i counting convs from 0, so channel pruning by
-BatchNorm scale (network slimming) pairs each BN with its conv by index.
+Names: `conv_{i}` and the BatchNorm after it `bn_{i}`, i counting convs from 0.
 
-`widths` (config.model.widths) overrides the conv widths one per conv, pools staying where they are: the
-narrower network that `lth_jax.structured.rebuild` builds after channel pruning. Absent, the widths are
-the configuration's own.
+`widths` (config.model.widths) overrides the conv widths one per conv, pools staying where they are.
+Absent, the widths are the configuration's own.
 """
 
 from typing import Optional, Sequence, Union

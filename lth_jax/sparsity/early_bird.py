@@ -1,7 +1,7 @@
 """Early-Bird tickets (You et al. 2020): stop dense training once the channel mask stops changing.
 
-After every epoch the caller computes the channel mask for the target ratio
-(`structured.channel_masks(params, ratio)`) and passes it to `EarlyBird.update`. The distance between two
+After every epoch the caller computes the channel mask for the target ratio ({group: bool keep-array},
+e.g. `group_criteria.channel_keep` by BatchNorm scale) and passes it to `EarlyBird.update`. The distance between two
 masks is the normalised Hamming distance over all prunable channels (the fraction of channels on which
 they disagree). The rule, exactly: at update t (from 0) the detector fires when it holds `window` earlier
 masks (t >= window) and the distance from mask t to each of masks t-1 .. t-window is < epsilon (strictly),
@@ -18,12 +18,10 @@ from collections import deque
 
 import numpy as np
 
-from lth_jax.sparsity.structured import network_order
-
 
 def flatten(channel_keep) -> np.ndarray:
-  """One bool vector over all prunable channels, layers in network order."""
-  names = sorted(channel_keep, key=network_order)
+  """One bool vector over all prunable channels, groups in sorted name order (the same for every mask)."""
+  names = sorted(channel_keep)
   return np.concatenate([np.asarray(channel_keep[k], bool).ravel() for k in names])
 
 

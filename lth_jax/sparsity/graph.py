@@ -13,9 +13,14 @@ non-param arguments or an operation without a rule are in no group (see `jaxpr_c
 are members too ('batch_stats/bn_0/mean'); trace BatchNorm in eval mode (use_running_average). An NNX
 model is `fn = lambda state, x: nnx.merge(graphdef, state)(x)` with `graphdef, state = nnx.split(model)`.
 
+A function that returns `(output, updates)`, where updates are new values of some of params' leaves
+(Flax's mutable collections: BatchNorm's running statistics in training), is traced with `updates=True`:
+those values are narrowed as the leaves are, instead of fixing their channels as the output does.
+
 `shrink(fn, params, groups, keep)` returns `(narrow_fn, narrow_params)`: `narrow_params` holds only the
 kept positions of every member, and `narrow_fn` re-evaluates `fn`'s program equation by equation on
-them, every shape the pruned channels touched made narrower. It computes what `fn` computes on
+them, every shape the pruned channels touched made narrower (`narrow_function`: the same program from
+how many channels each group keeps, all it depends on). It computes what `fn` computes on
 `mask(params, groups, keep)` -- every member's pruned slices zero -- to float rounding, for any model
 and without model-specific code. The exception is a pruned channel that, though its parameters are
 zero, is non-zero where it meets another activation (e.g. x + 1 contracted with an activation): it
@@ -59,11 +64,11 @@ class _Traced:
   out_tree: jax.tree_util.PyTreeDef
 
 
-def _trace(fn: Callable, params, args) -> _Traced:
+def _trace(fn: Callable, params, args, updates: bool = False) -> _Traced:
   """Traces fn(params, *args) and reads its groups; the non-param arguments' axes are pinned."""
   closed, out_shapes = jax.make_jaxpr(fn, return_shape=True)(params, *args)
   prog = jaxpr_channels.flatten(closed)
-  graph = jaxpr_channels.ChannelGraph(prog)
+  graph = jaxpr_channels.ChannelGraph(prog, _updated(params, out_shapes, prog) if updates else None)
   n_params = len(jax.tree.leaves(params))
   for v in prog.inputs[n_params:]:
     graph.pin_value(v)
@@ -88,18 +93,35 @@ def _trace(fn: Callable, params, args) -> _Traced:
   return _Traced(graph, groups, jax.tree.structure(out_shapes))
 
 
-def channel_groups(fn: Callable, params, *example_args) -> tuple[Group, ...]:
+def _updated(params, out_shapes, prog: jaxpr_channels.Program) -> dict[int, int]:
+  """{position in prog.outputs: the params input it is the new value of} for fn returning (out, updates)."""
+  if not (isinstance(out_shapes, tuple) and len(out_shapes) == 2):
+    raise ValueError("with updates=True, fn must return (output, updates)")
+  inputs = {name: v for (name, _), v in zip(masks.named_leaves(params), prog.inputs)}
+  first = len(jax.tree.leaves(out_shapes[0]))
+  out = {}
+  for i, (name, _) in enumerate(masks.named_leaves(out_shapes[1]), first):
+    if name not in inputs:
+      raise ValueError(f"fn's updates hold {name!r}, which params have not")
+    out[i] = inputs[name]
+  return out
+
+
+def channel_groups(fn: Callable, params, *example_args, updates: bool = False) -> tuple[Group, ...]:
   """The prunable channel groups of `fn(params, *example_args)`, in the order the program first uses them.
 
   Args:
     fn: a function of a params pytree and further arguments, traceable by `jax.make_jaxpr`.
     params: its first argument (arrays or `jax.ShapeDtypeStruct`s).
     *example_args: the further arguments (their shapes and dtypes are what matters).
+    updates: fn returns (output, updates), where updates holds new values of some of params' leaves under
+      the same names (Flax's mutable collections in training: {'batch_stats': ...}). They are narrowed as
+      those leaves are, so they do not keep a channel from being pruned as the output does.
 
   Returns:
     One `Group` per set of coupled channels that may be removed.
   """
-  return tuple(_trace(fn, params, example_args).groups)
+  return tuple(_trace(fn, params, example_args, updates).groups)
 
 
 def _check_keep(groups: Sequence[Group], keep) -> list[np.ndarray]:
@@ -153,15 +175,20 @@ def narrow(params, groups: Sequence[Group], keep: Sequence):
 
   def leaf_narrow(path, leaf):
     name = masks.leaf_name(path)
-    for axis in range(np.ndim(leaf)):
-      gone = removed.get((name, axis))
-      if gone is not None:
-        leaf = jax.numpy.take(leaf, np.setdiff1d(np.arange(np.shape(leaf)[axis]), gone), axis=axis)
-    return leaf
+    cut = {axis: removed[(name, axis)] for axis in range(np.ndim(leaf)) if (name, axis) in removed}
+    if not cut:
+      return leaf
+    traced = isinstance(leaf, jax.core.Tracer)
+    xp = jax.numpy if traced else np   # concrete leaves are cut on the host: no op compiled per shape
+    leaf = leaf if traced else np.asarray(leaf)
+    for axis, gone in cut.items():
+      leaf = xp.take(leaf, np.setdiff1d(np.arange(np.shape(leaf)[axis]), gone), axis=axis)
+    return leaf if traced else jax.numpy.asarray(leaf)
   return jax.tree_util.tree_map_with_path(leaf_narrow, params)
 
 
-def shrink(fn: Callable, params, groups: Sequence[Group], keep: Sequence) -> tuple[Callable, dict]:
+def shrink(fn: Callable, params, groups: Sequence[Group], keep: Sequence,
+           updates: bool = False) -> tuple[Callable, dict]:
   """(narrow_fn, narrow_params): fn's program with the removed channels taken out of every shape.
 
   Args:
@@ -169,28 +196,57 @@ def shrink(fn: Callable, params, groups: Sequence[Group], keep: Sequence) -> tup
     params: its full-width params.
     groups: groups from `channel_groups(fn, params, ...)` (any subset).
     keep: one bool array per group, True for a kept channel; at least one per group.
+    updates: fn returns (output, updates) (see `channel_groups`); narrow_fn returns them narrowed.
 
   Returns:
     narrow_fn(narrow_params, *args), jittable, equal to fn(mask(params, groups, keep), *args) to float
     rounding (see the module docstring), for arguments of any shape fn accepts; and narrow_params.
   """
   keep = _check_keep(groups, keep)
-  full = jax.tree.map(_struct, params)
+  narrow_fn = narrow_function(fn, params, groups, [int(k.sum()) for k in keep], updates)
+  return narrow_fn, narrow(params, groups, keep)
+
+
+def narrow_function(fn: Callable, params, groups: Sequence[Group], sizes: Sequence[int],
+                    updates: bool = False) -> Callable:
+  """fn's program with group i narrowed to sizes[i] channels: `shrink`'s narrow_fn, for any narrow params.
+
+  Which channels were kept does not change the program, only how many: a shrunk network saved as its
+  narrow params runs again from the full-width `fn` and these sizes.
+
+  Args:
+    fn: the function the groups were read from, `fn(params, *args)`.
+    params: its full-width params (arrays or `jax.ShapeDtypeStruct`s); narrow_fn traces fn at their
+      shapes and at the dtypes of the params it is called with.
+    groups: groups from `channel_groups(fn, params, ...)` (any subset).
+    sizes: the channels each group keeps, from 1 to its size.
+    updates: fn returns (output, updates) (see `channel_groups`).
+
+  Returns:
+    narrow_fn(narrow_params, *args), jittable.
+  """
+  if len(sizes) != len(groups) or any(not 1 <= int(n) <= g.size for g, n in zip(groups, sizes)):
+    raise ValueError(f"sizes={tuple(sizes)} must give each of the {len(groups)} groups from 1 to its channels")
+  shapes = [np.shape(leaf) for leaf in jax.tree.leaves(params)]
+  params_tree = jax.tree.structure(params)
 
   @functools.lru_cache(maxsize=8)
-  def traced_at(arg_tree, arg_structs):
-    traced = _trace(fn, full, jax.tree.unflatten(arg_tree, arg_structs))
+  def traced_at(dtypes, arg_tree, arg_structs):
+    full = jax.tree.unflatten(params_tree, [jax.ShapeDtypeStruct(s, d) for s, d in zip(shapes, dtypes)])
+    traced = _trace(fn, full, jax.tree.unflatten(arg_tree, arg_structs), updates)
     missing = [i for i, g in enumerate(groups) if g not in traced.groups]
     if missing:
       raise ValueError(f"groups {missing} are not channel groups of fn traced at these argument shapes")
-    return traced, {traced.groups[g]: int(k.sum()) for g, k in zip(groups, keep)}
+    return traced, {traced.groups[g]: int(n) for g, n in zip(groups, sizes)}
 
   def narrow_fn(narrow_params, *args):
     leaves, arg_tree = jax.tree.flatten(args)
-    traced, kept = traced_at(arg_tree, tuple(_struct(x) for x in leaves))
-    outs = _evaluate(traced.graph, kept, jax.tree.leaves(narrow_params) + leaves)
+    param_leaves = jax.tree.leaves(narrow_params)
+    dtypes = tuple(jax.numpy.result_type(p) for p in param_leaves)
+    traced, kept = traced_at(dtypes, arg_tree, tuple(_struct(x) for x in leaves))
+    outs = _evaluate(traced.graph, kept, param_leaves + leaves)
     return jax.tree.unflatten(traced.out_tree, outs)
-  return narrow_fn, narrow(params, groups, keep)
+  return narrow_fn
 
 
 def _struct(x) -> jax.ShapeDtypeStruct:

@@ -26,11 +26,13 @@ by position (group order, then channel index). A group is never emptied: if ever
 would go, the one of highest score (the first on ties) stays, so a few fewer than asked may go.
 
 The result is a keep-list for `graph.channel_mask` / `graph.shrink`; `channel_mask` gives the ordinary
-0/1 mask pytree every method, metric and report reads.
+0/1 mask pytree every method, metric and report reads. `producers` names the layers that make a group's
+channels; `bn_scale_penalty` is network slimming's L1 term on the groups' BatchNorm scales.
 """
 
 from typing import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from lth_jax.sparsity import graph, masks
@@ -73,6 +75,32 @@ def _summed(tree, group: graph.Group, include, entry) -> np.ndarray | None:
       continue
     part = _slice_sum(_per_position(entry(s.leaf, np.asarray(leaf, np.float64)), s.axis), s)
     total = part if total is None else total + part
+  return total
+
+
+def producers(params, group: graph.Group) -> list[str]:
+  """The leaves that make the group's channels: kernels (ndim >= 2) sliced along their last axis, Flax's
+  output features ('params/conv_3/kernel'). One for a conv's or Dense layer's own channels; several for a
+  residual stream (every layer adding into it) or a depthwise convolution's (its input's producer and it).
+  """
+  leaves = dict(masks.named_leaves(params))
+  return [s.leaf for s in group.slices if s.leaf in leaves and _is_output_filter(s, leaves[s.leaf])]
+
+
+def bn_scale_penalty(params, groups: Sequence[graph.Group]):
+  """sum |gamma| over the groups' BatchNorm scale slices that `params` holds: network slimming's L1 term.
+
+  Differentiable and jit-safe: which entries it sums depends on the groups and the leaves' names and
+  shapes, never on their values. `params` may be a subtree of what the groups were traced with ({'params':
+  ...} of a linen model's variables).
+  """
+  leaves, total = dict(masks.named_leaves(params)), 0.0
+  for g in groups:
+    for s in g.slices:
+      leaf = leaves.get(s.leaf)
+      if leaf is not None and _is_bn_scale(s, leaf):
+        positions = np.asarray([p for channel in s.index for p in channel], int)
+        total = total + jnp.sum(jnp.abs(jnp.take(leaf, positions, axis=s.axis)))
   return total
 
 

@@ -12,7 +12,8 @@ the axes it merges (row-major; a flatten into a Dense layer), a concatenation's 
 operands' (each at its offset), a grouped convolution's features the product (groups, features per group).
 
 A node is *pinned* (its channels can not be removed) when it is an axis of the function's inputs other
-than the params, of its outputs or of a constant; when an operation mixes positions along it (a
+than the params, of its outputs (except an output that is a new value of an input, `ChannelGraph`'s
+`updated`: its axes are that input's) or of a constant; when an operation mixes positions along it (a
 reduction over it, a convolution's spatial axes, a slice of part of it); or when the equation is one
 this module has no rule for -- unknown operations are never narrowed. Pinning a product or sum pins its
 parts. The prunable channel groups are the unpinned components without structure that hold an axis of
@@ -101,19 +102,32 @@ def _inline(prog: Program, jaxpr: jex.Jaxpr, consts, env: dict) -> list:
 
 
 class ChannelGraph:
-  """Union-find over the axes of a Program's values, with products / sums for reshapes and concatenations."""
+  """Union-find over the axes of a Program's values, with products / sums for reshapes and concatenations.
 
-  def __init__(self, prog: Program):
+  `updated` maps an output's position in `prog.outputs` to the input value it is the new value of (a
+  BatchNorm's running statistics in training): that output is not pinned, its axes are the input's.
+  """
+
+  def __init__(self, prog: Program, updated: dict[int, int] | None = None):
     self.prog = prog
     self.offset = np.cumsum([0] + [len(s) for s in prog.shapes]).tolist()
     self.parent = list(range(self.offset[-1]))
     self.size = [d for s in prog.shapes for d in s]
     self.structure = {}   # root -> ("prod" | "sum", [nodes]) in row-major / offset order
     self.pinned = set()
-    for v in (*prog.consts, *prog.outputs):
+    updated = updated or {}
+    for v in (*prog.consts, *(v for i, v in enumerate(prog.outputs) if i not in updated)):
       self.pin_value(v)
     for eqn in prog.eqns:
       self._tie(eqn)
+    for i, old in updated.items():
+      new = prog.outputs[i]
+      if isinstance(new, jex.Literal) or prog.shapes[new] != prog.shapes[old]:
+        self.pin_value(new)
+        self.pin_value(old)
+      else:
+        for a in range(len(prog.shapes[old])):
+          self.union(self.node(new, a), self.node(old, a))
 
   # --- union-find ---------------------------------------------------------------------------------
   def node(self, value: int, axis: int) -> int:

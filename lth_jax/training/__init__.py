@@ -7,7 +7,8 @@
 import importlib
 
 from lth_jax.training import progress, state, step, trainer  # noqa: F401
-from lth_jax.training.state import TrainState, learning_rate, optimizer, steps_per_epoch  # noqa: F401
+from lth_jax.training.state import (  # noqa: F401
+    TrainState, at_step, config_optimizer, learning_rate, optimizer, steps_per_epoch)
 from lth_jax.training.progress import Progress  # noqa: F401
 from lth_jax.training.trainer import LOOPS, Trainer  # noqa: F401
 

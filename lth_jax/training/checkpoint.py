@@ -18,6 +18,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -156,7 +157,7 @@ def _verify(directory: str, checksum_path: str) -> bool | None:
 def save_ticket(path: str, state, rewind_params, metadata: dict | None = None) -> None:
   """Writes {params, batch_stats, masks, rewind_params} of a trained ticket to `path` (a new directory).
 
-  `metadata` (e.g. a rebuilt network's models.get arguments, its channel widths) goes to path/model.json,
+  `metadata` (e.g. a shrunk network's full-width model and the channels it kept) goes to path/model.json,
   so the ticket reloads without the config that made it (`load_metadata`).
   """
   tree = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks,
@@ -315,16 +316,21 @@ class SegmentStore:
         logging.warning("checkpoint %s of %s is corrupted (its files do not match the checksum saved with "
                         "them); using the one before it", step, name)
         continue
-      try:
-        with _quiet():
-          restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                   history=ocp.args.JsonRestore()))
-      except Exception as e:  # noqa: BLE001  -- any unreadable checkpoint: fall back to the previous one
+      restored, error = None, None
+      for layout, lift in ((abstract, lambda state: state), *_older_layouts(abstract)):
+        try:
+          with _quiet():
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(layout),
+                                                                     history=ocp.args.JsonRestore()))
+          break
+        except Exception as e:  # noqa: BLE001  -- any unreadable checkpoint: fall back to the previous one
+          error = error or e
+      if restored is None:
         self._failed = True
         logging.warning("checkpoint %s of %s is unreadable (%s: %s); using the one before it", step, name,
-                        type(e).__name__, _first_line(e)[:200])
+                        type(error).__name__, _first_line(error)[:200])
         continue
-      state = restored["state"]
+      state = lift(restored["state"])
       if jax.process_count() > 1:
         # Orbax restores onto this process's device only, and a compiled step over the global mesh refuses
         # arrays committed there; as fresh uncommitted arrays they are placed like any new state.
@@ -339,6 +345,23 @@ class SegmentStore:
     if self._undo_containment is not None and not self._failed:
       self._undo_containment()
     self._undo_containment = None
+
+
+def _older_layouts(abstract) -> list[tuple]:
+  """(abstract state, lift to today's layout) for each older layout a checkpoint of `abstract` may have.
+
+  Checkpoints written before the Trainer's optimizer became one optax transformation, learning rate
+  included (`state.config_optimizer`), hold only the direction's state: the learning rate was applied by
+  hand. Today's state adds the schedule's count (optax.ScaleByScheduleState), which every step sets from
+  the global step (`state.at_step`), so the old state lifted with that count resumes the same run.
+  """
+  opt_state = getattr(abstract, "opt_state", None)
+  if not (isinstance(opt_state, tuple) and len(opt_state) == 2
+          and isinstance(opt_state[1], optax.ScaleByScheduleState)):
+    return []
+  def lift(state):
+    return state.replace(opt_state=(state.opt_state, optax.ScaleByScheduleState(count=state.step)))
+  return [(abstract.replace(opt_state=opt_state[0]), lift)]
 
 
 def check_compatible(saved_params, model_params, path: str) -> None:

@@ -1,13 +1,16 @@
 """The train state and what shapes an update: the optimizers and learning-rate schedules.
 
-The learning rate is a function of the global step stored in the state, so a run rewound to epoch k
-resumes the schedule at epoch k with a fresh optimizer state, as OpenLTH does.
+An optimizer is a plain optax transformation, learning rate included (the config's: `config_optimizer`;
+or a user's own, `optax.adamw(schedule)`). Its schedules read the global step stored in the state
+(`at_step`), so a run rewound to iteration k resumes the schedule at k with a fresh optimizer state
+(fresh momentum, Adam's count at 0), as OpenLTH does.
 """
 
 from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -47,6 +50,51 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
   else:
     core = [optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps), optax.add_decayed_weights(wd)]
   return optax.chain(*coupled, *core) if coupled or core else optax.identity()
+
+
+def config_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int,
+                     total_steps: int | None = None) -> optax.GradientTransformation:
+  """The optimizer config.optimizer names, as one optax transformation: `optimizer`'s direction scaled by
+  -`learning_rate`(step), as optax.sgd / adam / adamw build theirs.
+
+  Args:
+    config: config.optimizer.
+    steps_per_epoch: iterations per epoch (milestones and warmup are in epochs).
+    epochs: the schedule's length in epochs.
+    total_steps: the cosine's length in iterations (config.train.steps), or None: `epochs` epochs.
+
+  Returns:
+    The transformation: its updates are added to the params.
+  """
+  lr = learning_rate(config, steps_per_epoch, epochs, total_steps)
+  return optax.chain(optimizer(config), optax.scale_by_learning_rate(lr))
+
+
+# The states whose `count` is the step a schedule is read at: optax.scale_by_schedule's (under
+# scale_by_learning_rate and every optax optimizer given a schedule) and inject_hyperparams'.
+_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectStatefulHyperparamsState)
+
+
+def at_step(opt_state: optax.OptState, step: jax.Array) -> optax.OptState:
+  """`opt_state` with its schedules at the global `step`: each schedule's count set to it.
+
+  A fresh optimizer state (a rewind to iteration k) then reads its schedule at k, not 0, and an iteration
+  that skips the optimizer (RigL's mask updates) still advances it, as `lr(state.step)` would. Other counts
+  (Adam's bias correction) are the optimizer's own and stay as they are.
+
+  Args:
+    opt_state: any optax transformation's state.
+    step: the global iteration (TrainState.step).
+
+  Returns:
+    The same state with the counts of its schedules equal to `step`.
+  """
+  def visit(node):
+    if not isinstance(node, _SCHEDULE_STATES):
+      return node
+    node = node._replace(count=jnp.asarray(step, node.count.dtype))
+    return node._replace(inner_state=at_step(node.inner_state, step)) if hasattr(node, "inner_state") else node
+  return jax.tree.map(visit, opt_state, is_leaf=lambda x: isinstance(x, _SCHEDULE_STATES))
 
 
 def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int,

@@ -1,9 +1,13 @@
 """The train and eval steps as plain functions of (recipe, state, data); `Trainer` compiles them.
 
-One step: gradients -> optax update -> apply -> pruned positions set to 0 (`masks.zero_pruned`, the
-masking `keep_pruned` does), so pruned weights stay exactly zero through momentum, Adam and weight decay;
-then the recipe's optional `mask_update`. The gradients are taken at the masked params for every weight,
-pruned ones included (the dense gradient RigL grows by), and masked before the optimizer sees them. An epoch is one shuffle and `steps_per_epoch`
+One step: gradients -> the recipe's optax transformation wrapped in `keep_pruned` with the state's masks
+-> `optax.apply_updates`, so pruned weights stay exactly zero through momentum, Adam and weight decay by
+the same code a user's own loop runs; then the recipe's optional `mask_update`. The state holds the inner
+transformation's state (`opt_state`) and the masks (`masks`) apart: together they are keep_pruned's
+`MaskedState`, rebuilt each step, so methods change the masks with `state.replace(masks=...)` and
+`mask_update` hooks see the plain optimizer (its moments reset with optax.tree_map_params). The gradients
+are taken at the masked params for every weight, pruned ones included (the dense gradient RigL grows by);
+keep_pruned masks them before the optimizer sees them. An epoch is one shuffle and `steps_per_epoch`
 steps; `epoch` runs them as one `lax.scan`, and a caller may run the same shuffle and steps one by one
 (`shuffle`, `batch_step`): the numbers are the same to float tolerance.
 """
@@ -18,8 +22,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lth_jax.models import cpu_conv
-from lth_jax.sparsity import masks as masks_lib
-from lth_jax.training.state import TrainState
+from lth_jax.sparsity.optax import MaskedState, keep_pruned
+from lth_jax.training.state import TrainState, at_step
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -33,14 +37,14 @@ def cross_entropy(logits, labels):
 class Recipe:
   """Everything a step needs besides the state and the data."""
   model: nn.Module
-  tx: optax.GradientTransformation
-  lr: optax.Schedule
+  tx: optax.GradientTransformation          # the whole optimizer, learning rate included; unmasked
+  lr: optax.Schedule | None                 # the learning rate the history records (None: not known)
   batch_size: int
   steps_per_epoch: int
   eval_batch_size: int = 1000
   augment: Callable | None = None          # (key, x) -> x
   regularizer: Callable | None = None      # params -> scalar added to the loss
-  mesh: jax.sharding.Mesh | None = None    # batches split over its "data" axis
+  mesh: jax.sharding.Mesh | None = None    # batches split over its "data" axis; stacked tickets over "tickets"
   compute_dtype: str = "float32"
   # (state after the step, the step's dense gradients, tx) -> state: mask updates on the device, inside
   # the compiled step (gradual pruning, SET, RigL); it decides with lax.cond on state.step when to act.
@@ -58,6 +62,11 @@ class Recipe:
 def model_inputs(recipe: Recipe, x):
   """What the model sees of `x`: uint8 pixels normalised (`recipe.normalize`), float inputs unchanged."""
   return x if recipe.normalize is None else recipe.normalize(x)
+
+
+def data_shards(mesh: jax.sharding.Mesh | None) -> int:
+  """How many parts a batch is split into: the size of `mesh`'s "data" axis (1 without a mesh)."""
+  return 1 if mesh is None else mesh.shape["data"]
 
 
 def split_batch(recipe: Recipe, a):
@@ -108,12 +117,12 @@ def train_step(recipe: Recipe, state: TrainState, batch) -> tuple[TrainState, di
     return loss + penalty, (loss, logits, new_stats)
 
   (_, (loss, logits, new_stats)), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  # masks_lib.zero_pruned, as keep_pruned masks: a NaN or inf gradient at a pruned position reaches
-  # neither the optimizer's state nor the weight, which stays exactly 0
-  grads = masks_lib.zero_pruned(dense_grads, state.masks)
-  updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
-  lr = recipe.lr(state.step)
-  params = masks_lib.zero_pruned(jax.tree.map(lambda p, u: p - lr * u, state.params, updates), state.masks)
+  # keep_pruned zeroes the gradients at pruned positions (a NaN or inf there reaches neither the optimizer's
+  # state nor the weight) and returns -params there, so the weight becomes exactly 0
+  masked_state = MaskedState(at_step(state.opt_state, state.step), state.masks)
+  updates, masked_state = keep_pruned(recipe.tx, state.masks).update(dense_grads, masked_state, state.params)
+  params, opt_state = optax.apply_updates(state.params, updates), masked_state.inner_state
+  lr = recipe.lr(state.step) if recipe.lr is not None else jnp.nan
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                             opt_state=opt_state, rng=rng)
@@ -148,10 +157,16 @@ def epoch(recipe: Recipe, state: TrainState, x, y):
   return state, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
 
 
+def eval_size(recipe: Recipe, n: int) -> int:
+  """The batch size a split of `n` examples is evaluated in: eval_batch_size, or the split rounded up to a
+  multiple of the data shards when smaller."""
+  shards = data_shards(recipe.mesh)
+  return min(recipe.eval_batch_size, -(-n // shards) * shards)
+
+
 def logits(recipe: Recipe, variables, x):
   """Logits of `x` in eval mode, computed in fixed-size batches (the last one padded)."""
-  shards = recipe.mesh.size if recipe.mesh is not None else 1
-  n, size = x.shape[0], min(recipe.eval_batch_size, -(-x.shape[0] // shards) * shards)
+  n, size = x.shape[0], eval_size(recipe, x.shape[0])
   batches = -(-n // size)
   padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])
   out = jax.lax.map(lambda b: apply_model(recipe, variables, split_batch(recipe, b), train=False)[0],

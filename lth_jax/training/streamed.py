@@ -19,9 +19,12 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lth_jax.training import step
 from lth_jax.training.state import TrainState
+
+READ_THREADS = 2   # grain's reading threads per stream (a trainer's Feeder)
 
 
 @runtime_checkable
@@ -30,16 +33,30 @@ class HostSplit(Protocol):
   x: np.ndarray
   y: np.ndarray
 
-  def batches(self, rows: np.ndarray, threads: int = 2) -> Iterator[tuple]:
-    """(x[row], y[row]) on the host for each row of `rows`, in order."""
+  def batches(self, rows: np.ndarray, threads: int = 2, steps=None) -> Iterator[tuple]:
+    """(x[row], y[row]) on the host for each row of `rows`, in order; `steps`: each batch's training iteration
+    in a training epoch (host-side augmentation draws from it), None in evaluation."""
 
 
-def to_device(batches: Iterator, size: int = 2) -> Iterator:
-  """The items of `batches` (pytrees of numpy arrays) on the default device, `size` transfers kept in flight
-  (jax.device_put returns before the copy ends, so the next batches travel while a step computes)."""
+def placement(mesh: jax.sharding.Mesh | None, batch_axis: int = 0) -> Callable:
+  """How host batches go to the devices: whole to the default device without a mesh; with one, split along
+  `batch_axis` over its "data" axis, each device given its part.
+
+  Every process holds the same host batch (the same seeded data and order), so each places the parts of
+  its own devices and together they make one global array: the same call feeds one process or several.
+  """
+  if mesh is None:
+    return jax.device_put
+  sharding = NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, "data"))
+  return lambda tree: jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda i: a[i]), tree)
+
+
+def to_device(batches: Iterator, place: Callable = jax.device_put, size: int = 2) -> Iterator:
+  """The items of `batches` (pytrees of numpy arrays) placed on the devices by `place`, `size` transfers kept
+  in flight (transfers return before the copy ends, so the next batches travel while a step computes)."""
   queue = collections.deque()
   for batch in batches:
-    queue.append(jax.device_put(batch))
+    queue.append(place(batch))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
@@ -81,7 +98,7 @@ class Feeder:
     threads: grain's reading threads per stream.
   """
 
-  def __init__(self, recipe: step.Recipe, compiled: Callable, threads: int = 2):
+  def __init__(self, recipe: step.Recipe, compiled: Callable, threads: int = READ_THREADS):
     self.recipe, self.threads, self._compiled = recipe, threads, compiled
     self._step = compiled(functools.partial(fed_step, recipe), (0, 0, 0))
     self._sums = compiled(functools.partial(sums, recipe), (0, None, None, None), False)
@@ -95,11 +112,14 @@ class Feeder:
   def epoch(self, state: TrainState, split: HostSplit, batched: bool, first: int, last: int,
             after_step: Callable | None = None):
     """Steps `first`..`last`-1 of an epoch on `split` (as Trainer.train_epoch): (state, mean metrics)."""
+    start = int(np.ravel(state.step)[0])   # the iteration of step `first` (stacked states share it)
     state, rows = self._order(len(split.y), batched)(state)
     rows = np.asarray(rows)                                     # (steps, batch) or (members, steps, batch)
     rows = (rows.swapaxes(0, 1) if batched else rows)[first:last]   # step-major: a batch per step
     metrics = []
-    for i, (x, y) in zip(range(first, last), to_device(split.batches(rows, self.threads))):
+    place = placement(self.recipe.mesh, batch_axis=1 if batched else 0)   # batched: (members, batch, ...)
+    batches = split.batches(rows, self.threads, steps=np.arange(start, start + len(rows)))
+    for i, (x, y) in zip(range(first, last), to_device(batches, place)):
       state, m = self._step[batched](state, x, y)
       metrics.append(m)
       if after_step is not None:
@@ -109,21 +129,19 @@ class Feeder:
   def evaluate(self, variables, split: HostSplit, batched: bool) -> dict:
     """{"loss", "accuracy"} on `split` (per member when `batched`), left on the device."""
     n = len(split.y)
-    rows, valid = eval_rows(n, self._eval_size(n))
+    rows, valid = eval_rows(n, step.eval_size(self.recipe, n))
     total = None
-    for (x, y), v in zip(to_device(split.batches(rows, self.threads)), valid):
+    place = placement(self.recipe.mesh)
+    for (x, y), v in zip(to_device(split.batches(rows, self.threads), place), to_device(valid, place)):
       part = self._sums[batched](variables, x, y, v)
       total = part if total is None else jax.tree.map(jnp.add, total, part)
     return jax.tree.map(lambda s: s / n, total)
 
-  def logits(self, logits_fn: Callable, variables, x: np.ndarray) -> np.ndarray:
-    """`logits_fn(variables, batch)` over host inputs `x` batch by batch, on the host: a split is never whole
-    on the device."""
-    rows, _ = eval_rows(len(x), self._eval_size(len(x)))
-    out = [np.asarray(logits_fn(variables, batch)) for batch in to_device(x[row] for row in rows)]
-    return np.concatenate(out)[:len(x)]
-
-  def _eval_size(self, n: int) -> int:
-    """step.logits's batch size: eval_batch_size, or the split rounded up to the devices when smaller."""
-    shards = self.recipe.mesh.size if self.recipe.mesh is not None else 1
-    return min(self.recipe.eval_batch_size, -(-n // shards) * shards)
+  def logits(self, logits_fn: Callable, variables, x) -> np.ndarray:
+    """`logits_fn(variables, batch)` over host inputs `x` (an array, or a HostSplit read by its own
+    `batches`) batch by batch, on the host: a split is never whole on the device."""
+    n = len(x.y) if isinstance(x, HostSplit) else len(x)
+    rows, _ = eval_rows(n, step.eval_size(self.recipe, n))
+    inputs = (b for b, _ in x.batches(rows, self.threads)) if isinstance(x, HostSplit) else (x[r] for r in rows)
+    out = [np.asarray(logits_fn(variables, batch)) for batch in to_device(inputs, placement(self.recipe.mesh))]
+    return np.concatenate(out)[:n]

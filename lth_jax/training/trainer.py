@@ -22,12 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from lth_jax.errors import UserError
 from lth_jax.sparsity import masks as masks_lib
+from lth_jax.sparsity.optax import keep_pruned
 from lth_jax.training import step, streamed
-from lth_jax.training.state import TrainState, learning_rate, optimizer
+from lth_jax.training.state import TrainState, config_optimizer, learning_rate
 
 # "scan": an epoch is one compiled lax.scan. "steps": one compiled step per batch, called from Python.
 # "auto": steps on CPU, scan elsewhere -- XLA CPU (jaxlib 0.10) lowers convolutions not in its canonical
@@ -36,26 +38,37 @@ from lth_jax.training.state import TrainState, learning_rate, optimizer
 # user's own convnet would not; dispatching a step costs microseconds next to a batch's work
 # (results/bench_cpu).
 LOOPS = ("auto", "scan", "steps")
+TICKETS = "tickets"   # the mesh axis stacked states (vmapped tickets) are split over
 
 
-def _compiled(fn, in_axes, donate: bool = True) -> tuple[Callable, Callable]:
-  """(fn for one state, fn for states stacked along a leading axis), each jitted once."""
+def _compiled(fn, in_axes, donate: bool = True, tickets_axis: str | None = None) -> tuple[Callable, Callable]:
+  """(fn for one state, fn for states stacked along a leading axis), each jitted once.
+
+  With `tickets_axis` (a mesh axis name) the stacked axis is split over that axis of the mesh: the
+  sharding constraints inside `fn` (batches over "data") gain it for the stacked dimension.
+  """
   donate_argnums = 0 if donate else ()
-  return jax.jit(fn, donate_argnums=donate_argnums), jax.jit(jax.vmap(fn, in_axes=in_axes),
-                                                             donate_argnums=donate_argnums)
+  stacked = jax.vmap(fn, in_axes=in_axes, spmd_axis_name=tickets_axis)
+  return jax.jit(fn, donate_argnums=donate_argnums), jax.jit(stacked, donate_argnums=donate_argnums)
 
 
 @dataclasses.dataclass
 class Trainer:
-  """Compiled train and eval functions for one model, optimizer and batch size."""
+  """Compiled train and eval functions for one model, optimizer and batch size.
+
+  `optimizer` is config.optimizer (the command line's, built by `state.config_optimizer`) or any optax
+  transformation with its learning rate, e.g. optax.chain(optax.clip_by_global_norm(1.0),
+  optax.adamw(optax.warmup_cosine_decay_schedule(...))). Either way the step wraps it in `keep_pruned`
+  with each state's masks, and its schedules read the global step (`state.at_step`).
+  """
   model: nn.Module
-  opt_config: ml_collections.ConfigDict
+  optimizer: ml_collections.ConfigDict | optax.GradientTransformation
   batch_size: int
   steps_per_epoch: int
   epochs: int                       # length of the schedule
   eval_batch_size: int = 1000
   augment: Callable | None = None   # (key, x) -> x, runs inside jit
-  mesh: jax.sharding.Mesh | None = None   # data parallelism: batches split over its "data" axis
+  mesh: jax.sharding.Mesh | None = None   # batches split over its "data" axis; stacked states over "tickets"
   regularizer: Callable | None = None     # params -> scalar added to the loss (network slimming's L1 on BN scales)
   store: Any = None                       # checkpoint.SegmentStore: resume each fit where it stopped
   eval_every: int = 1                     # epochs between validation/test evaluations (always at the end)
@@ -71,6 +84,8 @@ class Trainer:
   mask_update: Callable | None = None     # step.Recipe.mask_update: mask changes inside the compiled step
   normalize: Callable | None = None       # step.Recipe.normalize: uint8 pixels -> model inputs, inside jit
   cpu_conv: str | None = None             # step.Recipe.cpu_conv: the convolution lowering its steps trace with
+  lr: optax.Schedule | None = None        # an optax `optimizer`'s learning rate, for the history's "lr" only
+                                          # (None: recorded as None); a config's is built from it
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -78,8 +93,11 @@ class Trainer:
     if self.compute_dtype not in step.COMPUTE_DTYPES:
       raise UserError(f"config.train.compute_dtype={self.compute_dtype!r} is not supported; "
                       f"allowed: {', '.join(step.COMPUTE_DTYPES)}")
-    self.tx = optimizer(self.opt_config)
-    self.lr = learning_rate(self.opt_config, self.steps_per_epoch, self.epochs, self.last_step)
+    if isinstance(self.optimizer, optax.GradientTransformation):
+      self.tx = self.optimizer
+    else:
+      self.tx = config_optimizer(self.optimizer, self.steps_per_epoch, self.epochs, self.last_step)
+      self.lr = learning_rate(self.optimizer, self.steps_per_epoch, self.epochs, self.last_step)
     if self.loop == "auto":
       self.loop = "steps" if jax.default_backend() == "cpu" else "scan"
     self.recipe = recipe = step.Recipe(self.model, self.tx, self.lr, self.batch_size, self.steps_per_epoch, self.eval_batch_size,
@@ -87,21 +105,36 @@ class Trainer:
                                        self.mask_update, self.normalize, self.cpu_conv)
     # The state is donated: `fit` copies the caller's states once, so states that methods keep to
     # rewind to are never consumed. Index [batched]: [0] one state, [1] states stacked.
-    self._epoch = _compiled(functools.partial(step.epoch, recipe), (0, None, None))
-    self._shuffle = _compiled(functools.partial(step.shuffle, recipe), (0, None))
-    self._batch_step = _compiled(functools.partial(step.batch_step, recipe), (0, None, None, 0, None))
-    self._evaluate = _compiled(functools.partial(step.evaluate, recipe), (0, None, None), donate=False)
+    compiled = functools.partial(_compiled, tickets_axis=TICKETS if TICKETS in self._axes else None)
+    self._epoch = compiled(functools.partial(step.epoch, recipe), (0, None, None))
+    self._shuffle = compiled(functools.partial(step.shuffle, recipe), (0, None))
+    self._batch_step = compiled(functools.partial(step.batch_step, recipe), (0, None, None, 0, None))
+    self._evaluate = compiled(functools.partial(step.evaluate, recipe), (0, None, None), donate=False)
     # Logits come back whole on every process: their batches are split over the mesh, and a process can
     # read only what its own devices hold.
     whole = None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._logits = jax.jit(functools.partial(step.logits, recipe), out_shardings=whole)
-    self._feeder = streamed.Feeder(recipe, _compiled)   # splits streamed from the host (data.pipeline=stream)
+    self._feeder = streamed.Feeder(recipe, compiled)   # splits streamed from the host (data.pipeline=stream)
+
+  @property
+  def _axes(self) -> tuple:
+    return () if self.mesh is None else self.mesh.axis_names
+
+  def _stack(self, states: list):
+    """The states stacked along a leading axis (one vmapped program), split over the mesh's "tickets" axis
+    when it has one and their number is a multiple of it (otherwise every tickets slice holds them all)."""
+    stacked = _stack(states)
+    if TICKETS not in self._axes or len(states) % self.mesh.shape[TICKETS]:
+      return stacked
+    return jax.device_put(stacked, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(TICKETS)))
 
   def init_state(self, params, batch_stats, masks, key, start_epoch: int = 0) -> TrainState:
-    """A fresh optimizer state; params are masked so the state starts consistent."""
+    """A fresh optimizer state (keep_pruned's inner one: the state keeps the masks); params are masked so
+    the state starts consistent."""
     params = masks_lib.zero_pruned(params, masks)
+    opt_state = keep_pruned(self.tx, masks).init(params).inner_state
     return TrainState(step=jnp.asarray(start_epoch * self.steps_per_epoch, jnp.int32), params=params,
-                      batch_stats=batch_stats, masks=masks, opt_state=self.tx.init(params), rng=key)
+                      batch_stats=batch_stats, masks=masks, opt_state=opt_state, rng=key)
 
   def train_epoch(self, state: TrainState, x, y=None, batched: bool = False, first: int = 0, last: int | None = None,
                   after_step: Callable | None = None):
@@ -136,8 +169,9 @@ class Trainer:
     return self.train_epoch(copy, *_fed(data["train"]), last=steps)[0]
 
   def logits(self, state: TrainState, x) -> jax.Array:
-    """The model's logits on `x` in eval mode, compiled once; host inputs (numpy) go batch by batch."""
-    if isinstance(x, np.ndarray):
+    """The model's logits on `x` in eval mode, compiled once; host inputs (numpy, or a streamed split whole)
+    go batch by batch."""
+    if isinstance(x, (np.ndarray, streamed.HostSplit)):
       return self._feeder.logits(self._logits, state.variables, x)
     return self._logits(state.variables, x)
 
@@ -180,7 +214,7 @@ class Trainer:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
     sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]   # read again per epoch where
     # a mask_update changes the masks inside the step (gradual, SET, RigL); without one they stay
-    current = _stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
+    current = self._stack(states) if batched else jax.tree.map(lambda a: a.copy(), states[0])   # donated below
     first_epoch = start_epoch + len(histories[0]) + 1
     if progress is not None and histories[0]:
       progress.advance(len(states) * len(histories[0]), _describe(names))
@@ -216,7 +250,8 @@ class Trainer:
         history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
                         "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "test_loss": test["loss"],
-                        "test_accuracy": test["accuracy"], "lr": train_metrics["lr"], "sparsity": sparsities[i]})
+                        "test_accuracy": test["accuracy"], "lr": _known(train_metrics["lr"]),
+                        "sparsity": sparsities[i]})
         if self.eval_every_steps:
           history[-1]["evals"] = [{"step": at, **{f"{split}_{k}": v for split in ("val", "test")
                                                   for k, v in _member(e.get(split), i, batched).items()}}
@@ -278,6 +313,11 @@ def _member(figures: dict | None, i: int, batched: bool) -> dict:
   if figures is None:
     return {"loss": None, "accuracy": None}
   return {k: float(v[i] if batched else v) for k, v in figures.items()}
+
+
+def _known(value: float) -> float | None:
+  """None for a figure the step could not know (NaN: the learning rate of an optax optimizer given without `lr`)."""
+  return None if np.isnan(value) else value
 
 
 def _fmt(value) -> str:
