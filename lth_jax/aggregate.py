@@ -92,7 +92,9 @@ def summarize(docs: list) -> list[dict]:
   return rows
 
 
-def markdown(rows: list, docs: list, skipped: list) -> str:
+def markdown(rows: list, docs: list, skipped: list, paper: dict | None = None) -> str:
+  """aggregate.md: the table of rows, the workdirs and time, what was left out, and paper.json's figures and
+  claims (each with where it was read) so the published numbers sit beside ours in text too."""
   fields = [f for f in FIELDS if any(f[0] in r for r in rows)]
   header = ["method", "round", "% remaining", *(["rewind step"] if any(r["rewind_step"] is not None for r in rows) else []),
             "n", *(h for _, h, _ in fields)]
@@ -115,7 +117,20 @@ def markdown(rows: list, docs: list, skipped: list) -> str:
           f"Training and evaluation time, summed over every run's wall time: {hours:.2f} h.\n")
   if skipped:
     text += "\nLeft out: " + "; ".join(skipped) + "\n"
-  return text
+  return text + paper_section(paper) if paper else text
+
+
+def paper_section(paper: dict) -> str:
+  """paper.json as text: its source, each series' points and each claim, with the figure or table it came from."""
+  lines = [f"\n## The paper: {paper.get('source', '')}\n"]
+  for series in paper.get("series", []):
+    points = ", ".join(f"{x:g}: {y:g}" for x, y in series["points"])
+    lines.append(f"- {series['label']} ({series['where']}; {series['field']}): {points}")
+  for claim in paper.get("claims", []):
+    lines.append(f"- \"{claim['claim']}\" ({claim['where']})")
+  if paper.get("not_included"):
+    lines.append(f"\nNot included: {paper['not_included']}")
+  return "\n".join(lines) + "\n"
 
 
 def plot(rows: list, field: str, ylabel: str, path: str, paper: dict | None) -> None:
@@ -171,7 +186,7 @@ def aggregate(workdirs: list, out: str) -> list[dict]:
   rows = summarize(docs)
   write_atomic(os.path.join(out, "aggregate.json"), json.dumps(
       {"workdirs": [d["workdir"] for d in docs], "left_out": skipped, "rows": rows}, indent=1))
-  write_atomic(os.path.join(out, "aggregate.md"), markdown(rows, docs, skipped))
+  write_atomic(os.path.join(out, "aggregate.md"), markdown(rows, docs, skipped, paper))
   plot(rows, "test_accuracy_at_best_epoch", "test accuracy at early stopping", os.path.join(out, "accuracy.png"), paper)
   plot(rows, "best_step", "early-stopping iteration", os.path.join(out, "early_stop_iteration.png"), paper)
   if any("error_barrier" in r for r in rows):

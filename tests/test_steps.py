@@ -95,8 +95,9 @@ def test_aggregate_matches_runs_across_seeds(tmp_path):
     (tmp_path / name).mkdir()
     (tmp_path / name / "results.json").write_text(json.dumps(doc))
   (tmp_path / "study").mkdir()
-  (tmp_path / "study" / "paper.json").write_text(json.dumps({"series": [
-      {"label": "paper", "where": "Figure 3", "field": "best_step", "points": [[100, 4000], [20, 3000]]}]}))
+  (tmp_path / "study" / "paper.json").write_text(json.dumps({"source": "F&C 2019", "series": [
+      {"label": "paper", "where": "Figure 3", "field": "best_step", "points": [[100, 4000], [20, 3000]]}],
+      "claims": [{"claim": "tickets learn faster", "where": "Abstract"}]}))
   result = subprocess.run([sys.executable, "-m", "lth_jax.report", "aggregate", *(str(tmp_path / n) for n in docs),
                            "--out", str(tmp_path / "study")], cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
@@ -106,6 +107,8 @@ def test_aggregate_matches_runs_across_seeds(tmp_path):
   assert (rows[1]["best_step"]["min"], rows[1]["best_step"]["max"], rows[1]["best_step"]["mean"]) == (3000, 4000, 3500)
   text = (tmp_path / "study" / "aggregate.md").read_text()
   assert "not complete" in text and "2.00 h" in text   # four runs of 1800 s
+  assert "## The paper: F&C 2019" in text and "- paper (Figure 3; best_step): 100: 4000, 20: 3000" in text
+  assert '- "tickets learn faster" (Abstract)' in text
   assert (tmp_path / "study" / "early_stop_iteration.png").stat().st_size > 0
   usage = subprocess.run([sys.executable, "-m", "lth_jax.report", "aggregate", str(tmp_path / "seed0")], cwd=ROOT,
                          env=ENV, capture_output=True, text=True)
