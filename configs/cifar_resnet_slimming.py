@@ -15,21 +15,13 @@ Data: CIFAR-10 is fetched into ~/.cache/lth_jax on first use and verified; or fi
   --config.data.dir=/path/to/cifar-10-python.tar.gz  (or cifar-10-batches-py/, or an image-folder tree / .tar.gz)
 """
 
-import importlib.util
 import pathlib
 
-
-def _experiments_1_2():
-  """configs/cifar_resnet.py's config: data, model, optimizer and metrics are shared with it."""
-  path = pathlib.Path(__file__).with_name("cifar_resnet.py")
-  spec = importlib.util.spec_from_file_location("cifar_resnet", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from lth_jax.config import from_file
 
 
 def get_config():
-  c = _experiments_1_2()
+  c = from_file(pathlib.Path(__file__).with_name("cifar_resnet.py"))   # data, model, optimizer and metrics shared
   c.method = "slimming"
   c.slimming.penalty = 1e-5
   c.slimming.ratio = 0.3

@@ -3,9 +3,11 @@
   python -m lth_jax.report aggregate results/study/seed0 results/study/seed1 ... --out results/study
 
 Each workdir's results.json is read (one that is not complete is left out, and said so); runs are matched
-across seeds by what they are -- method with its criterion and control, round, sparsity, and the
-instability analysis' rewind step -- and every figure of `FIELDS` becomes mean / min / max over the seeds
-that have it. Written to --out: aggregate.json, aggregate.md, and plots of test accuracy at the early-stopping
+across seeds by what they are -- method with its criterion and control (and the instability analysis'
+network, a sparse-training run's per-layer distribution), round, sparsity, and the instability analysis'
+rewind step -- and every figure of `FIELDS` becomes mean / min / max over the seeds that have it. A study
+split into several workdirs per seed (one per piece) may record a run in more than one of them (each
+piece's own dense run): such a run counts once per seed, the first workdir's. Written to --out: aggregate.json, aggregate.md, and plots of test accuracy at the early-stopping
 evaluation and of that evaluation's iteration against the weights remaining, with min-max error bars. A
 `paper.json` in --out (the published figures, each series naming the figure or table it was read from) is
 drawn on the same axes:
@@ -28,12 +30,19 @@ from lth_jax.training.checkpoint import write_atomic
 FIELDS = (("test_accuracy_at_best_epoch", "test acc @early stop", "{:.4f}"), ("best_step", "early-stop iter", "{:,.0f}"),
           ("best_epoch", "early-stop epoch", "{:.1f}"), ("test_accuracy", "test acc (end)", "{:.4f}"),
           ("accuracy_before_retrain", "acc before retrain", "{:.4f}"), ("ece", "ECE", "{:.4f}"), ("uce", "UCE", "{:.4f}"),
-          ("barrier", "barrier", "{:.4f}"))
+          ("error_barrier", "error barrier", "{:.4f}"))
+
+
+def name(run: dict) -> str:
+  """A run's name in the tables: `label`, and the instability network or sparse-training distribution."""
+  parts = [label(run), run.get("network")]
+  parts += [f"[{run['distribution']}]"] if run.get("distribution") else []
+  return " ".join(filter(None, parts))
 
 
 def run_key(run: dict) -> tuple:
   """What makes runs of different seeds the same run of the protocol."""
-  return (label(run), run["round"], round(run["sparsity"], 4), run.get("rewind_step"))
+  return (name(run), run["round"], round(run["sparsity"], 4), run.get("rewind_step"))
 
 
 def read_workdirs(workdirs: list) -> tuple[list, list]:
@@ -63,9 +72,13 @@ def summarize(docs: list) -> list[dict]:
   Returns:
     Rows {"method", "round", "sparsity", "rewind_step", "n", "seeds", FIELD: {"mean", "min", "max", "values"}}.
   """
-  groups = {}
+  groups, seen = {}, set()
   for doc in docs:
     for run in doc["runs"]:
+      seed = run.get("seed", doc.get("config", {}).get("seed"))
+      if (run_key(run), seed) in seen:   # the same run of the same seed in another piece's workdir
+        continue
+      seen.add((run_key(run), seed))
       groups.setdefault(run_key(run), []).append(run)
   rows = []
   for (method, round_, sparsity, rewind_step), runs in groups.items():
@@ -79,7 +92,9 @@ def summarize(docs: list) -> list[dict]:
   return rows
 
 
-def markdown(rows: list, docs: list, skipped: list) -> str:
+def markdown(rows: list, docs: list, skipped: list, paper: dict | None = None) -> str:
+  """aggregate.md: the table of rows, the workdirs and time, what was left out, and paper.json's figures and
+  claims (each with where it was read) so the published numbers sit beside ours in text too."""
   fields = [f for f in FIELDS if any(f[0] in r for r in rows)]
   header = ["method", "round", "% remaining", *(["rewind step"] if any(r["rewind_step"] is not None for r in rows) else []),
             "n", *(h for _, h, _ in fields)]
@@ -93,14 +108,29 @@ def markdown(rows: list, docs: list, skipped: list) -> str:
       cells.append("–" if s is None else f"{fmt.format(s['mean'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]")
     lines.append("| " + " | ".join(cells) + " |")
   hours = sum(run.get("wall_time_s", 0.0) for doc in docs for run in doc["runs"]) / 3600
-  text = (f"# Aggregate over {len(docs)} seeds\n\n"
+  seeds = {run.get("seed", doc.get("config", {}).get("seed")) for doc in docs for run in doc["runs"]}
+  pieces = f" ({len(docs)} workdirs)" if len(docs) != len(seeds) else ""
+  text = (f"# Aggregate over {len(seeds)} seeds{pieces}\n\n"
           f"Workdirs: {', '.join(d['workdir'] for d in docs)}\n\n" + "\n".join(lines) + "\n\n"
           "Each cell: mean [min, max] over the seeds. test acc @early stop: test accuracy at the evaluation chosen by "
           "config.train.best_by; early-stop iter: that evaluation's iteration.\n\n"
           f"Training and evaluation time, summed over every run's wall time: {hours:.2f} h.\n")
   if skipped:
     text += "\nLeft out: " + "; ".join(skipped) + "\n"
-  return text
+  return text + paper_section(paper) if paper else text
+
+
+def paper_section(paper: dict) -> str:
+  """paper.json as text: its source, each series' points and each claim, with the figure or table it came from."""
+  lines = [f"\n## The paper: {paper.get('source', '')}\n"]
+  for series in paper.get("series", []):
+    points = ", ".join(f"{x:g}: {y:g}" for x, y in series["points"])
+    lines.append(f"- {series['label']} ({series['where']}; {series['field']}): {points}")
+  for claim in paper.get("claims", []):
+    lines.append(f"- \"{claim['claim']}\" ({claim['where']})")
+  if paper.get("not_included"):
+    lines.append(f"\nNot included: {paper['not_included']}")
+  return "\n".join(lines) + "\n"
 
 
 def plot(rows: list, field: str, ylabel: str, path: str, paper: dict | None) -> None:
@@ -124,6 +154,27 @@ def plot(rows: list, field: str, ylabel: str, path: str, paper: dict | None) -> 
     ax.invert_xaxis()
 
 
+def plot_barrier(rows: list, path: str, paper: dict | None) -> None:
+  """The instability analysis: error barrier against the rewind step, mean and min-max bars per network and
+  sparsity; the paper's `error_barrier` series (points [k, barrier]) beside."""
+  with figure(path, "rewind iteration k", "error barrier (test error)", legend_size=7) as ax:
+    lines = {}
+    for r in rows:
+      if "error_barrier" in r:
+        lines.setdefault((r["method"], r["sparsity"]), []).append((r["rewind_step"], r["error_barrier"]))
+    for (method, sparsity), points in lines.items():
+      points.sort(key=lambda p: p[0])
+      x, mean = [p[0] for p in points], np.array([p[1]["mean"] for p in points])
+      spread = [mean - [p[1]["min"] for p in points], [p[1]["max"] for p in points] - mean]
+      ax.errorbar(x, mean, yerr=spread, marker="o", markersize=3, capsize=3,
+                  label=f"{method}, {100 * (1 - sparsity):.1f}% left (ours, min-max)")
+    for series in (paper or {}).get("series", []):
+      if series.get("field") == "error_barrier":
+        x, y = zip(*series["points"])
+        ax.plot(x, y, linestyle="--", marker="x", label=f"{series['label']} ({series['where']})")
+    ax.set_xscale("symlog", linthresh=100)
+
+
 def aggregate(workdirs: list, out: str) -> list[dict]:
   """Summarise the workdirs into `out` (aggregate.json, aggregate.md, plots); returns the rows."""
   docs, skipped = read_workdirs(workdirs)
@@ -135,9 +186,11 @@ def aggregate(workdirs: list, out: str) -> list[dict]:
   rows = summarize(docs)
   write_atomic(os.path.join(out, "aggregate.json"), json.dumps(
       {"workdirs": [d["workdir"] for d in docs], "left_out": skipped, "rows": rows}, indent=1))
-  write_atomic(os.path.join(out, "aggregate.md"), markdown(rows, docs, skipped))
+  write_atomic(os.path.join(out, "aggregate.md"), markdown(rows, docs, skipped, paper))
   plot(rows, "test_accuracy_at_best_epoch", "test accuracy at early stopping", os.path.join(out, "accuracy.png"), paper)
   plot(rows, "best_step", "early-stopping iteration", os.path.join(out, "early_stop_iteration.png"), paper)
+  if any("error_barrier" in r for r in rows):
+    plot_barrier(rows, os.path.join(out, "instability_barrier.png"), paper)
   return rows
 
 

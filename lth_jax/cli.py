@@ -5,7 +5,6 @@ User errors (lth_jax.errors.UserError, bad flags) print one line and exit with s
 
 import dataclasses
 import errno
-import importlib.util
 import os
 import shlex
 import socket
@@ -79,11 +78,8 @@ def check_config_argv(argv, default: str) -> None:
   path = _config_path(argv, default).split(":", 1)[0]
   if not os.path.isfile(path):
     fail(f"--config={path!r}: no such config file (see configs/ for the experiments)")
-  spec = importlib.util.spec_from_file_location("lth_jax_config_check", path)
-  module = importlib.util.module_from_spec(spec)
   try:
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.from_file(path)
   except Exception as e:  # noqa: BLE001  -- any failure of the user's config file is reported, not traced
     fail(f"--config={path!r} could not be loaded: {type(e).__name__}: {e}")
   overrides = [arg[len("--config."):].split("=", 1) for arg in argv if arg.startswith("--config.")]

@@ -4,6 +4,7 @@
 comment beside it here: the listing is read from `base()` and this file, so it cannot drift.
 """
 
+import importlib.util
 import inspect
 import re
 
@@ -144,6 +145,10 @@ def base() -> ml_collections.ConfigDict:
   c.iterative.round_epochs = 0  # epochs of training per round; 0 = train.epochs (reset=none: finetune.epochs)
   c.iterative.final_epochs = 0  # >0: the last round trains this long instead
   c.iterative.random_control_every = 0   # k>0: every k-th round also trains its mask from a random init
+  c.iterative.controls = ()     # sanity checks trained beside the ticket on its round's mask, the lineage the
+  #                               ticket's: reinit (fresh weights) | shuffle (within layers) | invert (the round's
+  #                               selection inverted: of the previous round's survivors the lowest scores stay)
+  c.iterative.control_rounds = ()   # rounds that train iterative.controls; () = every round
 
   c.dynamic = ml_collections.ConfigDict()
   c.dynamic.at = (1 / 3, 2 / 3)   # fractions of training at which to prune
@@ -165,6 +170,9 @@ def base() -> ml_collections.ConfigDict:
   c.stability.rewind_steps = (0, 100, 500)   # iterations of the dense run the copies start from
   c.stability.points = 30                    # interpolation points on the line between the two copies
   c.stability.bn_examples = 1000             # training examples BatchNorm statistics are recomputed on
+  c.stability.imp_rounds = ()                # () : the ticket is the dense network pruned once to prune.sparsity |
+  #                                            (2, 5, ...): IMP with rewinding to each k (iterative.rate per round),
+  #                                            the pair analysed at these rounds (Frankle et al. 2020's IMP subnetworks)
 
   # Network slimming (Liu et al. 2017): train with lambda * sum|gamma| over the prunable BatchNorm scales,
   # remove channels at each of `epochs` (one branch each), cut them out of the network and retrain it.
@@ -228,6 +236,15 @@ def base() -> ml_collections.ConfigDict:
   # -- issue 17: fidelity to the seeds -------------------------------------------------------------
   c.prune.from_best = False     # prune the weights of the best validation accuracy (among evaluated epochs), not the last
   return c
+
+
+def from_file(path) -> ml_collections.ConfigDict:
+  """The config an experiment file builds (its `get_config()`): what a config under configs/ starts from when
+  it shares another's protocol, e.g. from_file(pathlib.Path(__file__).with_name("mnist_lenet.py"))."""
+  spec = importlib.util.spec_from_file_location("lth_jax_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def _flat(config, prefix: str = "") -> dict:

@@ -121,3 +121,41 @@ def test_compare_runs_prune_at_init_beside_the_lottery_methods():
 def test_bad_values_are_refused_naming_the_key(overrides, message):
   with pytest.raises(UserError, match=message.replace("(", r"\(")):
     experiment.validate(small_config(**overrides))
+
+
+def test_imp_round_controls_train_beside_the_ticket_and_leave_its_lineage_alone():
+  settings = {"method": "iterative", "iterative.rounds": 3, "iterative.rate": 0.5, "prune.scope": "layerwise",
+              "train.epochs": 2}
+  out = Collect()
+  exp = experiment.build(small_config(**settings, **{"iterative.controls": ("reinit", "shuffle", "invert"),
+                                                     "iterative.control_rounds": (2, 3)}))
+  run_method(exp, out)
+  labels = [(r["method"], r["round"], r["control"]) for r in out.records[1:]]
+  assert labels == [("iterative", 1, "none")] + [(("iterative", r, c)) for r in (2, 3)
+                                                  for c in ("none", "reinit", "shuffle", "invert")]
+  plain = Collect()
+  run_method(experiment.build(small_config(**settings)), plain)
+  tickets = [i for i, (_, _, c) in enumerate(labels, start=1) if c == "none"]
+  for i, j in zip(tickets, range(1, 4)):   # the ticket's lineage is the run without controls
+    assert leaves_equal(out.states[i].masks, plain.states[j].masks)
+    assert out.records[i]["test_accuracy"] == plain.records[j]["test_accuracy"]
+  for round_, base in ((2, 2), (3, 6)):
+    ticket, reinit, shuffle, invert = (out.states[base + k] for k in range(4))
+    previous = out.states[base - 4 if round_ == 3 else 1].masks
+    assert leaves_equal(reinit.masks, ticket.masks) and not leaves_equal(out.rewinds[base + 1], exp.init_params)
+    assert per_layer(shuffle.masks, exp.which) == per_layer(ticket.masks, exp.which)
+    assert masks_lib.hamming(shuffle.masks, ticket.masks, exp.which) > 0
+    assert leaves_equal(out.rewinds[base + 2], exp.init_params) and leaves_equal(out.rewinds[base + 3], exp.init_params)
+    # invert: of the previous round's survivors, the lowest-magnitude half stays: what the ticket removed is kept
+    assert per_layer(invert.masks, exp.which) == per_layer(ticket.masks, exp.which)
+    for p, t, v in zip(*(jax.tree.leaves(m) for m in (previous, ticket.masks, invert.masks))):
+      p, t, v = (np.asarray(a) for a in (p, t, v))
+      assert np.all(v <= p) and np.all(v >= p - t)
+
+
+def test_imp_round_controls_are_checked():
+  for overrides, message in (({"iterative.controls": ("flip",)}, "config.iterative.controls"),
+                             ({"iterative.controls": ("shuffle",), "prune.control": "shuffle"}, "lineage"),
+                             ({"iterative.control_rounds": (9,), "iterative.rounds": 3}, "rounds in 1..3")):
+    with pytest.raises(UserError, match=message):
+      experiment.validate(small_config(**{"method": "iterative", **overrides}))

@@ -212,6 +212,18 @@ def test_gradual_curve_carries_the_sparsity_in_force_at_each_epochs_end():
   assert [row["sparsity"] for row in rec.records[0]["curve"]] == pytest.approx(expected, abs=1e-9)
 
 
+def test_schedules_span_train_steps_when_it_cuts_the_last_epoch_short():
+  # train.steps ends training inside an epoch: gradual's last pruning step and SET / RigL's t_end are
+  # fractions of those steps, not of the whole epochs, and gradual reaches its target by the end
+  exp, rec = _run("gradual", **{"train.steps": 37, "prune.distribution": "global"})
+  assert exp.config.train.epochs * exp.steps_per_epoch > 37
+  assert sparse_training.total_steps(exp) == 37 and rec.records[0]["train_steps"] == 37
+  assert rec.records[0]["prune_steps"][-1] <= round(0.6 * 37)
+  assert masks_lib.sparsity(rec.states[0].masks, exp.which) == pytest.approx(0.8, abs=1e-3)
+  exp, rec = _run("rigl", **{"train.steps": 37})
+  assert rec.records[0]["t_end"] == round(0.75 * 37)
+
+
 @pytest.mark.parametrize("method", ["static", "set", "rigl"])
 def test_sparse_training_keeps_every_layer_count(method):
   exp, rec = _run(method)

@@ -81,3 +81,36 @@ def test_report_labels_and_instability_section(tmp_path):
   text = (tmp_path / "results.md").read_text()
   assert "| 0 | dense | 5 | 0.000 | 0.1000 / 0.2000 | 0.4000 | +0.2500 |" in text
   assert (tmp_path / "instability_paths.png").exists() and (tmp_path / "instability_barrier.png").exists()
+
+
+def test_imp_subnetworks_are_found_per_rewind_step_and_analysed_at_the_listed_rounds():
+  exp = experiment.build(small_config(**{"method": "instability", "stability.rewind_steps": (0, 5),
+                                         "stability.points": 3, "train.epochs": 2, "stability.imp_rounds": (1, 3),
+                                         "iterative.rate": 0.5}))
+  out = Collect()
+  run_method(exp, out)
+  runs = out.records[1:]
+  assert [(r["network"], r["rewind_step"], r.get("imp_round")) for r in runs] == [
+      ("dense", 0, None), ("ticket", 0, 1), ("ticket", 0, 3), ("dense", 5, None), ("ticket", 5, 1), ("ticket", 5, 3)]
+  keys = [(r["network"], r["rewind_step"], r.get("imp_round")) for r in runs]
+  states, records = dict(zip(keys, out.states[1:])), dict(zip(keys, runs))
+  _, total = masks_lib.count(out.states[0].masks, exp.which)
+  kept = {key: masks_lib.count(s.masks, exp.which)[0] for key, s in states.items()}
+  assert kept[("ticket", 0, 1)] == kept[("ticket", 5, 1)] == total - round(0.5 * total)   # round 1: the dense weights pruned
+  assert kept[("ticket", 0, 3)] == kept[("ticket", 5, 3)] < total // 8 + 3   # rate 0.5 compounds over three rounds
+  for k in (0, 5):   # each k's lineage is its own, and its masks nest
+    inner, outer = states[("ticket", k, 3)].masks, states[("ticket", k, 1)].masks
+    assert all(np.all(np.asarray(o) >= np.asarray(i)) for i, o in zip(jax.tree.leaves(inner), jax.tree.leaves(outer)))
+    assert records[("ticket", k, 1)]["sparsity"] == pytest.approx(0.5, abs=0.01) and records[("ticket", k, 3)]["sparsity"] > 0.85
+  # the first round's mask is the one-shot ticket's at the same sparsity (same weights, same criterion)
+  oneshot = Collect()
+  run_method(experiment.build(small_config(**{"method": "instability", "stability.rewind_steps": (0,),
+                                              "stability.points": 3, "train.epochs": 2, "prune.sparsity": 0.5})), oneshot)
+  assert leaves_equal(oneshot.states[2].masks, states[("ticket", 0, 1)].masks)
+
+
+def test_imp_rounds_need_a_rate():
+  with pytest.raises(UserError, match="config.iterative.rate"):
+    experiment.validate(small_config(**{"method": "instability", "stability.imp_rounds": (2,)}))
+  with pytest.raises(UserError, match="increasing IMP rounds"):
+    experiment.validate(small_config(**{"stability.imp_rounds": (3, 2), "iterative.rate": 0.2}))

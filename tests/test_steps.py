@@ -95,8 +95,9 @@ def test_aggregate_matches_runs_across_seeds(tmp_path):
     (tmp_path / name).mkdir()
     (tmp_path / name / "results.json").write_text(json.dumps(doc))
   (tmp_path / "study").mkdir()
-  (tmp_path / "study" / "paper.json").write_text(json.dumps({"series": [
-      {"label": "paper", "where": "Figure 3", "field": "best_step", "points": [[100, 4000], [20, 3000]]}]}))
+  (tmp_path / "study" / "paper.json").write_text(json.dumps({"source": "F&C 2019", "series": [
+      {"label": "paper", "where": "Figure 3", "field": "best_step", "points": [[100, 4000], [20, 3000]]}],
+      "claims": [{"claim": "tickets learn faster", "where": "Abstract"}]}))
   result = subprocess.run([sys.executable, "-m", "lth_jax.report", "aggregate", *(str(tmp_path / n) for n in docs),
                            "--out", str(tmp_path / "study")], cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
@@ -106,6 +107,8 @@ def test_aggregate_matches_runs_across_seeds(tmp_path):
   assert (rows[1]["best_step"]["min"], rows[1]["best_step"]["max"], rows[1]["best_step"]["mean"]) == (3000, 4000, 3500)
   text = (tmp_path / "study" / "aggregate.md").read_text()
   assert "not complete" in text and "2.00 h" in text   # four runs of 1800 s
+  assert "## The paper: F&C 2019" in text and "- paper (Figure 3; best_step): 100: 4000, 20: 3000" in text
+  assert '- "tickets learn faster" (Abstract)' in text
   assert (tmp_path / "study" / "early_stop_iteration.png").stat().st_size > 0
   usage = subprocess.run([sys.executable, "-m", "lth_jax.report", "aggregate", str(tmp_path / "seed0")], cwd=ROOT,
                          env=ENV, capture_output=True, text=True)
@@ -117,3 +120,28 @@ def test_aggregate_refuses_when_nothing_is_complete(tmp_path):
   (tmp_path / "a" / "results.json").write_text(json.dumps(_doc(0, [], complete=False)))
   with pytest.raises(ValueError, match="no complete results.json"):
     aggregate.aggregate([str(tmp_path / "a")], str(tmp_path / "out"))
+
+
+def test_aggregate_counts_a_run_once_per_seed_and_names_networks_and_distributions(tmp_path):
+  pieces = {"seed0/erk": [("dense", 0, 0.0, {}), ("rigl", 1, 0.9, {"distribution": "erk"})],
+            "seed0/uniform": [("dense", 0, 0.0, {}), ("rigl", 1, 0.9, {"distribution": "uniform_first_dense"})],
+            "seed1/k0": [("dense", 0, 0.0, {}), ("instability", 0, 0.0, {"network": "dense", "rewind_step": 0,
+                                                                           "error_barrier": 0.01})],
+            "seed1/k100": [("dense", 0, 0.0, {}), ("instability", 100, 0.0, {"network": "dense", "rewind_step": 100,
+                                                                               "error_barrier": 0.03}),
+                           ("instability", 100, 0.9, {"network": "ticket", "rewind_step": 100, "error_barrier": 0.0})]}
+  for piece, runs in pieces.items():
+    (tmp_path / piece).mkdir(parents=True)
+    seed = int(piece[4])
+    doc = {"complete": True, "config": {"seed": seed}, "runs": [
+        {"method": m, "round": r, "sparsity": s, "seed": seed, "test_accuracy": 0.9, "wall_time_s": 10.0, **extra}
+        for m, r, s, extra in runs]}
+    (tmp_path / piece / "results.json").write_text(json.dumps(doc))
+  rows = aggregate.aggregate([str(tmp_path / p) for p in pieces], str(tmp_path / "study"))
+  assert [(r["method"], r["rewind_step"], r["n"]) for r in rows] == [
+      ("dense", None, 2), ("rigl [erk]", None, 1), ("rigl [uniform_first_dense]", None, 1),
+      ("instability dense", 0, 1), ("instability dense", 100, 1), ("instability ticket", 100, 1)]
+  assert rows[4]["error_barrier"]["mean"] == 0.03
+  text = (tmp_path / "study" / "aggregate.md").read_text()
+  assert "error barrier" in text and "# Aggregate over 2 seeds (4 workdirs)" in text
+  assert (tmp_path / "study" / "instability_barrier.png").stat().st_size > 0

@@ -179,10 +179,12 @@ def criterion_context(exp, purpose: str, batch_stats=None) -> criteria.Context:
                           grasp_temperature=exp.config.prune.grasp_temperature)
 
 
-def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, iterations: int = 1):
+def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, iterations: int = 1,
+          invert: bool = False):
   """config.prune's criterion, scope, exclusions and layer scales, applied to the remaining weights,
   then config.prune.control's change to the mask (shuffle: permuted within each layer; invert: the
-  lowest scores kept; reinit acts on the weights, `control_weights`).
+  lowest scores kept; reinit acts on the weights, `control_weights`). `invert`: the lowest scores kept
+  whatever config.prune.control says.
 
   `purpose` names this pruning event: random criteria and the shuffle draw from its own keys. The
   criterion rescores `iterations` times on the exponential schedule (`pruning.prune_iteratively`);
@@ -191,7 +193,7 @@ def prune(exp, params, masks, fraction: float, purpose: str, batch_stats=None, i
   p = exp.config.prune
   context = criterion_context(exp, purpose, batch_stats)
   score = criteria.get(p.criterion)
-  if p.control == "invert":
+  if p.control == "invert" or invert:
     score = criteria.inverted(score)
   jitted = jax.jit(lambda params_, masks_: score(params_, masks_, context))   # SynFlow rescores 100 times
   criterion = lambda params_, masks_, _: jitted(params_, masks_)   # noqa: E731

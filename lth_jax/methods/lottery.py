@@ -19,6 +19,8 @@ from lth_jax.sparsity import masks as masks_lib
 from lth_jax.sparsity import pruning
 
 RESETS = ("init", "rewind", "none")
+# The sanity checks of "Missing the Mark" trained beside IMP's ticket on its own round's mask (iterative.controls).
+ROUND_CONTROLS = ("reinit", "shuffle", "invert")
 ONESHOT_METHODS = {"none": "oneshot", "rewind": "oneshot_reinit", "random": "oneshot_random"}
 ONESHOT_RESETS = {method: reset for reset, method in ONESHOT_METHODS.items()}
 
@@ -33,6 +35,19 @@ def validate_iterative(config: ml_collections.ConfigDict) -> None:
                        ("random_control_every", "0 = never")):
     check(isinstance(it[key], int) and it[key] >= 0, f"config.iterative.{key}={it[key]!r} must be an integer >= 0 "
           f"({meaning})")
+  controls = list(it.controls)
+  check(all(c in ROUND_CONTROLS for c in controls) and len(set(controls)) == len(controls),
+        f"config.iterative.controls={tuple(it.controls)}; each at most once, from: {', '.join(ROUND_CONTROLS)}")
+  check(not controls or config.prune.control == "none",
+        f"config.iterative.controls={tuple(it.controls)} trains the controls beside the ticket; "
+        f"config.prune.control={config.prune.control!r} would change the ticket's own lineage: leave it 'none'")
+  check("shuffle" not in controls or config.prune.pattern == "unstructured",
+        f"config.iterative.controls holds 'shuffle', which permutes each layer's mask and breaks "
+        f"config.prune.pattern={config.prune.pattern!r}'s groups; use reinit or invert")
+  rounds = list(it.control_rounds)
+  check(all(isinstance(r, int) and 1 <= r <= it.rounds for r in rounds) and rounds == sorted(set(rounds)),
+        f"config.iterative.control_rounds={tuple(it.control_rounds)} must be increasing rounds in 1..{it.rounds} "
+        "(() = every round)")
   if it.reset == "rewind":
     for key in ("round_epochs", "final_epochs"):
       check(not it[key] or it[key] > config.prune.rewind_epoch,
@@ -132,7 +147,9 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   Each round records the accuracy of its mask at the previous round's weights (accuracy_before_retrain)
   and at the trained dense weights (accuracy_at_dense_weights), the ResNet-20 seed's @w(t-1) and @w0.
   The last round trains `final_epochs` instead when that is set (the CNN-pruning seed's 5 then 100).
-  Every `random_control_every`-th round also trains its mask from a random initialisation.
+  Every `random_control_every`-th round also trains its mask from a random initialisation. At each of
+  `control_rounds` (all when empty), each of `iterative.controls` trains beside the ticket, applied to that
+  round's mask only, so the lineage stays the ticket's (`_round_control`).
   Under config.prune.pattern (n:m) each round keeps n of every m as its floor and the last one exactly
   n of every m (`common.pattern_fraction`): the rounds are k:m-or-denser masks narrowing to n:m.
   """
@@ -143,7 +160,7 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   for round_ in range(1, cfg.rounds + 1):
     started, name = time.time(), f"iterative round {round_}"
     fraction = common.pattern_fraction(exp, masks, rate, last=round_ == cfg.rounds)
-    masks = common.prune(exp, state.params, masks, fraction, name, state.batch_stats)
+    previous, masks = masks, common.prune(exp, state.params, masks, fraction, name, state.batch_stats)
     before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
     at_dense = common.masked_accuracy(exp, dense_run.prune_state.params, dense_run.prune_state.batch_stats, masks)
     epochs = round_epochs(exp, round_)
@@ -161,15 +178,47 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
                       epochs, params, before, started)]
     if cfg.random_control_every and round_ % cfg.random_control_every == 0:
       tickets.append(_random_control(exp, masks, epochs, round_, before))
+    controls = [None] * len(tickets)
+    if not cfg.control_rounds or round_ in cfg.control_rounds:
+      for control in cfg.controls:
+        tickets.append(_round_control(exp, control, round_, trainer, (params, stats, start), masks,
+                                      (state, previous, fraction), epochs))
+        controls.append(control)
     fitted = yield from common.fit_tickets(exp, tickets)
     state = fitted[0][0]
-    for ticket, (trained, history) in zip(tickets, fitted):
-      record = exp.record(trained, history, ticket.method, round_, dense_run.test_accuracy, before, ticket.started)
+    for i, (ticket, control, (trained, history)) in enumerate(zip(tickets, controls, fitted)):
+      record = exp.record(trained, history, ticket.method, round_, dense_run.test_accuracy, ticket.before,
+                          ticket.started)
       record = common.with_control(exp, record)
-      if ticket.method == "iterative":
+      if i == 0:
         record = record.with_extra(rate_per_round=rate, accuracy_at_dense_weights=at_dense)
+      if control is not None:
+        record = record.with_extra(control=control)
       recorder(record, trained, ticket.rewind_params)
   return state
+
+
+def _round_control(exp, control: str, round_: int, trainer, start, masks, pruned_from, epochs: int) -> Ticket:
+  """A sanity check of "Missing the Mark" on this round's IMP mask, trained beside the ticket: `reinit` the
+  mask from a fresh random initialisation; `shuffle` the mask permuted within each layer (the same counts),
+  from the ticket's start weights; `invert` this round's selection inverted -- of the weights the previous
+  round kept, those the criterion scores lowest stay (the same count) -- from the ticket's start weights.
+
+  `start`: the ticket's (params, batch_stats, step); `pruned_from`: (the previous round's trained state, its
+  mask, the fraction this round removed)."""
+  started, name = time.time(), f"iterative+{control} round {round_}"
+  params, stats, step = start
+  state, previous, fraction = pruned_from
+  if control == "reinit":
+    params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
+    step = 0
+  elif control == "shuffle":
+    masks = masks_lib.shuffle(exp.key(f"shuffle/{name}"), masks, exp.which)
+  else:
+    masks = common.prune(exp, state.params, previous, fraction, name, state.batch_stats, invert=True)
+  before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
+  return Ticket("iterative", name, trainer, common.start_state(trainer, params, stats, masks, exp.key(name), step),
+                epochs, params, before, started)
 
 
 def _random_control(exp, masks, epochs: int, round_: int, before: float) -> Ticket:
@@ -198,6 +247,9 @@ def iterative_epochs(exp, sparsities=()) -> int:
     total += common.epochs_from(exp, round_epochs(exp, round_), start)
     if cfg.random_control_every and round_ % cfg.random_control_every == 0:
       total += round_epochs(exp, round_)   # the control trains from a fresh init, from iteration 0
+    if not cfg.control_rounds or round_ in cfg.control_rounds:   # reinit trains from iteration 0, the others from start
+      epochs = round_epochs(exp, round_)
+      total += sum(epochs if c == "reinit" else common.epochs_from(exp, epochs, start) for c in cfg.controls)
   return total
 
 

@@ -111,7 +111,8 @@ class DropAndGrow:
 
 
 def total_steps(exp) -> int:
-  return exp.steps_per_epoch * exp.config.train.epochs
+  """The iterations a run trains: config.train.steps when set (the last epoch is cut short there), else whole epochs."""
+  return exp.config.train.steps or exp.steps_per_epoch * exp.config.train.epochs
 
 
 def gradual_steps(exp) -> tuple[int, int]:

@@ -10,6 +10,14 @@ ticket: the dense network magnitude-pruned (config.prune) to `config.prune.spars
 from the rewound weights under the mask. With train.vmap each pair trains as one vmapped program.
 Each copy pair is one record (method "instability", round = k) holding `network` (dense | ticket),
 `rewind_step`, the path's `alphas` and `error_curve`, and the `error_barrier`.
+
+With `config.stability.imp_rounds` (e.g. (2, 5, 10, 15)) the tickets are the paper's IMP subnetworks
+instead: for each k, iterative magnitude pruning with rewinding to k -- the trained dense network pruned by
+config.iterative.rate of its remaining weights (config.prune's criterion, scope and layer scales), the
+survivors rewound to the step-k weights and retrained to the end, pruned again, ... for max(imp_rounds)
+rounds -- and the pair analysed at each listed round (its sparsity in the record, `imp_round` beside it).
+Copy 0 of each round is that round's IMP training, whose weights the next round prunes; copy 1 trains
+only at the listed rounds.
 """
 
 import time
@@ -36,6 +44,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.stability.rewind_steps={tuple(s.rewind_steps)} must be increasing iteration counts >= 0")
   check(s.points >= 2, f"config.stability.points={s.points} must be >= 2 (the path's two ends)")
   check(s.bn_examples >= 1, f"config.stability.bn_examples={s.bn_examples} must be >= 1")
+  rounds = list(s.imp_rounds)
+  check(all(isinstance(r, int) and r >= 1 for r in rounds) and rounds == sorted(set(rounds)),
+        f"config.stability.imp_rounds={tuple(s.imp_rounds)} must be increasing IMP rounds >= 1 "
+        "(() = a one-shot ticket)")
+  check(not rounds or 0.0 < config.iterative.rate < 1.0,
+        f"config.stability.imp_rounds={tuple(s.imp_rounds)} prunes config.iterative.rate of the remaining weights "
+        f"per round; set it in (0, 1) (it is {config.iterative.rate})")
 
 
 def check_rewind_steps(exp) -> None:
@@ -91,26 +106,54 @@ def dense_with_snapshots(exp, recorder: Recorder):
 
 
 def planned(exp) -> int:
-  """The dense run, then two copies of two networks from each rewind step to the end."""
-  epochs = exp.config.train.epochs
-  return epochs + sum(2 * len(NETWORKS) * common.epochs_from(exp, epochs, k) for k in exp.config.stability.rewind_steps)
+  """The dense run, then from each rewind step to the end: two dense copies, and two copies of the one-shot
+  ticket or, with imp_rounds, one IMP training per round and a second copy at each listed round."""
+  epochs, s = exp.config.train.epochs, exp.config.stability
+  tickets = (max(s.imp_rounds) + len(s.imp_rounds)) if s.imp_rounds else 2
+  return epochs + sum((2 + tickets) * common.epochs_from(exp, epochs, k) for k in s.rewind_steps)
+
+
+def analyse_pair(exp, trainer, network: str, k: int, params, results, dense_accuracy, started, recorder, **extra):
+  """Record one copy pair: the test error along the line between the two copies and its barrier."""
+  (a, history), (b, _) = results
+  errors = path_errors(exp, trainer, a, b)
+  record = exp.record(a, history, "instability", k, dense_accuracy, None, started).with_extra(
+      network=network, rewind_step=k, alphas=[float(x) for x in connectivity.alphas(len(errors))],
+      error_curve=errors, error_barrier=connectivity.barrier(errors), copy_test_errors=[errors[0], errors[-1]],
+      **extra)
+  recorder(record, a, params)
+
+
+def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, stats, dense_accuracy: float):
+  """Program: IMP with rewinding to step k from the trained dense network; a copy pair at each imp_round."""
+  rate, wanted = exp.config.iterative.rate, set(exp.config.stability.imp_rounds)
+  state, masks = dense_state, masks_lib.init(dense_state.params)
+  for round_ in range(1, max(wanted) + 1):
+    started, name = time.time(), f"instability/imp/k{k}/r{round_}"
+    masks = common.prune(exp, state.params, masks, rate, name, state.batch_stats)
+    copies = (0, 1) if round_ in wanted else (0,)
+    starts = [common.start_state(trainer, params, stats, masks, exp.key(f"{name}/copy{i}"), k) for i in copies]
+    results = yield [cohort.Job(trainer, s, exp.config.train.epochs, f"{name}/copy{i}", exp.data)
+                     for i, s in zip(copies, starts)]
+    state = results[0][0]
+    if round_ in wanted:
+      analyse_pair(exp, trainer, "ticket", k, params, results, dense_accuracy, started, recorder, imp_round=round_)
 
 
 @register("instability", validate=validate, planned=planned, ready=check_rewind_steps)
 def instability(exp, recorder: Recorder):
   dense_state, snapshots, dense_accuracy = yield from dense_with_snapshots(exp, recorder)
   trainer, epochs = exp.trainer(exp.config.train.epochs), exp.config.train.epochs
-  ticket_masks = common.prune(exp, dense_state.params, masks_lib.init(dense_state.params), exp.config.prune.sparsity,
-                              "instability/ticket", dense_state.batch_stats)
+  ticket_masks = None if exp.config.stability.imp_rounds else common.prune(
+      exp, dense_state.params, masks_lib.init(dense_state.params), exp.config.prune.sparsity, "instability/ticket",
+      dense_state.batch_stats)
+  imp = bool(exp.config.stability.imp_rounds)
   for k, (params, stats) in snapshots.items():
     for network, masks in zip(NETWORKS, (masks_lib.init(params), ticket_masks)):
+      if network == "ticket" and imp:
+        yield from imp_pairs(exp, recorder, trainer, dense_state, k, params, stats, dense_accuracy)
+        continue
       started, name = time.time(), f"instability/{network}/k{k}"
       pair = [common.start_state(trainer, params, stats, masks, exp.key(f"{name}/copy{i}"), k) for i in (0, 1)]
-      (a, history), (b, _) = yield [cohort.Job(trainer, s, epochs, f"{name}/copy{i}", exp.data)
-                                    for i, s in enumerate(pair)]
-      errors = path_errors(exp, trainer, a, b)
-      record = exp.record(a, history, "instability", k, dense_accuracy, None, started).with_extra(
-          network=network, rewind_step=k, alphas=[float(x) for x in connectivity.alphas(len(errors))],
-          error_curve=errors, error_barrier=connectivity.barrier(errors),
-          copy_test_errors=[errors[0], errors[-1]])
-      recorder(record, a, params)
+      results = yield [cohort.Job(trainer, s, epochs, f"{name}/copy{i}", exp.data) for i, s in enumerate(pair)]
+      analyse_pair(exp, trainer, network, k, params, results, dense_accuracy, started, recorder)
