@@ -147,9 +147,6 @@ def validate_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_optimizer(config: ml_collections.ConfigDict) -> None:
-  # the optimizer and schedule names, refused by building them (cheap: no array is made) before any data loads
-  state.optimizer(config.optimizer)
-  state.learning_rate(config.optimizer, 1, 1)
   number(config, "optimizer.lr", 0, low_open=True)
   number(config, "optimizer.momentum", 0, 1, high_open=True)
   number(config, "optimizer.b1", 0, 1, high_open=True)
@@ -163,6 +160,10 @@ def validate_optimizer(config: ml_collections.ConfigDict) -> None:
         and milestones == sorted(set(milestones)),
         f"config.optimizer.milestones={tuple(milestones)} must be increasing epochs >= 1")
   number(config, "finetune.lr", 0, note="0 = config.optimizer.lr")
+  # the optimizer and schedule names, refused by building both from the values checked above (cheap: no array
+  # is made) before any data loads
+  state.optimizer(config.optimizer)
+  state.learning_rate(config.optimizer, 1, config.train.epochs)
 
 
 def validate_metrics(config: ml_collections.ConfigDict) -> None:
