@@ -20,8 +20,9 @@ def pytest_configure(config):
   start: the tests build the same small programs over and over, and one compiled once is read back. A cached
   executable is the one the compiler made, so no number changes; only time does. It lives under the session's
   temporary directory (pytest keeps the last three), so nothing outlives the runs that made it."""
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ and not hasattr(config, "workerinput"):
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(config._tmp_path_factory.getbasetemp() / "jax_cache")
+  factory = getattr(config, "_tmp_path_factory", None)   # absent under -p no:tmpdir: no cache then
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ and not hasattr(config, "workerinput") and factory:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(factory.getbasetemp() / "jax_cache")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   previous = os.environ.get("PYTHONWARNINGS")
   if _CACHE_WARNING not in (previous or ""):
