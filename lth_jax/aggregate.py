@@ -127,7 +127,7 @@ def paper_section(paper: dict) -> str:
     points = ", ".join(f"{x:g}: {y:g}" for x, y in series["points"])
     lines.append(f"- {series['label']} ({series['where']}; {series['field']}): {points}")
   for claim in paper.get("claims", []):
-    lines.append(f"- \"{claim['claim']}\" ({claim['where']})")
+    lines.append(f"- {claim['claim']} ({claim['where']})")   # a quotation carries its own quotation marks
   if paper.get("not_included"):
     lines.append(f"\nNot included: {paper['not_included']}")
   return "\n".join(lines) + "\n"

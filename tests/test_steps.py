@@ -97,7 +97,7 @@ def test_aggregate_matches_runs_across_seeds(tmp_path):
   (tmp_path / "study").mkdir()
   (tmp_path / "study" / "paper.json").write_text(json.dumps({"source": "F&C 2019", "series": [
       {"label": "paper", "where": "Figure 3", "field": "best_step", "points": [[100, 4000], [20, 3000]]}],
-      "claims": [{"claim": "tickets learn faster", "where": "Abstract"}]}))
+      "claims": [{"claim": '"tickets learn faster"', "where": "Abstract"}]}))
   result = subprocess.run([sys.executable, "-m", "lth_jax.report", "aggregate", *(str(tmp_path / n) for n in docs),
                            "--out", str(tmp_path / "study")], cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
