@@ -31,7 +31,6 @@ back-to-back pairs (a pair shares its background load). Results go to OUT/result
 
 import argparse
 import functools
-import importlib.util
 import os
 import statistics
 import sys
@@ -49,6 +48,7 @@ from benchmarks import report  # noqa: E402
 from benchmarks.common import Load, epochs_on_copies, median_seconds, pair_ratios, paired_ratio  # noqa: E402
 from lth_jax import data as data_lib  # noqa: E402
 from lth_jax import experiment, masks  # noqa: E402
+from lth_jax.config import from_file  # noqa: E402
 from lth_jax.training import step, streamed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,10 +64,7 @@ STAGE_REPEATS = 10   # at least this many passes of each stage: they take millis
 
 def config(data_dir: str, pipeline: str, subset: int, batch: int, model: dict = MODEL):
   """configs/cifar_resnet.py on `data_dir` with data.pipeline=`pipeline` and config.model = `model`."""
-  spec = importlib.util.spec_from_file_location("stream_throughput_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = from_file(CONFIG)
   c.data.dir, c.data.subset, c.data.pipeline = data_dir, subset, pipeline
   c.train.batch_size = batch
   c.metrics.ood, c.metrics.corruptions, c.metrics.similarity_eps = (), (), ()   # held-out sets: not timed

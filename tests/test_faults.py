@@ -12,7 +12,6 @@ checkpoint). FAULTS lists them.
 """
 
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -27,6 +26,7 @@ import pytest
 from tests.helpers import (ENV, ROOT, checkpoint_saved, kill_main_py, main_py, numbers, override, resumed_at,
                            slow)
 from lth_jax import cli
+from lth_jax.config import from_file
 from lth_jax.errors import UserError
 from lth_jax.training import checkpoint
 
@@ -96,10 +96,7 @@ FAULTS = {
 def load_config(name: str, workdir, scaled: bool = True):
   """The config the command line builds from the case's file in configs/ and (`scaled`) its flags."""
   path, flags = CASES[name]
-  spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return override(module.get_config(), **{**(TINY | flags if scaled else {}), "workdir": str(workdir)})
+  return override(from_file(ROOT / "configs" / path), **{**(TINY | flags if scaled else {}), "workdir": str(workdir)})
 
 
 def argv(name: str, workdir) -> list[str]:

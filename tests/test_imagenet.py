@@ -175,15 +175,13 @@ def test_a_prepared_tfds_set_is_read_on_demand_too(tfds_dir):
 # ---------------------------------------------------------------------------------- the config, end to end
 
 SCRIPT = r"""
-import importlib.util, json, sys
+import json, sys
 import ml_collections
 from lth_jax import cli
+from lth_jax.config import from_file
 from tests.helpers import override
 
-spec = importlib.util.spec_from_file_location("imagenet", "configs/imagenet_resnet50.py")
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-config = module.get_config()
+config = from_file("configs/imagenet_resnet50.py")
 # ImageNet's protocol shrunk: 2 epochs (warmup 1, lr x0.1 after the first), one IMP round rewound to epoch 1
 override(config, **{"data.dir": sys.argv[1], "workdir": sys.argv[2], "data.image_size": 56, "data.workers": 2,
                     "train.batch_size": 8, "train.eval_batch_size": 8, "train.epochs": 2, "optimizer.lr": 0.05,
