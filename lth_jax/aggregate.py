@@ -101,7 +101,7 @@ def markdown(rows: list, docs: list, skipped: list, paper: dict | None = None) -
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["method"], str(r["round"]), f"{100 * (1 - r['sparsity']):.1f}"]
-    cells += [str(r["rewind_step"])] if "rewind step" in header else []
+    cells += ["–" if r["rewind_step"] is None else str(r["rewind_step"])] if "rewind step" in header else []
     cells.append(str(r["n"]))
     for field, _, fmt in fields:
       s = r.get(field)

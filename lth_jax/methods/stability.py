@@ -125,11 +125,15 @@ def analyse_pair(exp, trainer, network: str, k: int, params, results, dense_accu
 
 
 def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, stats, dense_accuracy: float):
-  """Program: IMP with rewinding to step k from the trained dense network; a copy pair at each imp_round."""
+  """Program: IMP with rewinding to step k from the trained dense network; a copy pair at each imp_round.
+
+  An analysed round's record times the IMP rounds since the previous analysed one too (its ticket's lineage),
+  so the records' wall times add up to the whole search."""
   rate, wanted = exp.config.iterative.rate, set(exp.config.stability.imp_rounds)
   state, masks = dense_state, masks_lib.init(dense_state.params)
+  started = time.time()
   for round_ in range(1, max(wanted) + 1):
-    started, name = time.time(), f"instability/imp/k{k}/r{round_}"
+    name = f"instability/imp/k{k}/r{round_}"
     masks = common.prune(exp, state.params, masks, rate, name, state.batch_stats)
     copies = (0, 1) if round_ in wanted else (0,)
     starts = [common.start_state(trainer, params, stats, masks, exp.key(f"{name}/copy{i}"), k) for i in copies]
@@ -138,6 +142,7 @@ def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, sta
     state = results[0][0]
     if round_ in wanted:
       analyse_pair(exp, trainer, "ticket", k, params, results, dense_accuracy, started, recorder, imp_round=round_)
+      started = time.time()
 
 
 @register("instability", validate=validate, planned=planned, ready=check_rewind_steps)
