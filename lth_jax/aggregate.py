@@ -173,6 +173,9 @@ def plot_barrier(rows: list, path: str, paper: dict | None) -> None:
         x, y = zip(*series["points"])
         ax.plot(x, y, linestyle="--", marker="x", label=f"{series['label']} ({series['where']})")
     ax.set_xscale("symlog", linthresh=100)
+    steps = [k for points in lines.values() for k, _ in points]
+    ax.set_xlim(-10, 2 * max(steps + [100]))   # k = 0 alone would get an axis of +-0.05 iterations
+    ax.set_ylim(bottom=0)
 
 
 def aggregate(workdirs: list, out: str) -> list[dict]:
