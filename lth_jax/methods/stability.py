@@ -149,10 +149,10 @@ def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, sta
 def instability(exp, recorder: Recorder):
   dense_state, snapshots, dense_accuracy = yield from dense_with_snapshots(exp, recorder)
   trainer, epochs = exp.trainer(exp.config.train.epochs), exp.config.train.epochs
-  ticket_masks = None if exp.config.stability.imp_rounds else common.prune(
+  imp = bool(exp.config.stability.imp_rounds)
+  ticket_masks = None if imp else common.prune(
       exp, dense_state.params, masks_lib.init(dense_state.params), exp.config.prune.sparsity, "instability/ticket",
       dense_state.batch_stats)
-  imp = bool(exp.config.stability.imp_rounds)
   for k, (params, stats) in snapshots.items():
     for network, masks in zip(NETWORKS, (masks_lib.init(params), ticket_masks)):
       if network == "ticket" and imp:
