@@ -172,7 +172,8 @@ def base() -> ml_collections.ConfigDict:
   c.stability.bn_examples = 1000             # training examples BatchNorm statistics are recomputed on
   c.stability.imp_rounds = ()                # () : the ticket is the dense network pruned once to prune.sparsity |
   #                                            (2, 5, ...): IMP with rewinding to each k (iterative.rate per round),
-  #                                            the pair analysed at these rounds (Frankle et al. 2020's IMP subnetworks)
+  #                                            the pair analysed at these rounds (Frankle et al. 2020's IMP subnetworks);
+  #                                            under prune.pattern n:m the last listed round keeps exactly n of every m
 
   # Network slimming (Liu et al. 2017): train with lambda * sum|gamma| over the prunable BatchNorm scales,
   # remove channels at each of `epochs` (one branch each), cut them out of the network and retrain it.

@@ -14,7 +14,7 @@ from lth_jax import experiment
 from lth_jax.methods import at_init, common, lottery, sparse_training
 from lth_jax.sparsity import criteria, nm, pruning
 from lth_jax.sparsity import masks as masks_lib
-from tests.helpers import Collect, drive, small_config
+from tests.helpers import Collect, drive, run_method, small_config
 
 TWO_FOUR = nm.NM(2, 4)
 
@@ -154,6 +154,21 @@ def test_iterative_rounds_narrow_to_exactly_two_of_every_four():
       assert previous is None or not ((mask != 0) & (previous[name] == 0)).any()
     previous = kernels(state.masks)
   assert all((groups_of(mask, 4).sum(axis=1) == 2).all() for mask in previous.values())
+
+
+def test_imp_subnetworks_of_the_instability_analysis_narrow_to_exactly_two_of_every_four():
+  exp = experiment.build(digits(**{"method": "instability", "train.epochs": 1, "stability.rewind_steps": (0,),
+                                   "stability.points": 3, "stability.imp_rounds": (1, 2), "iterative.rate": 0.2}))
+  out = Collect()
+  run_method(exp, out)
+  rounds = {r["imp_round"]: s for r, s in zip(out.records, out.states) if r.get("imp_round")}
+  first, last = kernels(rounds[1].masks), kernels(rounds[2].masks)
+  _, total = masks_lib.count(rounds[1].masks, exp.which)
+  assert masks_lib.count(rounds[1].masks, exp.which)[0] == total - round(0.2 * total)   # the rate, above the floor
+  for name in first:
+    assert (groups_of(first[name], 4).sum(axis=1) >= 2).all()
+    assert (groups_of(last[name], 4).sum(axis=1) == 2).all()   # the last listed round: the pattern exactly
+    assert not ((last[name] != 0) & (first[name] == 0)).any()   # the masks nest
 
 
 def test_gradual_pruning_steps_narrow_to_two_of_every_four_inside_the_compiled_step():

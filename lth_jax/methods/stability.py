@@ -128,13 +128,16 @@ def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, sta
   """Program: IMP with rewinding to step k from the trained dense network; a copy pair at each imp_round.
 
   An analysed round's record times the IMP rounds since the previous analysed one too (its ticket's lineage),
-  so the records' wall times add up to the whole search."""
-  rate, wanted = exp.config.iterative.rate, set(exp.config.stability.imp_rounds)
+  so the records' wall times add up to the whole search. Under config.prune.pattern (n:m) each round keeps n
+  of every m as its floor and the last analysed round exactly n of every m, as the iterative sweep's rounds
+  (`common.pattern_fraction`)."""
+  rate, wanted, last = exp.config.iterative.rate, set(exp.config.stability.imp_rounds), max(exp.config.stability.imp_rounds)
   state, masks = dense_state, masks_lib.init(dense_state.params)
   started = time.time()
-  for round_ in range(1, max(wanted) + 1):
+  for round_ in range(1, last + 1):
     name = f"instability/imp/k{k}/r{round_}"
-    masks = common.prune(exp, state.params, masks, rate, name, state.batch_stats)
+    fraction = common.pattern_fraction(exp, masks, rate, last=round_ == last)
+    masks = common.prune(exp, state.params, masks, fraction, name, state.batch_stats)
     copies = (0, 1) if round_ in wanted else (0,)
     starts = [common.start_state(trainer, params, stats, masks, exp.key(f"{name}/copy{i}"), k) for i in copies]
     results = yield [cohort.Job(trainer, s, exp.config.train.epochs, f"{name}/copy{i}", exp.data)
