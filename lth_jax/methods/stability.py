@@ -131,7 +131,8 @@ def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, sta
   so the records' wall times add up to the whole search. Under config.prune.pattern (n:m) each round keeps n
   of every m as its floor and the last analysed round exactly n of every m, as the iterative sweep's rounds
   (`common.pattern_fraction`)."""
-  rate, wanted, last = exp.config.iterative.rate, set(exp.config.stability.imp_rounds), max(exp.config.stability.imp_rounds)
+  rate, rounds = exp.config.iterative.rate, exp.config.stability.imp_rounds
+  wanted, last = set(rounds), max(rounds)
   state, masks = dense_state, masks_lib.init(dense_state.params)
   started = time.time()
   for round_ in range(1, last + 1):
