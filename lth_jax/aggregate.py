@@ -107,17 +107,28 @@ def markdown(rows: list, docs: list, skipped: list, paper: dict | None = None) -
       s = r.get(field)
       cells.append("–" if s is None else f"{fmt.format(s['mean'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]")
     lines.append("| " + " | ".join(cells) + " |")
-  hours = sum(run.get("wall_time_s", 0.0) for doc in docs for run in doc["runs"]) / 3600
+  hours, timed = _hours(docs)
   seeds = {run.get("seed", doc.get("config", {}).get("seed")) for doc in docs for run in doc["runs"]}
   pieces = f" ({len(docs)} workdirs)" if len(docs) != len(seeds) else ""
   text = (f"# Aggregate over {len(seeds)} seeds{pieces}\n\n"
           f"Workdirs: {', '.join(d['workdir'] for d in docs)}\n\n" + "\n".join(lines) + "\n\n"
           "Each cell: mean [min, max] over the seeds. test acc @early stop: test accuracy at the evaluation chosen by "
           "config.train.best_by; early-stop iter: that evaluation's iteration.\n\n"
-          f"Training and evaluation time, summed over every run's wall time: {hours:.2f} h.\n")
+          f"Time: {hours:.2f} h, {timed}.\n")
   if skipped:
     text += "\nLeft out: " + "; ".join(skipped) + "\n"
   return text + paper_section(paper) if paper else text
+
+
+def _hours(docs: list) -> tuple[float, str]:
+  """(hours, how they were counted): the workdirs' own wall times where every one records it; otherwise the
+  runs' wall times summed, which count a vmapped group's time once per member and, from code older than the
+  workdirs' own wall time, a run read back from checkpoints at its read-back only."""
+  if all("wall_time_s" in doc for doc in docs):
+    return sum(doc["wall_time_s"] for doc in docs) / 3600, "the workdirs' wall times summed"
+  return (sum(run.get("wall_time_s", 0.0) for doc in docs for run in doc["runs"]) / 3600,
+          "summed over every run's wall time (not every workdir records its own: a vmapped group counts once per "
+          "member, and a run resumed from checkpoints by older code only at its read-back)")
 
 
 def paper_section(paper: dict) -> str:

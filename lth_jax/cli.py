@@ -235,20 +235,27 @@ def _train(exp, config, command: str) -> list[dict]:
         return
       if config.log.tensorboard:   # the curve again, for TensorBoard: workdir/tensorboard/<ticket name>
         tensorboard.write_run(os.path.join(config.workdir, "tensorboard", name), run.curve)
-      report.write_json(config.workdir, config, sum(by_replicate, []), complete=False, command=command)
+      report.write_json(config.workdir, config, sum(by_replicate, []), complete=False, command=command,
+                        timing=timing())
       logging.info("%s%-15s round %d  sparsity %.3f  test acc %.4f  (before retrain %s)  best epoch %s  ECE %.4f",
                    f"seed {seed}: " if prefix else "", run.method, run.round, run.sparsity, run.test_accuracy,
                    _fmt(run.accuracy_before_retrain), run.best_epoch, run.figures["ece"])
     return record
 
-  started = time.time()
+  started, restored = exp.now(), exp.restored_s
+
+  def timing() -> dict:
+    """The run's wall time so far and, of it, the training read back from checkpoints (`Experiment.now`)."""
+    return {"wall_time_s": exp.now() - started, "restored_s": exp.restored_s - restored}
+
   methods.run([exp.replicate(i) for i in range(config.replicates)], [recorder(i) for i in range(config.replicates)])
   runs = sum(by_replicate, [])
   if not checkpoint.is_primary():
     return runs
-  report.write_all(config.workdir, config, runs, command)
+  took = timing()
+  report.write_all(config.workdir, config, runs, command, timing=took)
   print(report.markdown_table(runs))
-  print(f"\n{len(runs)} runs in {time.time() - started:.1f}s; results in {config.workdir}/results.md")
+  print(f"\n{len(runs)} runs in {took['wall_time_s']:.1f}s; results in {config.workdir}/results.md")
   return runs
 
 
@@ -282,7 +289,7 @@ def _evaluate(exp, config, command: str, model, full_width, layer_channels) -> l
   trainer = exp.trainer(config.train.epochs, model=None if full_width is None else model)
   state = trainer.init_state(ticket["params"], ticket["batch_stats"] or exp.init_batch_stats, ticket["masks"],
                              exp.key("eval"))
-  run = evaluation.record(exp, state, [], "eval", 0, None, None, time.time(), trainer=trainer)
+  run = evaluation.record(exp, state, [], "eval", 0, None, None, exp.now(), trainer=trainer)
   if full_width is not None:
     run = dataclasses.replace(run, **structured.rebuilt_counts(exp, state)).with_extra(
         layer_channels={g: list(n) for g, n in layer_channels.items()}, full_width_model=full_width)

@@ -15,7 +15,6 @@ OOD figure are float64 softmaxes: a float32 softmax saturates to exactly 1.0 onc
 
 import copy
 import math
-import time
 
 import jax
 import ml_collections
@@ -280,7 +279,7 @@ def record(exp, state, history: list, method: str, round_: int, dense_accuracy: 
       best_val_loss=best["val_loss"] if best else None,
       test_accuracy_at_best_epoch=best["test_accuracy"] if best else None,
       epochs_trained=len(history),
-      wall_time_s=time.time() - started,
+      wall_time_s=exp.now() - started,
       curve=history,
       figures={**compression.figures(trainer.model, state.params, exp.data["train"][0].shape[1:], state.masks,
                                      exp.model, exp.init_params),

@@ -3,6 +3,7 @@
 import dataclasses
 import fnmatch
 import functools
+import time
 import zlib
 from typing import Any, Callable
 
@@ -196,6 +197,16 @@ class Experiment:
   @functools.cached_property
   def evaluator(self):
     return evaluation.Evaluator(self)
+
+  @property
+  def restored_s(self) -> float:
+    """Seconds of training read back from checkpoints so far: what those epochs took when they ran."""
+    return self.store.credited_s if self.store is not None else 0.0
+
+  def now(self) -> float:
+    """time.time() plus `restored_s`: `started = exp.now()` ... `exp.now() - started` times a resumed run as
+    the work it holds, not as its read-back."""
+    return time.time() + self.restored_s
 
   def record(self, state, history: list, method: str, round_: int, dense_accuracy: float | None,
              before: float | None, started: float, trainer=None) -> methods.RunRecord:

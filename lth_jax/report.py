@@ -63,9 +63,11 @@ def environment() -> dict:
 
 
 def write_json(workdir: str, config, runs: list, complete: bool, command: str = "", summary=None,
-               env: dict | None = None) -> None:
+               env: dict | None = None, timing: dict | None = None) -> None:
+  """results.json. `timing` ({"wall_time_s", "restored_s"}, as `cli` measures them) goes in at the top level."""
   doc = {"config": config.to_dict(), "environment": env or environment(), "command": command,
          "complete": complete, "runs": runs, "summary": summary or {}}
+  doc.update(timing or {})
   write_atomic(os.path.join(workdir, "results.json"), json.dumps(doc, indent=1, default=_plain))
 
 
@@ -174,10 +176,13 @@ def structure_section(runs: list) -> str:
   return text
 
 
-def write_markdown(workdir: str, config, runs: list, command: str, summary: dict, env: dict | None = None) -> None:
+def write_markdown(workdir: str, config, runs: list, command: str, summary: dict, env: dict | None = None,
+                   timing: dict | None = None) -> None:
   env = env or environment()
+  took = "" if not timing else (f", wall time {timing['wall_time_s'] / 3600:.2f} h (of it "
+                                f"{timing['restored_s'] / 3600:.2f} h of training read back from checkpoints)")
   text = (f"# {config.method} on {config.data.name} with {config.model.name}\n\n"
-          f"Command: `{command}`\n\nMachine: {env['devices']}, jax {env['jax']}, git {env['git']}\n\n"
+          f"Command: `{command}`\n\nMachine: {env['devices']}, jax {env['jax']}, git {env['git']}{took}\n\n"
           f"{markdown_table(runs, _seeded(COLUMNS, runs))}\n\n"
           "sparsity: fraction of prunable weights removed; drop: dense test accuracy minus this run's; "
           "acc before retrain: the trained weights with the new mask, before any reset or retraining; "
@@ -304,7 +309,8 @@ def potential_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def write_all(workdir: str, config, runs: list, command: str, env: dict | None = None) -> None:
+def write_all(workdir: str, config, runs: list, command: str, env: dict | None = None,
+              timing: dict | None = None) -> None:
   summary = summarize(runs, config.metrics.potential_delta)
   path = lambda name: os.path.join(workdir, name)
   plot_vs_sparsity(runs, lambda r: r["test_accuracy"], "test accuracy", path("accuracy_vs_sparsity.png"))
@@ -320,9 +326,9 @@ def write_all(workdir: str, config, runs: list, command: str, env: dict | None =
   plot_curves(runs, path("curves.png"))
   if any(r.get("distance_curve") for r in runs):
     plot_distance_curve(runs, path("distance_curve.png"))
-  write_markdown(workdir, config, runs, command, summary, env)
+  write_markdown(workdir, config, runs, command, summary, env, timing)
   report_sanity.write(workdir, runs)   # after results.md: appends its sections
-  write_json(workdir, config, runs, complete=True, command=command, summary=summary, env=env)
+  write_json(workdir, config, runs, complete=True, command=command, summary=summary, env=env, timing=timing)
 
 
 def plot_distance_curve(runs: list, path: str) -> None:
@@ -358,7 +364,8 @@ def main(argv: list) -> int:
   if not doc.get("complete"):
     print(f"error: {path} is not complete (the run was interrupted); rerun it to finish", file=sys.stderr)
     return 2
-  write_all(argv[0], ml_collections.ConfigDict(doc["config"]), doc["runs"], doc["command"], doc["environment"])
+  write_all(argv[0], ml_collections.ConfigDict(doc["config"]), doc["runs"], doc["command"], doc["environment"],
+            {k: doc[k] for k in ("wall_time_s", "restored_s") if k in doc})
   return 0
 
 

@@ -1,8 +1,11 @@
 """Killing a run at any moment and rerunning the same command gives the uninterrupted numbers bit for bit."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from tests.helpers import checkpoint_saved, kill_main_py, last_ticket_arrays, main_py, numbers, resumed_at
@@ -77,6 +80,34 @@ def test_a_different_config_is_refused_and_restart_starts_over(uninterrupted, tm
   proc = run(workdir, "--config.optimizer.lr=0.01", "--config.checkpoint.restart=True")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert json.loads((workdir / "results.json").read_text())["config"]["optimizer"]["lr"] == 0.01
+
+
+def saved_training_seconds(workdir) -> float:
+  """The training seconds every segment's newest checkpoint keeps, summed (read with Orbax alone)."""
+  total = 0.0
+  for segment in (Path(workdir) / "checkpoints").iterdir():
+    manager = ocp.CheckpointManager(str(segment))
+    total += manager.restore(manager.latest_step(), args=ocp.args.Composite(history=ocp.args.JsonRestore()))[
+        "history"]["seconds"]
+    manager.close()
+  return total
+
+
+def test_a_run_read_back_from_its_checkpoints_keeps_the_time_its_training_took(uninterrupted, tmp_path):
+  """Rerunning a finished command reads every segment back: its wall times count that training at the seconds
+  the checkpoints kept, not the seconds the read-back took (what a study's total time is summed from)."""
+  workdir = tmp_path / "again"
+  shutil.copytree(uninterrupted, workdir)
+  trained = saved_training_seconds(workdir)
+  first = json.loads((workdir / "results.json").read_text())
+  proc = run(workdir)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  again = json.loads((workdir / "results.json").read_text())
+  assert trained > 0 and first["restored_s"] == 0
+  assert again["restored_s"] == pytest.approx(trained, rel=1e-9)   # every segment read back, at its seconds
+  assert first["wall_time_s"] >= trained and again["wall_time_s"] >= trained
+  assert sum(r["wall_time_s"] for r in again["runs"]) >= trained
+  assert numbers(workdir) == numbers(uninterrupted)
 
 
 def test_eval_mode_reloads_a_ticket_and_exports_npz(uninterrupted, tmp_path):

@@ -115,6 +115,20 @@ def test_aggregate_matches_runs_across_seeds(tmp_path):
   assert usage.returncode == 2 and usage.stderr.count("\n") == 1
 
 
+def test_aggregate_time_is_the_workdirs_own_wall_time_where_every_one_records_it(tmp_path):
+  """A vmapped pair's two runs each span the pair's time: the workdir's own wall time counts it once."""
+  for name, wall in (("a", 3600.0), ("b", 1800.0)):
+    (tmp_path / name).mkdir()
+    doc = _doc(int(name == "b"), [("iterative", 1, 0.2, 0.98, 4000), ("iterative_random", 1, 0.2, 0.97, 5000)])
+    (tmp_path / name / "results.json").write_text(json.dumps({**doc, "wall_time_s": wall}))
+  aggregate.aggregate([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "both"))
+  assert "Time: 1.50 h, the workdirs' wall times summed." in (tmp_path / "both" / "aggregate.md").read_text()
+  (tmp_path / "b" / "results.json").write_text(json.dumps(_doc(1, [("iterative", 1, 0.2, 0.98, 4000)])))
+  aggregate.aggregate([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "older"))
+  assert "Time: 1.50 h, summed over every run's wall time (not every workdir" in (
+      tmp_path / "older" / "aggregate.md").read_text()   # three runs of 1800 s
+
+
 def test_aggregate_refuses_when_nothing_is_complete(tmp_path):
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "results.json").write_text(json.dumps(_doc(0, [], complete=False)))

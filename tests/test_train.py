@@ -223,7 +223,7 @@ def test_a_checkpoint_of_the_older_optimizer_layout_resumes_the_same_run(tmp_pat
   older = state.replace(opt_state=state.opt_state[0])          # what the older Trainer saved
   checkpoints.save("run", 1, older, [{"epoch": 0}], final=True)
   template = trainer.init_state(params, {}, m, jax.random.key(1))
-  restored, history = checkpoints.restore("run", template, end_epoch=1)
+  restored, history, _ = checkpoints.restore("run", template, end_epoch=1)
   checkpoints.close()
   assert history == [{"epoch": 0}]
   assert jax.tree.structure(restored.opt_state) == jax.tree.structure(template.opt_state)
@@ -233,3 +233,41 @@ def test_a_checkpoint_of_the_older_optimizer_layout_resumes_the_same_run(tmp_pat
   assert int(a.step) == 16
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_a_resumed_fit_counts_the_read_back_epochs_at_the_seconds_they_took(tmp_path):
+  """Each checkpoint keeps its member's training seconds so far (a vmapped group's epoch time split between
+  its members); a trainer that reads the segment back credits their sum to the store, which is what
+  `Experiment.now` adds to the clock. A checkpoint written before the seconds were kept reads back as 0."""
+  import dataclasses
+  import time
+  import orbax.checkpoint as ocp
+  from lth_jax.training import checkpoint
+  trainer, data, params, m = setup(dict(name="adam", lr=1e-2), epochs=3)
+  states = [trainer.init_state(params, {}, m, jax.random.key(k)) for k in (1, 2)]
+  store = checkpoint.SegmentStore(str(tmp_path / "checkpoints"), every=1, keep=1)
+  first = dataclasses.replace(trainer, store=store)
+  began = time.time()
+  first.fit(states, data, 3, ["a", "b"])
+  elapsed = time.time() - began
+  store.close()
+  saved = []
+  for name in ("a_0-3", "b_0-3"):   # each member's last checkpoint, read with Orbax alone
+    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints" / name))
+    saved.append(manager.restore(3, args=ocp.args.Composite(history=ocp.args.JsonRestore()))["history"])
+    manager.close()
+  assert [len(doc["rows"]) for doc in saved] == [3, 3]
+  assert saved[0]["seconds"] == saved[1]["seconds"] > 0     # one vmapped program: equal shares
+  assert saved[0]["seconds"] + saved[1]["seconds"] <= elapsed   # its epochs, inside the fit
+  again = checkpoint.SegmentStore(str(tmp_path / "checkpoints"), every=1, keep=1)   # as after a kill
+  assert again.credited_s == 0
+  dataclasses.replace(trainer, store=again).fit(states, data, 3, ["a", "b"])
+  assert again.credited_s == saved[0]["seconds"] + saved[1]["seconds"]
+  # the older layout: the history rows alone
+  manager = again._manager("old")
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(states[0].replace(
+      rng=jax.random.key_data(states[0].rng))), history=ocp.args.JsonSave([{"epoch": 1}])), force=True)
+  manager.wait_until_finished()
+  _, history, seconds = again.restore("old", states[0], 1)
+  again.close()
+  assert (history, seconds) == ([{"epoch": 1}], 0.0)

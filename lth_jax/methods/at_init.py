@@ -9,7 +9,6 @@ method. No dense training is needed: run alone, a run records no accuracy_drop; 
 the dense run's accuracy.
 """
 
-import time
 
 import ml_collections
 
@@ -33,7 +32,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def ticket(exp, sparsity: float) -> Ticket:
   """theta_0 pruned to `sparsity` by the configured criterion (and control), ready to train."""
-  started, epochs = time.time(), exp.config.train.epochs
+  started, epochs = exp.now(), exp.config.train.epochs
   name = f"{METHOD}@{sparsity:g}"
   params, stats = exp.init_params, exp.init_batch_stats
   masks = common.prune(exp, params, masks_lib.init(params), sparsity, name, iterations=exp.config.at_init.rounds)

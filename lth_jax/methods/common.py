@@ -5,7 +5,6 @@ model, theta_0, trainers by schedule, keys by purpose, `record` to build a RunRe
 """
 
 import dataclasses
-import time
 from typing import Any
 
 import jax
@@ -270,7 +269,7 @@ def dense(exp, recorder: Recorder):
   that epoch's first steps replayed from its start (`Trainer.advance`), the very steps the dense run
   takes next, so they are the dense run's weights after exactly `rewind_step` iterations.
   """
-  started, epochs, from_best = time.time(), exp.config.train.epochs, exp.config.prune.from_best
+  started, epochs, from_best = exp.now(), exp.config.train.epochs, exp.config.prune.from_best
   trainer = exp.trainer(epochs)
   rewind_epoch, within = divmod(rewind_step(exp), trainer.steps_per_epoch)
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params),

@@ -6,7 +6,6 @@ final train state to the recorder. `accuracy_before_retrain` is always the test 
 trained weights the mask was computed from, with the mask applied, before any reset or retraining.
 """
 
-import time
 
 import ml_collections
 
@@ -77,7 +76,7 @@ def oneshot_ticket(exp, dense_run: DenseRun, sparsity: float, reset: str) -> Tic
   """The dense network pruned to `sparsity` at once and reset: "none" keeps the trained weights
   (fine-tuned by config.finetune), "rewind" rewinds them to theta_0 or the rewind epoch (the lottery
   ticket), "random" draws a fresh initialisation (the control)."""
-  started, cfg = time.time(), exp.config
+  started, cfg = exp.now(), exp.config
   name = f"{ONESHOT_METHODS[reset]}@{sparsity:g}"
   trained = dense_run.prune_state
   masks = common.prune(exp, trained.params, masks_lib.init(trained.params), sparsity, name, trained.batch_stats)
@@ -158,7 +157,7 @@ def iterative_sweep(exp, dense_run: DenseRun, sparsities, recorder: Recorder):
   state = dense_run.prune_state
   masks = masks_lib.init(state.params)
   for round_ in range(1, cfg.rounds + 1):
-    started, name = time.time(), f"iterative round {round_}"
+    started, name = exp.now(), f"iterative round {round_}"
     fraction = common.pattern_fraction(exp, masks, rate, last=round_ == cfg.rounds)
     previous, masks = masks, common.prune(exp, state.params, masks, fraction, name, state.batch_stats)
     before = common.masked_accuracy(exp, state.params, state.batch_stats, masks)
@@ -206,7 +205,7 @@ def _round_control(exp, control: str, round_: int, trainer, start, masks, pruned
 
   `start`: the ticket's (params, batch_stats, step); `pruned_from`: (the previous round's trained state, its
   mask, the fraction this round removed)."""
-  started, name = time.time(), f"iterative+{control} round {round_}"
+  started, name = exp.now(), f"iterative+{control} round {round_}"
   params, stats, step = start
   state, previous, fraction = pruned_from
   if control == "reinit":
@@ -223,7 +222,7 @@ def _round_control(exp, control: str, round_: int, trainer, start, masks, pruned
 
 def _random_control(exp, masks, epochs: int, round_: int, before: float) -> Ticket:
   """The Lottery Ticket paper's control: this round's mask, trained from a fresh random initialisation."""
-  started, name = time.time(), f"iterative_random round {round_}"
+  started, name = exp.now(), f"iterative_random round {round_}"
   params, stats = exp.init_variables(exp.key(f"reinit/{name}"))
   trainer = exp.trainer(epochs)
   return Ticket("iterative_random", name, trainer, trainer.init_state(params, stats, masks, exp.key(name)),
@@ -268,7 +267,7 @@ def dynamic_run(exp, sparsity: float, recorder: Recorder, dense_accuracy: float 
   Each event removes config.dynamic.fraction of the remaining weights (or the fraction that reaches
   `sparsity` after all events); the optimizer state and schedule carry on across events.
   """
-  started, cfg, epochs = time.time(), exp.config.dynamic, exp.config.train.epochs
+  started, cfg, epochs = exp.now(), exp.config.dynamic, exp.config.train.epochs
   fraction = cfg.fraction or pruning.rate_per_round(sparsity, len(cfg.at))
   prune_epochs = [int(round(a * epochs)) for a in cfg.at]
   name = f"dynamic@{sparsity:g}"

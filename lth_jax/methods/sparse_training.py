@@ -11,7 +11,6 @@ The hooks are frozen dataclasses, so equal hooks share a trainer and, with train
 """
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
@@ -154,7 +153,7 @@ def random_masks(exp, sparsity: float, purpose: str):
 
 def sparse_run(exp, method: str, sparsity: float, recorder: Recorder, dense_accuracy: float | None = None):
   """Program: one training run of `method` at `sparsity` from theta_0."""
-  started, epochs, s = time.time(), exp.config.train.epochs, exp.config.sparse
+  started, epochs, s = exp.now(), exp.config.train.epochs, exp.config.sparse
   name = f"{method}@{sparsity:g}"
   which = tuple(jax.tree.leaves(exp.which))
   extra = {"distribution": common.distribution_kind(exp.config)}

@@ -20,7 +20,6 @@ Copy 0 of each round is that round's IMP training, whose weights the next round 
 only at the listed rounds.
 """
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +87,7 @@ def path_errors(exp, trainer, state_a, state_b) -> list[float]:
 
 def dense_with_snapshots(exp, recorder: Recorder):
   """Program: the dense run, keeping (params, batch_stats) after exactly k iterations for every k."""
-  started, epochs = time.time(), exp.config.train.epochs
+  started, epochs = exp.now(), exp.config.train.epochs
   trainer = exp.trainer(epochs)
   state = trainer.init_state(exp.init_params, exp.init_batch_stats, masks_lib.init(exp.init_params), exp.key("dense"))
   history, snapshots = [], {}
@@ -134,7 +133,7 @@ def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, sta
   rate, rounds = exp.config.iterative.rate, exp.config.stability.imp_rounds
   wanted, last = set(rounds), max(rounds)
   state, masks = dense_state, masks_lib.init(dense_state.params)
-  started = time.time()
+  started = exp.now()
   for round_ in range(1, last + 1):
     name = f"instability/imp/k{k}/r{round_}"
     fraction = common.pattern_fraction(exp, masks, rate, last=round_ == last)
@@ -146,7 +145,7 @@ def imp_pairs(exp, recorder: Recorder, trainer, dense_state, k: int, params, sta
     state = results[0][0]
     if round_ in wanted:
       analyse_pair(exp, trainer, "ticket", k, params, results, dense_accuracy, started, recorder, imp_round=round_)
-      started = time.time()
+      started = exp.now()
 
 
 @register("instability", validate=validate, planned=planned, ready=check_rewind_steps)
@@ -162,7 +161,7 @@ def instability(exp, recorder: Recorder):
       if network == "ticket" and imp:
         yield from imp_pairs(exp, recorder, trainer, dense_state, k, params, stats, dense_accuracy)
         continue
-      started, name = time.time(), f"instability/{network}/k{k}"
+      started, name = exp.now(), f"instability/{network}/k{k}"
       pair = [common.start_state(trainer, params, stats, masks, exp.key(f"{name}/copy{i}"), k) for i in (0, 1)]
       results = yield [cohort.Job(trainer, s, epochs, f"{name}/copy{i}", exp.data) for i, s in enumerate(pair)]
       analyse_pair(exp, trainer, network, k, params, results, dense_accuracy, started, recorder)

@@ -48,7 +48,6 @@ window, epsilon and search_curve (the search run's per-epoch history).
 import dataclasses
 import functools
 import math
-import time
 
 import jax
 import ml_collections
@@ -203,7 +202,7 @@ def slimming_epochs(exp) -> int:
 @register("slimming", validate=validate, planned=slimming_epochs, ready=ready)
 def slimming(exp, recorder: Recorder):
   """Train with the L1 penalty; one branch per pruning epoch: prune channels, shrink the network, retrain."""
-  started, cfg, epochs = time.time(), exp.config.slimming, exp.config.train.epochs
+  started, cfg, epochs = exp.now(), exp.config.slimming, exp.config.train.epochs
   trainer = penalised_trainer(exp, epochs, cfg.penalty)
   state, history, snapshots, best = _initial_state(exp, trainer), [], {}, None
   prune_at = tuple(cfg.epochs) or (epochs,)
@@ -224,14 +223,14 @@ def slimming(exp, recorder: Recorder):
   for round_, (epoch, (weights_epoch, pruned)) in enumerate(snapshots.items(), 1):
     keep = channel_keep(exp, pruned.variables, cfg.ratio)
     yield from _prune_and_retrain(exp, trainer, pruned, keep, "slimming", round_, dense.test_accuracy, recorder,
-                       time.time(), prune_epoch=epoch, pruned_from_epoch=weights_epoch, ratio=cfg.ratio,
+                       exp.now(), prune_epoch=epoch, pruned_from_epoch=weights_epoch, ratio=cfg.ratio,
                        l1_penalty=cfg.penalty)
 
 
 @register("early_bird", validate=validate, ready=ready)
 def early_bird(exp, recorder: Recorder):
   """Train until the channel mask settles (or max_epochs), prune and shrink there, retrain."""
-  started, cfg, config = time.time(), exp.config.early_bird, exp.config
+  started, cfg, config = exp.now(), exp.config.early_bird, exp.config
   trainer = penalised_trainer(exp, config.train.epochs, config.slimming.penalty)
   state, history = _initial_state(exp, trainer), []
   detector = EarlyBird(cfg.window, cfg.epsilon)

@@ -250,11 +250,15 @@ class SegmentStore:
   resets, keys — is a deterministic function of the config and of finished segments, so re-running
   the same command replays finished segments from their last checkpoint, continues the interrupted
   one from its newest checkpoint, and gives the numbers of an uninterrupted run bit for bit.
+
+  Each checkpoint also keeps the segment's training seconds so far; what a resumed run reads back adds up in
+  `credited_s`, so its wall times are those of the work it holds, not of the read-back (`Experiment.now`).
   """
 
   def __init__(self, directory: str, every: int, keep: int):
     self.directory, self.every, self.keep = os.path.abspath(directory), every, keep
     self._managers = {}
+    self.credited_s = 0.0   # training seconds of the epochs read back from checkpoints (`credit`)
     # Orbax's managers run threads of their own (metadata writes) that may fail after a call returned:
     # their noise is contained while a manager is open, and after `close` unless a call failed.
     self._undo_containment, self._failed = None, False
@@ -277,8 +281,13 @@ class SegmentStore:
         self._managers[name] = ocp.CheckpointManager(self._segment_dir(name), options=options)
     return self._managers[name]
 
-  def save(self, name: str, epoch: int, state, history: list, final: bool) -> None:
-    """Checkpoints segment `name` at `epoch` (its state and history so far) every `every` epochs and when `final`."""
+  def credit(self, seconds: float) -> None:
+    """Counts `seconds` of training read back from checkpoints (what those epochs took when they ran)."""
+    self.credited_s += seconds
+
+  def save(self, name: str, epoch: int, state, history: list, final: bool, seconds: float = 0.0) -> None:
+    """Checkpoints segment `name` at `epoch` (its state, history and training `seconds` so far) every `every`
+    epochs and when `final`."""
     if not (final or epoch % self.every == 0):
       return
     manager = self._manager(name)
@@ -288,7 +297,8 @@ class SegmentStore:
         if epoch in manager.all_steps():   # an unreadable checkpoint we fell back from: replace it
           manager.delete(epoch)
         manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                    history=ocp.args.JsonSave(history)), force=True)
+                                                    history=ocp.args.JsonSave({"rows": history, "seconds": seconds})),
+                     force=True)
         manager.wait_until_finished()
       if not is_primary():
         return
@@ -303,7 +313,7 @@ class SegmentStore:
                       "the same command to resume") from None
 
   def restore(self, name: str, template, end_epoch: int):
-    """(state, history) from the newest readable checkpoint at or before `end_epoch`, or None.
+    """(state, history, training seconds) from the newest readable checkpoint at or before `end_epoch`, or None.
 
     A checkpoint that fails to read (corrupted, truncated) is skipped with a warning and the one
     before it is used; half-written ones are never listed by Orbax.
@@ -335,7 +345,9 @@ class SegmentStore:
         # Orbax restores onto this process's device only, and a compiled step over the global mesh refuses
         # arrays committed there; as fresh uncommitted arrays they are placed like any new state.
         state = jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), state)
-      return state.replace(rng=jax.random.wrap_key_data(state.rng)), list(restored["history"])
+      saved = restored["history"]   # a checkpoint written before the seconds were kept holds the bare rows
+      rows, seconds = (saved["rows"], saved["seconds"]) if isinstance(saved, dict) else (saved, 0.0)
+      return state.replace(rng=jax.random.wrap_key_data(state.rng)), list(rows), float(seconds)
     return None
 
   def close(self) -> None:

@@ -208,8 +208,10 @@ class Trainer:
       raise ValueError("Trainer.fit needs states that start at the same step")
     segments = [f"{name}/{start_epoch}-{end_epoch}" for name in names]
     histories, start = [[] for _ in states], time.time()
+    seconds = [0.0] * len(states)   # each member's training seconds in this segment: its share of a vmapped epoch
     if self.store is not None and end_epoch > start_epoch:
-      states, histories = self._restore_together(segments, states, histories, end_epoch)
+      states, histories, seconds = self._restore_together(segments, states, histories, end_epoch)
+      self.store.credit(sum(seconds))
       if histories[0] and log_every:
         logging.info("%s: resumed at epoch %d from checkpoints", ", ".join(names), start_epoch + len(histories[0]))
     sparsities = [masks_lib.sparsity(s.masks, self.which) for s in states]   # read again per epoch where
@@ -222,6 +224,7 @@ class Trainer:
     best = [None] * len(states)   # the best validation figure so far in this fit, per member (test_at_best_only)
     end_step = end_epoch * spe if self.last_step is None else min(end_epoch * spe, self.last_step)
     last_epoch = -(-end_step // spe)
+    tick = time.time()
     for epoch in range(first_epoch, last_epoch + 1):
       # a state rewound inside an epoch (prune.rewind_step) first finishes that epoch's remaining steps;
       # the epoch holding the schedule's last step (train.steps) stops there
@@ -242,6 +245,7 @@ class Trainer:
       elif epoch % self.eval_every == 0 or epoch == last_epoch:   # every member at once, on the device
         figures.update(self._evaluate_splits(current, data, batched))
       figures, evals = jax.device_get((figures, evals))   # the epoch's one transfer to the host
+      share, tick = (time.time() - tick) / len(states), time.time()   # (the last epoch's saves go uncounted)
       members = _unstack(current, len(states)) if batched else [current]
       for i, (member, name, history) in enumerate(zip(members, names, histories)):
         if self.mask_update is not None:
@@ -263,8 +267,9 @@ class Trainer:
         if not np.isfinite(history[-1]["train_loss"]):
           raise UserError(f"{name}: training loss is not finite at epoch {epoch}; lower config.optimizer.lr or "
                           "check the data (the last good checkpoint is kept)")
+        seconds[i] += share
         if self.store is not None:
-          self.store.save(segments[i], epoch, member, history, final=epoch == last_epoch)
+          self.store.save(segments[i], epoch, member, history, final=epoch == last_epoch, seconds=seconds[i])
       if progress is not None:
         progress.advance(len(states), _describe(names))
     return (_unstack(current, len(states)) if batched else [current]), histories
@@ -291,15 +296,16 @@ class Trainer:
     return {"val": val}
 
   def _restore_together(self, segments, states, histories, end_epoch):
-    """Every member from its newest checkpoint at one common epoch, or all from the start."""
+    """(states, histories, training seconds): every member from its newest checkpoint at one common epoch, or
+    all from the start."""
     target = end_epoch
     while True:
       restored = [self.store.restore(seg, s, target) for seg, s in zip(segments, states)]
       if any(r is None for r in restored):
-        return states, histories
-      done = [len(history) for _, history in restored]
+        return states, histories, [0.0] * len(states)
+      done = [len(history) for _, history, _ in restored]
       if min(done) == max(done):
-        return [state for state, _ in restored], [history for _, history in restored]
+        return tuple(map(list, zip(*restored)))
       target = int(states[0].step) // self.steps_per_epoch + min(done)
 
 
