@@ -81,8 +81,8 @@ def test_a_ticket_rewound_inside_an_epoch_resumes_bit_identically(tmp_path, monk
   expected = ticket_params(tmp_path / "whole")
   save = checkpoint.SegmentStore.save
 
-  def crashing(self, name, epoch, state, history, final):
-    save(self, name, epoch, state, history, final)
+  def crashing(self, name, epoch, state, history, final, seconds=0.0):
+    save(self, name, epoch, state, history, final, seconds)
     if name.startswith("oneshot_reinit") and epoch == 3:   # the ticket's first epoch was the partial one
       raise Interrupted
   monkeypatch.setattr(checkpoint.SegmentStore, "save", crashing)

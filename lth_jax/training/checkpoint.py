@@ -257,8 +257,7 @@ class SegmentStore:
 
   def __init__(self, directory: str, every: int, keep: int):
     self.directory, self.every, self.keep = os.path.abspath(directory), every, keep
-    self._managers = {}
-    self.credited_s = 0.0   # training seconds of the epochs read back from checkpoints (`credit`)
+    self._managers, self.credited_s = {}, 0.0   # credited_s: training seconds read back from checkpoints
     # Orbax's managers run threads of their own (metadata writes) that may fail after a call returned:
     # their noise is contained while a manager is open, and after `close` unless a call failed.
     self._undo_containment, self._failed = None, False
