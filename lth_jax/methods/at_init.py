@@ -9,7 +9,6 @@ method. No dense training is needed: run alone, a run records no accuracy_drop; 
 the dense run's accuracy.
 """
 
-
 import ml_collections
 
 from lth_jax.errors import check

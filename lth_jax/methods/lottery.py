@@ -6,7 +6,6 @@ final train state to the recorder. `accuracy_before_retrain` is always the test 
 trained weights the mask was computed from, with the mask applied, before any reset or retraining.
 """
 
-
 import ml_collections
 
 from lth_jax.errors import check

@@ -20,7 +20,6 @@ Copy 0 of each round is that round's IMP training, whose weights the next round 
 only at the listed rounds.
 """
 
-
 import jax
 import jax.numpy as jnp
 import ml_collections
